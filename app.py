@@ -1,0 +1,135 @@
+"""campaign-live: the app factory, and the Socket.IO + HTTP server (``python app.py``)."""
+
+import os
+import warnings
+
+if __name__ == "__main__":
+    # Monkey patching must happen before anything imports socket, threading, psycopg2 or kombu.
+    ASYNC_MODE = os.environ.get("ASYNC_MODE", "eventlet")
+    if ASYNC_MODE == "eventlet":
+        warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
+        import eventlet
+
+        eventlet.monkey_patch()
+    elif ASYNC_MODE == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+import logging
+import secrets
+import sys
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from campaigns.cli import register_commands
+from config import Config
+from extensions import db, migrate, socketio
+from sockets.handlers import register_handlers
+
+log = logging.getLogger("campaign_live")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+
+
+def configure_logging(level):
+    """One format for every process; the socketio/engineio loggers at warnings at least."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger().setLevel(level)
+    for name in ("socketio", "engineio"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("kombu").setLevel(logging.WARNING)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record):
+    """The demo's SQLite: WAL so the server reads while the worker writes."""
+    if type(dbapi_connection).__module__ == "sqlite3":
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def socketio_options(config):
+    """Keyword arguments of ``socketio.init_app`` for a config."""
+    origins = config["CORS_ALLOWED_ORIGINS"]
+    options = {
+        "async_mode": config["ASYNC_MODE"],
+        "ping_interval": config["PING_INTERVAL"],
+        "ping_timeout": config["PING_TIMEOUT"],
+        "max_http_buffer_size": config["MAX_HTTP_BUFFER_SIZE"],
+        "cors_allowed_origins": (origins if origins == "*" else origins.split(",")) if origins else None,
+        "logger": logging.getLogger("socketio"),
+        "engineio_logger": logging.getLogger("engineio"),
+    }
+    if config["BROKER_URL"]:
+        options["message_queue"] = config["BROKER_URL"]
+        options["channel"] = config["SOCKETIO_CHANNEL"]
+    return options
+
+
+def create_app(config=None):
+    """Build the Flask application."""
+    config = config or Config()
+    app = Flask(__name__)
+    app.config.from_object(config)
+    configure_logging(app.config["LOG_LEVEL"])
+    for name in ("SECRET_KEY", "JWT_SECRET"):
+        if not app.config[name]:
+            # Only the demo and local CLI use run without secrets; `python app.py` refuses (see main).
+            app.config[name] = secrets.token_urlsafe(32)
+            app.config[f"{name}_GENERATED"] = True
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS)
+    socketio.init_app(app, **socketio_options(app.config))
+    register_handlers(socketio)
+    register_commands(app)
+    return app
+
+
+def check_cooperative_database(app):
+    """Under eventlet or gevent, psycopg2 must yield to other greenlets while it waits."""
+    if app.config["ASYNC_MODE"] not in ("eventlet", "gevent") or app.config["DEMO"]:
+        return
+    import psycopg2.extensions
+
+    if psycopg2.extensions.get_wait_callback() is None:
+        raise RuntimeError("psycopg2 has no wait callback: the database would block every client")
+
+
+def main():
+    """Run the server (and, without DATABASE_URL/BROKER_URL, the whole demo)."""
+    app = create_app()
+    config = app.config
+    if config["DEMO"]:
+        from campaigns.demo import prepare_demo, start_demo
+
+        token = prepare_demo(app)
+        start_demo(app)
+        print(f"\ncampaign-live demo on http://{config['HOST']}:{config['PORT']}/", flush=True)
+        print(f"Socket.IO token for tenant 'acme' (24 h):\n{token}\n", flush=True)
+    else:
+        missing = [name for name in ("SECRET_KEY", "JWT_SECRET") if config.get(f"{name}_GENERATED")]
+        if missing:
+            log.error("set %s: every server and worker must share them", " and ".join(missing))
+            return 2
+    check_cooperative_database(app)
+    extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
+    log.info(
+        "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",
+        config["HOST"], config["PORT"], config["ASYNC_MODE"], config["PING_INTERVAL"],
+    )
+    socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The embedded demo of ``make run``: SQLite, in-process broker, worker and simulator."""
+
+import logging
+
+from flask_migrate import upgrade
+
+from campaigns.models import Tenant
+from campaigns.publisher import EventPublisher
+from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
+from campaigns.tokens import mint_token
+from extensions import db, socketio
+from worker.runner import run_embedded_worker
+
+log = logging.getLogger(__name__)
+
+
+def prepare_demo(app):
+    """Create the schema and the demo tenants; return a token for the first one."""
+    with app.app_context():
+        upgrade()
+        for tenant_id, name in DEMO_TENANTS:
+            if db.session.get(Tenant, tenant_id) is None:
+                db.session.add(Tenant(id=tenant_id, name=name, last_seq=0))
+        db.session.commit()
+        return mint_token(app.config["JWT_SECRET"], DEMO_TENANTS[0][0], "demo", 24 * 3600)
+
+
+def run_simulator(app):
+    """Play demo campaigns on the in-process broker."""
+    publisher = EventPublisher(app.config["EVENTS_BROKER_URL"], confirm=False)
+    tenants = [tenant_id for tenant_id, _ in DEMO_TENANTS]
+    CampaignSimulator(publisher.publish, tenants).run(sleep=socketio.sleep)
+
+
+def start_demo(app):
+    """Start the worker and the simulator as background tasks of the server."""
+    socketio.start_background_task(run_embedded_worker, app, socketio)
+    if app.config["SIMULATOR"]:
+        socketio.start_background_task(run_simulator, app)

@@ -1,0 +1,210 @@
+"""Applying inbound events to the database exactly once, and deciding what to emit.
+
+The worker calls ``apply_batch`` for each batch of valid events and ``flush_due_updates``
+a few times a second. Both run inside the caller's transaction and return the
+``campaign_update`` payloads that were stored; the caller commits, acknowledges the
+messages and only then emits the payloads, then releases the tenant locks.
+
+Throttle (per campaign, window ``THROTTLE_SECONDS``): a status event is emitted at once;
+a progress event is emitted at once when nothing was emitted for the campaign in the last
+window, otherwise ``emit_due_at`` is set to the end of the window and a later
+``flush_due_updates`` emits the latest state then. The throttle state lives in the
+``campaigns`` row, so any worker delivers a merged update that another one scheduled.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
+from campaigns.updates import store_updates
+
+log = logging.getLogger(__name__)
+DUE_BATCH = 200
+
+
+@dataclass
+class IngestResult:
+    """What one batch did: counts by outcome and the updates to emit, in ``seq`` order."""
+
+    applied: list = field(default_factory=list)
+    duplicates: int = 0
+    unknown_tenant: list = field(default_factory=list)
+    updates: list = field(default_factory=list)
+    merged: int = 0
+    throttled: list = field(default_factory=list)
+
+
+class TenantLocks:
+    """Keeps a tenant's updates in ``seq`` order across workers.
+
+    PostgreSQL session-level advisory locks, taken in sorted order before the transaction
+    and released after the emit, so two workers never interleave one tenant's
+    store-commit-emit. A no-op on SQLite, where the demo runs a single worker.
+    """
+
+    def __init__(self, session):
+        self.session = session
+        self.enabled = session.get_bind().dialect.name == "postgresql"
+        self.held = False
+
+    def acquire(self, tenant_ids):
+        """Lock these tenants (blocking until other workers release them)."""
+        if not self.enabled:
+            return
+        for tenant_id in sorted(set(tenant_ids)):
+            self.session.execute(
+                text("SELECT pg_advisory_lock(7281, hashtext(:tenant))"), {"tenant": tenant_id}
+            )
+            self.held = True
+
+    def release(self):
+        """Release every lock this connection holds."""
+        if self.enabled and self.held:
+            self.session.execute(text("SELECT pg_advisory_unlock_all()"))
+            self.session.commit()
+            self.held = False
+
+
+def _dialect_insert(session, table):
+    """INSERT ... ON CONFLICT DO NOTHING for the session's database."""
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return builder(table).on_conflict_do_nothing()
+
+
+def _record_new_events(session, events, now):
+    """Insert the events' ids; return the keys of those not applied before."""
+    rows = [
+        {
+            "tenant_id": event.tenant_id,
+            "event_id": event.event_id,
+            "campaign_id": event.campaign_id,
+            "type": event.type,
+            "occurred_at": event.occurred_at,
+            "data": event.data,
+            "applied_at": now,
+        }
+        for event in events
+    ]
+    table = AppliedEvent.__table__
+    statement = _dialect_insert(session, table).returning(table.c.tenant_id, table.c.event_id)
+    return {tuple(row) for row in session.execute(statement, rows)}
+
+
+def _load_campaigns(session, keys):
+    """The campaigns with these ``(tenant_id, id)`` keys, locked for update, by key."""
+    if not keys:
+        return {}
+    query = (
+        select(Campaign)
+        .where(tuple_(Campaign.tenant_id, Campaign.id).in_(sorted(keys)))
+        .with_for_update()
+    )
+    return {(c.tenant_id, c.id): c for c in session.scalars(query)}
+
+
+def known_tenants(session, tenant_ids):
+    """The subset of ``tenant_ids`` that exist."""
+    if not tenant_ids:
+        return set()
+    return set(session.scalars(select(Tenant.id).where(Tenant.id.in_(sorted(tenant_ids)))))
+
+
+def apply_batch(session, events, now, throttle_seconds, locks=None):
+    """Apply a batch of valid events once each; store and return the updates to emit."""
+    result = IngestResult()
+    unique, seen = [], set()
+    for event in events:
+        key = (event.tenant_id, event.event_id)
+        if key in seen:
+            result.duplicates += 1
+            continue
+        seen.add(key)
+        unique.append(event)
+    known = known_tenants(session, {event.tenant_id for event in unique})
+    result.unknown_tenant = [event for event in unique if event.tenant_id not in known]
+    unique = [event for event in unique if event.tenant_id in known]
+    if not unique:
+        return result
+    if locks is not None:
+        locks.acquire(known)
+    inserted = _record_new_events(session, unique, now)
+    result.applied = [event for event in unique if (event.tenant_id, event.event_id) in inserted]
+    result.duplicates += len(unique) - len(result.applied)
+    campaigns = _load_campaigns(session, {(e.tenant_id, e.campaign_id) for e in result.applied})
+    emissions, waiting = [], {}
+    for event in result.applied:
+        key = (event.tenant_id, event.campaign_id)
+        campaign = campaigns.get(key)
+        if campaign is None:
+            campaign = campaigns[key] = Campaign.new(event.tenant_id, event.campaign_id)
+            campaign.created_at = now
+            session.add(campaign)
+        if campaign.apply(event, now):
+            emissions.append((event.tenant_id, event.type, campaign.to_dict()))
+            campaign.last_emitted_at = now
+            campaign.emit_due_at = None
+            waiting.pop(key, None)
+        else:
+            waiting[key] = waiting.get(key, 0) + 1
+    window = timedelta(seconds=throttle_seconds)
+    for key, count in waiting.items():
+        campaign = campaigns[key]
+        if campaign.emit_due_at is not None:
+            result.merged += count
+        elif campaign.last_emitted_at is None or now - campaign.last_emitted_at >= window:
+            emissions.append((campaign.tenant_id, campaign.last_event_type, campaign.to_dict()))
+            campaign.last_emitted_at = now
+            result.merged += count - 1
+        else:
+            campaign.emit_due_at = campaign.last_emitted_at + window
+            result.merged += count
+            result.throttled.append((campaign.name, (campaign.emit_due_at - now).total_seconds()))
+    session.flush()
+    result.updates = store_updates(session, emissions, now)
+    return result
+
+
+def next_due_at(session):
+    """When the earliest merged update falls due, or None."""
+    return session.scalar(select(func.min(Campaign.emit_due_at)))
+
+
+def flush_due_updates(session, now, locks=None, force=False):
+    """Emit the merged updates whose window has ended (all pending ones with ``force``)."""
+    condition = Campaign.emit_due_at.is_not(None) if force else Campaign.emit_due_at <= now
+    keys = session.execute(
+        select(Campaign.tenant_id, Campaign.id).where(condition).order_by(Campaign.emit_due_at).limit(DUE_BATCH)
+    ).all()
+    if not keys:
+        return []
+    if locks is not None:
+        locks.acquire({tenant_id for tenant_id, _ in keys})
+    query = (
+        select(Campaign)
+        .where(tuple_(Campaign.tenant_id, Campaign.id).in_([tuple(k) for k in keys]), condition)
+        .order_by(Campaign.tenant_id, Campaign.emit_due_at)
+        .with_for_update()
+    )
+    emissions = []
+    for campaign in session.scalars(query):
+        emissions.append((campaign.tenant_id, campaign.last_event_type, campaign.to_dict()))
+        campaign.emit_due_at = None
+        campaign.last_emitted_at = now
+    session.flush()
+    return store_updates(session, emissions, now)
+
+
+def prune(session, now, update_retention_seconds, event_retention_seconds):
+    """Delete stored updates and applied events older than their retention; return counts."""
+    events = session.execute(
+        delete(AppliedEvent).where(AppliedEvent.applied_at < now - timedelta(seconds=event_retention_seconds))
+    ).rowcount
+    updates = session.execute(
+        delete(CampaignUpdate).where(CampaignUpdate.created_at < now - timedelta(seconds=update_retention_seconds))
+    ).rowcount
+    return {"applied_events": events, "campaign_updates": updates}

@@ -1,0 +1,41 @@
+"""JWTs that authenticate Socket.IO connections and REST calls (HS256, ``JWT_SECRET``)."""
+
+from datetime import timedelta
+
+import jwt
+
+from campaigns.timeutil import utcnow
+
+ALGORITHM = "HS256"
+
+
+class TokenError(Exception):
+    """A token that does not authenticate; ``code`` is ``unauthorized`` or ``token_expired``."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def mint_token(secret, tenant_id, subject, ttl_seconds):
+    """A signed token for ``tenant_id`` valid ``ttl_seconds``."""
+    now = utcnow()
+    claims = {"tenant": tenant_id, "sub": subject, "iat": now, "exp": now + timedelta(seconds=ttl_seconds)}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_token(secret, token):
+    """Verify a token and return its claims; raise ``TokenError`` when it does not hold."""
+    if not secret or not isinstance(token, str) or not token:
+        raise TokenError("unauthorized")
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "tenant"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token_expired") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("unauthorized") from None
+    if not isinstance(claims.get("tenant"), str) or not isinstance(claims.get("sub"), str):
+        raise TokenError("unauthorized")
+    return claims

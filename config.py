@@ -1,0 +1,74 @@
+"""Configuration: one class that reads the environment, with safe development defaults."""
+
+import os
+
+
+def _int(name, default):
+    """Read an integer environment variable, failing loudly on garbage."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name, default):
+    """Read a float environment variable, failing loudly on garbage."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+
+
+class Config:
+    """Settings of the server, the worker and the CLI, read from the environment.
+
+    With neither ``DATABASE_URL`` nor ``BROKER_URL`` set, the product runs as the embedded
+    demo (SQLite, in-process broker, simulator); see ``DEMO``.
+    """
+
+    def __init__(self):
+        self.DATABASE_URL = os.environ.get("DATABASE_URL", "")
+        self.BROKER_URL = os.environ.get("BROKER_URL", "")
+        self.DEMO = not self.DATABASE_URL and not self.BROKER_URL
+        self.SQLALCHEMY_DATABASE_URI = self.DATABASE_URL or "sqlite:///campaign-live-demo.db"
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
+            self.SQLALCHEMY_ENGINE_OPTIONS.update(
+                pool_size=_int("DB_POOL_SIZE", 10), max_overflow=_int("DB_MAX_OVERFLOW", 20)
+            )
+        # The in-process broker of the demo; a real deployment always sets BROKER_URL.
+        self.EVENTS_BROKER_URL = self.BROKER_URL or "memory://"
+        self.SECRET_KEY = os.environ.get("SECRET_KEY", "")
+        self.JWT_SECRET = os.environ.get("JWT_SECRET", "")
+        self.JWT_TTL_SECONDS = _int("JWT_TTL_SECONDS", 3600)
+        self.THROTTLE_SECONDS = _float("THROTTLE_SECONDS", 2.0)
+        self.PING_INTERVAL = _int("PING_INTERVAL", 30)
+        self.PING_TIMEOUT = _int("PING_TIMEOUT", 20)
+        self.EVENT_RETENTION_SECONDS = _int("EVENT_RETENTION_SECONDS", 86400)
+        self.APPLIED_EVENT_RETENTION_SECONDS = _int("APPLIED_EVENT_RETENTION_SECONDS", 7 * 86400)
+        self.HOST = os.environ.get("HOST", "127.0.0.1")
+        self.PORT = _int("PORT", 5000)
+        self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+        self.ASYNC_MODE = os.environ.get("ASYNC_MODE", "eventlet")
+        self.MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 10000)
+        self.MAX_HTTP_BUFFER_SIZE = _int("MAX_HTTP_BUFFER_SIZE", 16 * 1024)
+        self.CORS_ALLOWED_ORIGINS = os.environ.get("CORS_ALLOWED_ORIGINS", "")
+        self.WORKER_BATCH_SIZE = _int("WORKER_BATCH_SIZE", 500)
+        self.WORKER_BATCH_LINGER_MS = _int("WORKER_BATCH_LINGER_MS", 5)
+        self.WORKER_QUEUE = os.environ.get("WORKER_QUEUE", "campaign.events.worker")
+        self.AMQP_HEARTBEAT = _int("AMQP_HEARTBEAT", 30)
+        self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")
+        self.SIMULATOR = os.environ.get("SIMULATOR", "1" if self.DEMO else "0") == "1"
+        self.SQLALCHEMY_TRACK_MODIFICATIONS = False
+
+    def update(self, **overrides):
+        """Return this config with some settings replaced (tests use it)."""
+        for key, value in overrides.items():
+            setattr(self, key, value)
+        return self

@@ -1,0 +1,1 @@
+"""Socket.IO side of the server: authentication at connect, tenant rooms, recovery."""

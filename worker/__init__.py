@@ -1,0 +1,1 @@
+"""The RabbitMQ consumer that applies campaign events and emits throttled updates."""

@@ -1,0 +1,7 @@
+"""``python -m worker``: the RabbitMQ consumer; several may run at once."""
+
+import sys
+
+from worker.runner import main
+
+sys.exit(main())

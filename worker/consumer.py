@@ -1,0 +1,308 @@
+"""The kombu consumer: validate, apply in batches, acknowledge after commit, then emit.
+
+One loop (kombu's ``ConsumerMixin``) does everything in order, so there is no locking
+inside the process: messages are collected by ``on_message``; ``on_iteration`` turns a
+full (or lingering) batch into one database transaction, emits merged updates whose
+throttle window has ended, and prunes old history from time to time.
+"""
+
+import logging
+import time
+
+from kombu.mixins import ConsumerProducerMixin
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from campaigns.events import InvalidEvent, parse_event
+from campaigns.ingest import TenantLocks, apply_batch, flush_due_updates, prune
+from campaigns.timeutil import utcnow
+from campaigns.updates import UPDATE_EVENT, tenant_room
+from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
+
+log = logging.getLogger(__name__)
+DUE_CHECK_SECONDS = 0.1
+PRUNE_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def is_transient(exc):
+    """True for database errors that a retry may cure (server down, connection lost)."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class StopRequested(Exception):
+    """Raised inside a retry loop when the worker was asked to stop."""
+
+
+class EventConsumer(ConsumerProducerMixin):
+    """Consumes ``campaign.events``; see the module docstring for the loop."""
+
+    def __init__(self, connection, engine, emitter, settings):
+        self.connection = connection
+        self.engine = engine
+        self.emitter = emitter
+        self.queue = worker_queue(settings["WORKER_QUEUE"])
+        self.batch_size = settings["WORKER_BATCH_SIZE"]
+        self.linger = settings["WORKER_BATCH_LINGER_MS"] / 1000.0
+        self.throttle_seconds = settings["THROTTLE_SECONDS"]
+        self.update_retention = settings["EVENT_RETENTION_SECONDS"]
+        self.event_retention = settings["APPLIED_EVENT_RETENTION_SECONDS"]
+        self.prune_every = min(PRUNE_SECONDS, max(self.update_retention / 4, 1.0))
+        self.batch = []
+        self.batch_started = 0.0
+        self.next_due_check = 0.0
+        self.next_prune = time.monotonic() + 1.0
+        self.active_connection = None
+        self.session = None
+        self.locks = None
+        self.stats = {"applied": 0, "duplicates": 0, "dead_lettered": 0, "emitted": 0, "merged": 0}
+
+    # kombu hooks ---------------------------------------------------------------
+
+    def get_consumers(self, Consumer, channel):
+        """One consumer on the shared worker queue; raw bodies, we decode and validate."""
+        dead_letter_queue(channel).declare()
+        return [
+            Consumer(
+                queues=[self.queue],
+                on_message=self.on_message,
+                prefetch_count=self.batch_size * 2,
+            )
+        ]
+
+    def on_consume_ready(self, connection, channel, consumers, **kwargs):
+        """Remember the live connection (for heartbeats while waiting on the database)."""
+        self.active_connection = connection
+        log.info("[WORKER] consuming from %s", self.queue.name)
+
+    def on_connection_revived(self):
+        """Messages held from a lost connection come back by redelivery: drop them."""
+        if self.batch:
+            log.warning("[WORKER] dropping %d unacknowledged messages of a lost connection", len(self.batch))
+        self.batch = []
+
+    def on_connection_error(self, exc, interval):
+        """Log broker outages; kombu retries the connection."""
+        log.warning("[WORKER] broker unavailable (%s); retrying in %.1fs", exc, interval)
+
+    def on_message(self, message):
+        """Collect a message; ``on_iteration`` applies the batch."""
+        if not self.batch:
+            self.batch_started = time.monotonic()
+        self.batch.append(message)
+
+    def on_iteration(self):
+        """Apply a full or lingering batch, emit due merged updates, prune now and then."""
+        now = time.monotonic()
+        if self.batch and (len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger):
+            self.process_batch()
+        if now >= self.next_due_check:
+            self.next_due_check = now + DUE_CHECK_SECONDS
+            self.emit_due_updates()
+        if now >= self.next_prune:
+            self.next_prune = now + self.prune_every
+            self.prune_history()
+
+    def on_consume_end(self, connection, channel):
+        """On a clean stop: finish the batch in hand and deliver every pending merged update."""
+        try:
+            if self.batch:
+                self.process_batch()
+            self.emit_due_updates(force=True)
+        except StopRequested:
+            pass
+        finally:
+            super().on_consume_end(connection, channel)
+            self.close_database()
+
+    # database ------------------------------------------------------------------
+
+    def open_database(self):
+        """A dedicated connection: advisory locks must be released on the one that took them."""
+        if self.session is None:
+            connection = self.engine.connect()
+            self.session = Session(bind=connection, expire_on_commit=False)
+            self.locks = TenantLocks(self.session)
+        return self.session
+
+    def close_database(self):
+        """Drop the database connection (after an error, or at the end)."""
+        if self.session is None:
+            return
+        connection = self.session.get_bind()
+        try:
+            self.session.close()
+            # Never hand a connection that may still hold advisory locks back to the pool.
+            connection.invalidate()
+            connection.close()
+        except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
+            log.debug("[WORKER] error while closing the database connection", exc_info=True)
+        self.session = None
+        self.locks = None
+
+    def in_transaction(self, work):
+        """Run ``work(session)`` and commit, retrying with backoff while the database is down."""
+        delay = 0.25
+        while True:
+            try:
+                session = self.open_database()
+                result = work(session)
+                session.commit()
+                return result
+            except Exception as exc:
+                if not is_transient(exc):
+                    self.close_database()
+                    raise
+                self.close_database()
+                log.warning("[WORKER] database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                self.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def wait(self, seconds):
+        """Sleep, keeping the AMQP connection alive, and give up early when asked to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.should_stop:
+                raise StopRequested()
+            if self.active_connection is not None:
+                try:
+                    self.active_connection.connection.send_heartbeat()
+                except Exception:  # noqa: BLE001 - a dead broker connection is handled by kombu later
+                    pass
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+
+    def release_locks(self):
+        """Release the tenant locks after emitting; a failure here only delays other workers."""
+        if self.locks is None:
+            return
+        try:
+            self.locks.release()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("[WORKER] could not release tenant locks (%s); reconnecting", exc)
+            self.close_database()
+
+    # the work ------------------------------------------------------------------
+
+    def process_batch(self):
+        """Validate, apply, commit, acknowledge, emit (in that order) the messages in hand."""
+        messages, self.batch = self.batch, []
+        pairs = []
+        for message in messages:
+            try:
+                event = parse_event(message.body, message.delivery_info.get("routing_key"))
+            except InvalidEvent as exc:
+                self.dead_letter(message, exc.reason)
+                continue
+            pairs.append((event, message))
+        if not pairs:
+            return
+        try:
+            result = self.in_transaction(
+                lambda session: apply_batch(
+                    session, [event for event, _ in pairs], utcnow(), self.throttle_seconds, self.locks
+                )
+            )
+        except StopRequested:
+            return  # nothing acknowledged: the broker redelivers these to the next worker
+        except Exception as exc:
+            log.exception("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), exc)
+            self.release_locks()
+            for pair in pairs:
+                self.process_alone(*pair)
+            return
+        unknown = {event.tenant_id for event in result.unknown_tenant}
+        for event, message in pairs:
+            if event.tenant_id in unknown:
+                self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
+            else:
+                message.ack()
+        self.record(result)
+        self.emit(result.updates)
+        self.release_locks()
+
+    def process_alone(self, event, message):
+        """Apply one event in its own transaction; dead-letter it if it cannot be applied."""
+        try:
+            result = self.in_transaction(
+                lambda session: apply_batch(session, [event], utcnow(), self.throttle_seconds, self.locks)
+            )
+        except StopRequested:
+            return
+        except Exception as exc:
+            self.release_locks()
+            log.exception("[WORKER] event %s cannot be applied", event.event_id)
+            self.dead_letter(message, f"apply_failed: {exc.__class__.__name__}")
+            return
+        if result.unknown_tenant:
+            self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
+        else:
+            message.ack()
+        self.record(result)
+        self.emit(result.updates)
+        self.release_locks()
+
+    def record(self, result):
+        """Count what a batch did and log the throttle decisions."""
+        self.stats["applied"] += len(result.applied)
+        self.stats["duplicates"] += result.duplicates
+        self.stats["merged"] += result.merged
+        for name, seconds in result.throttled:
+            log.info('[WEBSOCKET] throttling update for "%s" (%.1fs)', name, seconds)
+
+    def dead_letter(self, message, reason):
+        """Move a bad message to the dead-letter queue with its reason, then acknowledge it."""
+        routing_key = message.delivery_info.get("routing_key", "")
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                REJECTION_HEADER: reason,
+                "x-original-routing-key": routing_key,
+                "x-original-exchange": message.delivery_info.get("exchange", ""),
+                "x-rejected-at": utcnow().isoformat(),
+            }
+        )
+        self.producer.publish(
+            message.body,
+            exchange="",
+            routing_key=DEAD_LETTER_QUEUE,
+            headers=headers,
+            delivery_mode=2,
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding="binary",
+            retry=True,
+            retry_policy={"max_retries": None, "interval_start": 0.5, "interval_max": 5},
+        )
+        message.ack()
+        self.stats["dead_lettered"] += 1
+        log.warning("[WORKER] dead-lettered message (routing key %r): %s", routing_key[:100], reason)
+
+    def emit_due_updates(self, force=False):
+        """Emit the merged updates whose throttle window has ended."""
+        try:
+            updates = self.in_transaction(lambda session: flush_due_updates(session, utcnow(), self.locks, force))
+        except StopRequested:
+            return
+        self.emit(updates)
+        self.release_locks()
+
+    def prune_history(self):
+        """Delete history past its retention."""
+        try:
+            counts = self.in_transaction(
+                lambda session: prune(session, utcnow(), self.update_retention, self.event_retention)
+            )
+        except StopRequested:
+            return
+        if any(counts.values()):
+            log.info("[WORKER] pruned %(campaign_updates)d updates and %(applied_events)d events", counts)
+
+    def emit(self, updates):
+        """Send stored updates to their tenants' rooms (at most once; replay covers losses)."""
+        for payload in updates:
+            campaign = payload["campaign"]
+            level = logging.INFO if payload["type"].startswith("campaign_") else logging.DEBUG
+            log.log(level, '[WEBSOCKET] sending %s for campaign "%s" (seq %d)', payload["type"], campaign["name"], payload["seq"])
+            self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
+        self.stats["emitted"] += len(updates)

@@ -1,0 +1,66 @@
+"""Starting the consumer: as its own process (``python -m worker``) or inside the demo server."""
+
+import logging
+import signal
+
+from flask_socketio import SocketIO
+from kombu import Connection
+
+from extensions import db
+from worker.consumer import EventConsumer
+from worker.queues import declare_topology
+
+log = logging.getLogger(__name__)
+
+
+def broker_connection(url, heartbeat):
+    """A kombu connection for consuming; its clones publish dead letters with confirms."""
+    return Connection(url, heartbeat=heartbeat, transport_options={"confirm_publish": True})
+
+
+def build_consumer(app, connection, emitter):
+    """An ``EventConsumer`` wired to the app's database and settings."""
+    return EventConsumer(connection, db.engine, emitter, app.config)
+
+
+def run_embedded_worker(app, emitter):
+    """The demo's worker: same consumer, in-process broker, emitting straight to the server."""
+    with app.app_context():
+        connection = broker_connection(app.config["EVENTS_BROKER_URL"], 0)
+        declare_topology(connection, app.config["WORKER_QUEUE"])
+        consumer = build_consumer(app, connection, emitter)
+        consumer.run(safety_interval=app.config["WORKER_BATCH_LINGER_MS"] / 1000.0)
+
+
+def main():
+    """Entry point of ``python -m worker``."""
+    from app import create_app
+
+    app = create_app()
+    config = app.config
+    if not config["BROKER_URL"] or not config["DATABASE_URL"]:
+        log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
+        return 2
+    emitter = SocketIO(
+        message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading"
+    )
+    with app.app_context():
+        connection = broker_connection(config["BROKER_URL"], config["AMQP_HEARTBEAT"])
+        connection.ensure_connection(
+            errback=lambda exc, interval: log.warning("[WORKER] broker unavailable (%s); retrying", exc),
+            max_retries=None,
+        )
+        declare_topology(connection, config["WORKER_QUEUE"])
+        consumer = build_consumer(app, connection, emitter)
+
+        def stop(signum, frame):
+            log.info("[WORKER] signal %s: finishing the batch in hand, then stopping", signum)
+            consumer.should_stop = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("[WORKER] started (batch %d, throttle %.1fs)", config["WORKER_BATCH_SIZE"], config["THROTTLE_SECONDS"])
+        consumer.run(safety_interval=config["WORKER_BATCH_LINGER_MS"] / 1000.0)
+        connection.release()
+    log.info("[WORKER] stopped: %s", consumer.stats)
+    return 0
