@@ -36,7 +36,9 @@ class Config:
         self.DATABASE_URL = os.environ.get("DATABASE_URL", "")
         self.BROKER_URL = os.environ.get("BROKER_URL", "")
         self.DEMO = not self.DATABASE_URL and not self.BROKER_URL
-        self.SQLALCHEMY_DATABASE_URI = self.DATABASE_URL or "sqlite:///campaign-live-demo.db"
+        self.SQLALCHEMY_DATABASE_URI = self.DATABASE_URL or os.environ.get(
+            "DEMO_DATABASE_URL", "sqlite:///campaign-live-demo.db"
+        )
         self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
         if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
             self.SQLALCHEMY_ENGINE_OPTIONS.update(

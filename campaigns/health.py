@@ -1,0 +1,53 @@
+"""Liveness and readiness probes."""
+
+import logging
+
+from flask import Blueprint, current_app, jsonify
+from kombu import Connection
+from sqlalchemy import text
+
+from extensions import db
+
+log = logging.getLogger(__name__)
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 while the process serves."""
+    return jsonify(status="ok")
+
+
+def check_database():
+    """None when the database answers, else why not."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        db.session.commit()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        db.session.rollback()
+        return f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def check_broker():
+    """None when the broker accepts a connection, else why not."""
+    url = current_app.config["EVENTS_BROKER_URL"]
+    if url.startswith("memory://"):
+        return None
+    try:
+        with Connection(url, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return f"{exc.__class__.__name__}: {str(exc)[:200]}"
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 when the database and the broker answer; 503 naming the part that does not."""
+    checks = {"database": check_database(), "broker": check_broker()}
+    failing = {name: reason for name, reason in checks.items() if reason}
+    if failing:
+        log.warning("not ready: %s", failing)
+        return jsonify(status="unavailable", failing=failing), 503
+    return jsonify(status="ok")

@@ -1,0 +1,120 @@
+"""Fixtures on real PostgreSQL and RabbitMQ: databases, vhosts, app, stacks of processes."""
+
+import pytest
+
+from tests import support
+
+
+@pytest.fixture(scope="session")
+def services():
+    """PostgreSQL and RabbitMQ must answer; the test fails with what to start otherwise."""
+    support.require_services()
+
+
+@pytest.fixture(scope="session")
+def template_database(services):
+    """A migrated database, cloned for each test database."""
+    name = support.create_template_database()
+    yield name
+    support.drop_database(name)
+
+
+@pytest.fixture
+def database(template_database):
+    """A fresh migrated database for one test."""
+    name = support.create_database(template_database)
+    yield name
+    support.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def module_database(template_database):
+    """A fresh migrated database shared by one test module."""
+    name = support.create_database(template_database)
+    yield name
+    support.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def module_vhost(services):
+    """A RabbitMQ vhost shared by one test module."""
+    name = support.create_vhost()
+    yield name
+    support.delete_vhost(name)
+
+
+@pytest.fixture
+def vhost(services):
+    """A RabbitMQ vhost for one test."""
+    name = support.create_vhost()
+    yield name
+    support.delete_vhost(name)
+
+
+@pytest.fixture
+def app(database):
+    """An app on its own database, without a message queue (handlers run in-process)."""
+    from app import create_app
+    from config import Config
+    from extensions import db
+
+    config = Config().update(
+        DATABASE_URL=support.pg_url(database),
+        SQLALCHEMY_DATABASE_URI=support.pg_url(database),
+        BROKER_URL="",
+        EVENTS_BROKER_URL="memory://",
+        DEMO=False,
+        SIMULATOR=False,
+        JWT_SECRET=support.JWT_SECRET,
+        SECRET_KEY=support.SECRET_KEY,
+        ASYNC_MODE="threading",
+        TESTING=True,
+    )
+    app = create_app(config)
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def db_session(app):
+    """The app's database session."""
+    from extensions import db
+
+    return db.session
+
+
+@pytest.fixture(scope="module")
+def stack(module_database, module_vhost, tmp_path_factory):
+    """One server and one worker on the module's database and vhost (THROTTLE_SECONDS=2)."""
+    stack = support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs"))
+    try:
+        stack.start_server()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def tenant(stack):
+    """A fresh tenant on the module's stack."""
+    return stack.create_tenant()
+
+
+@pytest.fixture
+def publisher(stack):
+    """A confirming publisher on the module's stack."""
+    publisher = stack.publisher()
+    yield publisher
+    publisher.close()
+
+
+@pytest.fixture
+def clients():
+    """Collects ``LiveClient``s and disconnects them after the test."""
+    made = []
+    yield made
+    for client in made:
+        client.close()

@@ -1,0 +1,352 @@
+"""Real services and processes for the tests and the benchmarks.
+
+Each test module gets its own PostgreSQL database (cloned from a migrated template) and
+its own RabbitMQ vhost; processes are started with ``subprocess`` and stopped by pid.
+Nothing here mocks the database or the broker.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import socketio
+
+from campaigns.publisher import EventPublisher, make_event
+from campaigns.tokens import mint_token
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1")
+AMQP_PORT = int(os.environ.get("TEST_AMQP_PORT", "5672"))
+JWT_SECRET = "test-jwt-secret-" + "x" * 32
+SECRET_KEY = "test-secret-key-" + "y" * 32
+TEMPLATE_DB = f"cl_template_{os.getpid()}"
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def require_services():
+    """Fail (never skip) with what to start when PostgreSQL or RabbitMQ does not answer."""
+    for name, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("RabbitMQ", AMQP_HOST, AMQP_PORT)):
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as exc:
+            raise RuntimeError(
+                f"{name} does not answer on {host}:{port} ({exc}). Start it with `make services` "
+                "(or `bash scripts/services.sh`), which starts the installed service."
+            ) from None
+
+
+def free_port():
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# PostgreSQL ---------------------------------------------------------------------------
+
+
+def pg_url(database):
+    """SQLAlchemy URL of a database on the test server."""
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+def pg_admin():
+    """An autocommit connection to the maintenance database."""
+    connection = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    connection.autocommit = True
+    return connection
+
+
+def migrate(database_url):
+    """Run ``flask --app app db upgrade`` against a database, as an operator would."""
+    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": "memory://"}
+    subprocess.run(
+        [PYTHON, "-m", "flask", "--app", "app", "db", "upgrade"],
+        cwd=REPO, env=env, check=True, capture_output=True,
+    )
+
+
+def create_template_database():
+    """A migrated database that test databases are cloned from; returns its name."""
+    with closing(pg_admin()) as connection, connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        cursor.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    migrate(pg_url(TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+def create_database(template):
+    """A fresh database cloned from ``template``; returns its name."""
+    name = f"cl_test_{uuid.uuid4().hex[:12]}"
+    with closing(pg_admin()) as connection, connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+def drop_database(name):
+    """Drop a test database, closing whatever still uses it."""
+    with closing(pg_admin()) as connection, connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# RabbitMQ -----------------------------------------------------------------------------
+
+
+def _rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def create_vhost():
+    """A fresh vhost the guest user may use; returns its name."""
+    name = f"cl_test_{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", name)
+    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return name
+
+
+def delete_vhost(name):
+    """Delete a test vhost with everything in it."""
+    _rabbitmqctl("delete_vhost", name)
+
+
+def amqp_url(vhost):
+    """Broker URL of a vhost."""
+    return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+
+
+# processes ----------------------------------------------------------------------------
+
+
+class Process:
+    """A child process of the tests, with its output in a log file; stopped by pid."""
+
+    def __init__(self, name, args, env, log_dir):
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self.log_file = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.pid = self.popen.pid
+
+    def alive(self):
+        """True while the process runs."""
+        return self.popen.poll() is None
+
+    def log(self):
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout=15.0):
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self.log_file.close()
+        return self.popen.returncode
+
+    def kill(self):
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+
+class Stack:
+    """Servers and workers of campaign-live on one database and one vhost."""
+
+    def __init__(self, database, vhost, log_dir, **settings):
+        self.database = database
+        self.vhost = vhost
+        self.database_url = pg_url(database)
+        self.broker_url = amqp_url(vhost)
+        self.log_dir = log_dir
+        self.settings = {key: str(value) for key, value in settings.items()}
+        self.processes = []
+        self.servers = []
+        self.workers = []
+
+    def env(self, **extra):
+        """Environment of a child process."""
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "BROKER_URL": self.broker_url,
+            "JWT_SECRET": JWT_SECRET,
+            "SECRET_KEY": SECRET_KEY,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.settings)
+        env.update({key: str(value) for key, value in extra.items()})
+        return env
+
+    def start_server(self, port=None, **extra):
+        """Start ``python app.py``; wait for ``/healthz``; return its base URL."""
+        port = port or free_port()
+        process = Process("server", [PYTHON, "app.py"], self.env(PORT=port, **extra), self.log_dir)
+        process.url = f"http://127.0.0.1:{port}"
+        process.port = port
+        self.processes.append(process)
+        self.servers.append(process)
+        wait_until(lambda: self._healthy(process), 30, 0.05, f"server on port {port}\n{process.log()[-3000:]}")
+        return process
+
+    def _healthy(self, process):
+        if not process.alive():
+            raise AssertionError(f"server exited:\n{process.log()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", process.port), timeout=1) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                return conn.recv(64).startswith(b"HTTP/1.1 200") or False
+        except OSError:
+            return False
+
+    def start_worker(self, wait=True, **extra):
+        """Start ``python -m worker``; by default wait until it consumes."""
+        process = Process("worker", [PYTHON, "-m", "worker"], self.env(**extra), self.log_dir)
+        self.processes.append(process)
+        self.workers.append(process)
+        if wait:
+            wait_until(
+                lambda: self._consuming(process), 30, 0.05, f"worker to consume\n{process.log()[-3000:]}"
+            )
+        return process
+
+    def _consuming(self, process):
+        if not process.alive():
+            raise AssertionError(f"worker exited:\n{process.log()[-3000:]}")
+        return "[WORKER] consuming from" in process.log()
+
+    def stop(self):
+        """Stop every process this stack started."""
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+    # data -----------------------------------------------------------------------------
+
+    def sql(self, query, params=()):
+        """Run one SQL statement on the stack's database; return the rows (if any)."""
+        with psycopg2.connect(self.database_url) as connection, connection.cursor() as cursor:
+            cursor.execute(query, params)
+            rows = cursor.fetchall() if cursor.description else None
+        connection.close()
+        return rows
+
+    def create_tenant(self, tenant_id=None, name=None):
+        """Insert a tenant; returns its id."""
+        tenant_id = tenant_id or f"t{uuid.uuid4().hex[:10]}"
+        self.sql(
+            "INSERT INTO tenants (id, name, last_seq, created_at) VALUES (%s, %s, 0, now())",
+            (tenant_id, name or tenant_id),
+        )
+        return tenant_id
+
+    def campaign(self, tenant_id, campaign_id):
+        """A campaign's row as a dict, or None."""
+        rows = self.sql(
+            "SELECT status, total, sent, failed, version, name, current_message, last_error "
+            "FROM campaigns WHERE tenant_id = %s AND id = %s",
+            (tenant_id, campaign_id),
+        )
+        if not rows:
+            return None
+        keys = ("status", "total", "sent", "failed", "version", "name", "current_message", "last_error")
+        return dict(zip(keys, rows[0]))
+
+    def token(self, tenant_id, ttl=3600, secret=JWT_SECRET, subject="test"):
+        """A JWT for a tenant."""
+        return mint_token(secret, tenant_id, subject, ttl)
+
+    def publisher(self, confirm=True):
+        """An ``EventPublisher`` on the stack's vhost."""
+        return EventPublisher(self.broker_url, confirm=confirm)
+
+    def client(self, tenant_id=None, token=None, transports=("websocket",), server=None, auth_extra=None, connect=True):
+        """A connected ``LiveClient`` for a tenant."""
+        client = LiveClient()
+        if connect:
+            auth = {"token": token or self.token(tenant_id), **(auth_extra or {})}
+            client.connect((server or self.servers[0]).url, auth, list(transports))
+        return client
+
+
+class LiveClient:
+    """A python-socketio client that records what it receives, for assertions."""
+
+    def __init__(self, reconnection=False):
+        self.sio = socketio.Client(reconnection=reconnection)
+        self.snapshots, self.updates, self.resyncs, self.errors = [], [], [], []
+        self.lock = threading.Lock()
+        self.sio.on("campaign_snapshot", lambda data: self._record(self.snapshots, data))
+        self.sio.on("campaign_update", lambda data: self._record(self.updates, data))
+        self.sio.on("resync", lambda data: self._record(self.resyncs, data))
+        self.sio.on("connect_error", lambda data: self._record(self.errors, data))
+
+    def _record(self, bucket, data):
+        with self.lock:
+            bucket.append({"at": time.monotonic(), **(data if isinstance(data, dict) else {"data": data})})
+
+    def connect(self, url, auth, transports):
+        """Connect and wait for the snapshot."""
+        self.sio.connect(url, auth=auth, transports=transports, wait_timeout=10)
+        wait_until(lambda: self.snapshots, 10, message="campaign_snapshot")
+
+    def wait_for(self, predicate, timeout=10.0, message="an update"):
+        """Wait until ``predicate(updates)`` holds; return its value."""
+        return wait_until(lambda: predicate(list(self.updates)), timeout, message=message)
+
+    def wait_campaign(self, campaign_id, check, timeout=10.0):
+        """Wait for an update of a campaign whose ``campaign`` dict satisfies ``check``."""
+        def found(updates):
+            return next((u for u in updates if u["campaign"]["id"] == campaign_id and check(u["campaign"])), None)
+        return self.wait_for(found, timeout, f"an update of {campaign_id}")
+
+    def seqs(self):
+        """The ``seq`` of every update received, in arrival order."""
+        return [update["seq"] for update in self.updates]
+
+    def close(self):
+        """Disconnect."""
+        if self.sio.connected:
+            self.sio.disconnect()
+
+
+def event(tenant_id, campaign_id, kind, **data):
+    """A contract event dict (shorthand for the tests)."""
+    return make_event(tenant_id, campaign_id, kind, data)
+
+
+def dump(value):
+    """JSON text of a value (for raw publishing)."""
+    return json.dumps(value)

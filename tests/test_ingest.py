@@ -1,0 +1,204 @@
+"""Applying events to PostgreSQL: effects, idempotency, status order, throttle, seq."""
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from campaigns.events import validate_event
+from campaigns.ingest import apply_batch, flush_due_updates, prune
+from campaigns.models import Campaign, CampaignUpdate, Tenant
+from campaigns.timeutil import isoformat
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+def ev(kind, data=None, tenant="acme", campaign="bf", at=T0, event_id=None):
+    return validate_event(
+        {
+            "event_id": event_id or str(uuid.uuid4()),
+            "type": kind,
+            "tenant_id": tenant,
+            "campaign_id": campaign,
+            "occurred_at": isoformat(at),
+            "data": data or {},
+        }
+    )
+
+
+def started(total=100, name="Black Friday", **kw):
+    return ev("campaign_started", {"name": name, "total_messages": total}, **kw)
+
+
+def sent(i=0, **kw):
+    return ev("message_sent", {"message_id": f"m{i}"}, **kw)
+
+
+@pytest.fixture
+def tenants(db_session):
+    db_session.add_all([Tenant(id="acme", name="Acme", last_seq=0), Tenant(id="globex", name="Globex", last_seq=0)])
+    db_session.commit()
+
+
+def apply(session, events, now=T0, throttle=2.0):
+    result = apply_batch(session, events, now, throttle)
+    session.commit()
+    return result
+
+
+def campaign(session, tenant="acme", campaign_id="bf"):
+    session.expire_all()
+    return session.get(Campaign, (tenant, campaign_id))
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([started(10)], {"status": "running", "total": 10, "name": "Black Friday", "pending": 10}),
+        ([started(10), sent(1), sent(2)], {"sent": 2, "pending": 8, "progress": 0.2}),
+        ([started(4), ev("message_failed", {"message_id": "m", "error": "no whatsapp"})],
+         {"failed": 1, "last_error": "no whatsapp", "progress": 0.25}),
+        ([started(4), ev("next_message_starting", {"message_id": "m-7", "position": 7})],
+         {"current_message": "m-7", "sent": 0}),
+        ([started(4), ev("campaign_paused", {"reason": "night"}, at=T0 + timedelta(seconds=1))], {"status": "paused"}),
+        ([started(4), ev("campaign_paused", at=T0 + timedelta(seconds=1)),
+          ev("campaign_resumed", at=T0 + timedelta(seconds=2))], {"status": "running"}),
+        ([started(4), ev("campaign_completed", at=T0 + timedelta(seconds=3))],
+         {"status": "completed", "completed_at": isoformat(T0 + timedelta(seconds=3))}),
+        ([started(4), ev("campaign_failed", {"error": "quota"}, at=T0 + timedelta(seconds=1))],
+         {"status": "failed", "last_error": "quota"}),
+        ([started(4), ev("campaign_cancelled", at=T0 + timedelta(seconds=1))], {"status": "cancelled"}),
+        ([sent(1)], {"status": "running", "name": "bf", "total": 0, "sent": 1, "progress": 0.0, "pending": 0}),
+        ([started(1), sent(1), sent(2), sent(3)], {"sent": 3, "pending": 0, "progress": 1.0}),
+    ],
+    ids=["started", "sent", "message_failed", "next_message", "paused", "resumed", "completed",
+         "failed", "cancelled", "unknown_campaign", "progress_capped"],
+)
+def test_each_event_type_has_its_effect(db_session, tenants, events, expected):
+    apply(db_session, events)
+    state = campaign(db_session).to_dict()
+    assert {key: state[key] for key in expected} == expected
+    assert state["version"] == len(events)
+
+
+def test_an_event_delivered_twice_is_applied_once(db_session, tenants):
+    events = [started(10), sent(1), sent(2), ev("message_failed", {"message_id": "m3", "error": "x"})]
+    first = apply(db_session, events)
+    again = apply(db_session, events + events, now=T0 + timedelta(seconds=5))
+    state = campaign(db_session)
+    assert (state.sent, state.failed, state.version) == (2, 1, 4)
+    assert len(first.applied) == 4
+    assert (len(again.applied), again.duplicates) == (0, 8)
+    assert again.updates == []
+
+
+def test_event_ids_are_scoped_to_their_tenant(db_session, tenants):
+    apply(db_session, [sent(1, event_id="same"), sent(1, tenant="globex", event_id="same")])
+    assert campaign(db_session).sent == 1
+    assert campaign(db_session, "globex").sent == 1
+
+
+def test_an_older_status_event_never_rolls_the_status_back(db_session, tenants):
+    apply(db_session, [started(5), ev("campaign_completed", at=T0 + timedelta(minutes=5))])
+    result = apply(db_session, [ev("campaign_paused", at=T0 + timedelta(minutes=1))], now=T0 + timedelta(seconds=10))
+    state = campaign(db_session)
+    assert state.status == "completed"
+    assert state.version == 3
+    assert len(result.applied) == 1
+
+
+def test_unknown_tenants_are_reported_and_not_applied(db_session, tenants):
+    result = apply(db_session, [sent(1, tenant="nobody"), sent(2)])
+    assert [event.tenant_id for event in result.unknown_tenant] == ["nobody"]
+    assert campaign(db_session, "nobody") is None
+    assert campaign(db_session).sent == 1
+
+
+def test_progress_is_throttled_leading_then_trailing(db_session, tenants):
+    lead = apply(db_session, [sent(1)], now=T0)
+    assert [u["campaign"]["sent"] for u in lead.updates] == [1]
+    merged = apply(db_session, [sent(2), sent(3)], now=T0 + timedelta(seconds=0.5))
+    assert merged.updates == []
+    assert merged.merged == 2
+    assert campaign(db_session).emit_due_at == T0 + timedelta(seconds=2)
+    more = apply(db_session, [sent(4)], now=T0 + timedelta(seconds=1.5))
+    assert more.updates == []
+    early = flush_due_updates(db_session, T0 + timedelta(seconds=1.9))
+    assert early == []
+    due = flush_due_updates(db_session, T0 + timedelta(seconds=2))
+    db_session.commit()
+    assert [(u["type"], u["campaign"]["sent"]) for u in due] == [("message_sent", 4)]
+    assert campaign(db_session).emit_due_at is None
+    # the window restarts at the trailing emit
+    assert apply(db_session, [sent(5)], now=T0 + timedelta(seconds=3)).updates == []
+    assert apply(db_session, [sent(6)], now=T0 + timedelta(seconds=4.1)).updates == []
+    assert [u["campaign"]["sent"] for u in flush_due_updates(db_session, T0 + timedelta(seconds=4.1))] == [6]
+
+
+def test_a_burst_gives_one_update_at_once_and_one_at_the_window_end(db_session, tenants):
+    first = apply(db_session, [started(200)], now=T0)
+    burst = apply(db_session, [sent(i) for i in range(200)], now=T0 + timedelta(seconds=0.01))
+    due = flush_due_updates(db_session, T0 + timedelta(seconds=2.0))
+    db_session.commit()
+    assert [u["type"] for u in first.updates] == ["campaign_started"]
+    assert burst.updates == []
+    assert [(u["campaign"]["sent"], u["campaign"]["pending"]) for u in due] == [(200, 0)]
+
+
+def test_status_events_are_never_merged_away(db_session, tenants):
+    t = T0
+    events = [
+        started(10, at=t), sent(1), ev("campaign_paused", at=t + timedelta(seconds=1)),
+        ev("campaign_resumed", at=t + timedelta(seconds=2)), sent(2),
+        ev("campaign_completed", at=t + timedelta(seconds=3)),
+    ]
+    result = apply(db_session, events, now=T0)
+    assert [(u["type"], u["campaign"]["status"]) for u in result.updates] == [
+        ("campaign_started", "running"),
+        ("campaign_paused", "paused"),
+        ("campaign_resumed", "running"),
+        ("campaign_completed", "completed"),
+    ]
+    assert result.updates[-1]["campaign"]["sent"] == 2
+    assert campaign(db_session).emit_due_at is None
+
+
+def test_seq_numbers_each_tenants_updates_without_gaps(db_session, tenants):
+    apply(db_session, [started(3, at=T0), ev("campaign_paused", at=T0 + timedelta(seconds=1)),
+                       started(3, tenant="globex")])
+    apply(db_session, [ev("campaign_resumed", at=T0 + timedelta(seconds=2))], now=T0 + timedelta(seconds=1))
+    rows = db_session.query(CampaignUpdate).order_by(CampaignUpdate.tenant_id, CampaignUpdate.seq).all()
+    assert [(row.tenant_id, row.seq, row.payload["type"]) for row in rows] == [
+        ("acme", 1, "campaign_started"), ("acme", 2, "campaign_paused"), ("acme", 3, "campaign_resumed"),
+        ("globex", 1, "campaign_started"),
+    ]
+    assert db_session.get(Tenant, "acme").last_seq == 3
+    assert all(row.payload["replayed"] is False and row.payload["seq"] == row.seq for row in rows)
+
+
+def test_stored_updates_are_read_back_in_order_and_expire(db_session, tenants):
+    for i in range(5):
+        apply(db_session, [ev("campaign_paused" if i % 2 else "campaign_resumed", at=T0 + timedelta(seconds=i))],
+              now=T0 + timedelta(seconds=i))
+    assert [p["seq"] for p in CampaignUpdate.after("acme", 2, 100, T0 - timedelta(days=1))] == [3, 4, 5]
+    assert CampaignUpdate.history_expired("acme", 2, T0 - timedelta(days=1)) is False
+    assert CampaignUpdate.history_expired("acme", 5, T0) is False
+    assert CampaignUpdate.history_expired("acme", 0, T0 + timedelta(seconds=1)) is True
+    assert CampaignUpdate.history_expired("acme", 9, T0) is True
+    prune(db_session, T0 + timedelta(seconds=3, milliseconds=1), 2, 86400)
+    db_session.commit()
+    assert [u.seq for u in db_session.query(CampaignUpdate).filter_by(tenant_id="acme")] == [3, 4, 5]
+
+
+def test_snapshot_holds_active_and_recently_ended_campaigns_newest_first(db_session, tenants):
+    now = datetime.now(timezone.utc)
+    apply(db_session, [started(5, campaign="old", at=now - timedelta(days=3))], now=now - timedelta(days=3))
+    apply(db_session, [ev("campaign_completed", campaign="old", at=now - timedelta(days=2))], now=now - timedelta(days=2))
+    apply(db_session, [started(5, campaign="done", at=now - timedelta(hours=2))], now=now - timedelta(hours=2))
+    apply(db_session, [ev("campaign_completed", campaign="done", at=now - timedelta(hours=1))], now=now - timedelta(hours=1))
+    apply(db_session, [started(5, campaign="live", at=now)], now=now)
+    apply(db_session, [started(5, campaign="theirs", tenant="globex", at=now)], now=now)
+    snapshot = Campaign.snapshot("acme")
+    assert [c["id"] for c in snapshot["campaigns"]] == ["live", "done"]
+    assert snapshot["seq"] == 5
+    assert [c["id"] for c in Campaign.snapshot("acme", status="completed")["campaigns"]] == ["done"]
