@@ -1,0 +1,270 @@
+"""End to end: RabbitMQ -> worker -> PostgreSQL -> Socket.IO, with real processes and clients."""
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import jwt
+import pytest
+import socketio
+from kombu import Connection
+
+from campaigns.timeutil import isoformat
+from tests.support import JWT_SECRET, LiveClient, event, wait_until
+from worker.queues import REJECTION_HEADER, dead_letter_queue
+
+STATUS_TYPES = ("campaign_started", "campaign_paused", "campaign_resumed", "campaign_completed")
+
+
+def at(seconds):
+    """An ``occurred_at`` a little after now, so status events keep their order."""
+    return isoformat(datetime.now(timezone.utc) + timedelta(seconds=seconds))
+
+
+def status(tenant, campaign, kind, offset, **data):
+    e = event(tenant, campaign, kind, **data)
+    e["occurred_at"] = at(offset)
+    return e
+
+
+def started(tenant, campaign, total, offset=0, name="Black Friday"):
+    return status(tenant, campaign, "campaign_started", offset, name=name, total_messages=total)
+
+
+def sent(tenant, campaign, i):
+    return event(tenant, campaign, "message_sent", message_id=f"m-{i}")
+
+
+def final_update(client, campaign, kind):
+    return client.wait_for(
+        lambda updates: next((u for u in updates if u["campaign"]["id"] == campaign and u["type"] == kind), None),
+        15, f"{kind} of {campaign}",
+    )
+
+
+def test_every_event_type_reaches_the_tenants_client(stack, tenant, publisher, clients):
+    client = stack.client(tenant)
+    clients.append(client)
+    base_seq = client.snapshots[0]["seq"]
+    for e in [
+        started(tenant, "bf", 5),
+        sent(tenant, "bf", 1),
+        event(tenant, "bf", "message_failed", message_id="m-2", error="not on WhatsApp"),
+        event(tenant, "bf", "next_message_starting", message_id="m-3", position=3),
+        status(tenant, "bf", "campaign_paused", 1, reason="operator"),
+        status(tenant, "bf", "campaign_resumed", 2),
+        status(tenant, "bf", "campaign_completed", 3),
+    ]:
+        publisher.publish(e)
+    done = final_update(client, "bf", "campaign_completed")["campaign"]
+    assert {k: done[k] for k in ("status", "total", "sent", "failed", "pending", "current_message", "last_error")} == {
+        "status": "completed", "total": 5, "sent": 1, "failed": 1, "pending": 3,
+        "current_message": "m-3", "last_error": "not on WhatsApp",
+    }
+    assert done["version"] == 7 and done["progress"] == pytest.approx(0.4)
+    assert done["tenant_id"] == tenant and done["name"] == "Black Friday" and done["completed_at"]
+    assert [u["type"] for u in client.updates if u["type"].startswith("campaign_")] == list(STATUS_TYPES)
+    assert client.seqs() == list(range(base_seq + 1, base_seq + 1 + len(client.updates)))
+    assert all(u["replayed"] is False and u["timestamp"].endswith("Z") for u in client.updates)
+
+
+def test_events_published_twice_are_applied_once(stack, tenant, publisher):
+    events = [started(tenant, "dup", 40)] + [sent(tenant, "dup", i) for i in range(30)]
+    events += [event(tenant, "dup", "message_failed", message_id=f"f-{i}", error="x") for i in range(5)]
+    for e in events + events:
+        publisher.publish(e)
+    marker = status(tenant, "dup", "campaign_paused", 1)
+    publisher.publish(marker)
+    publisher.publish(marker)
+    state = wait_until(lambda: (c := stack.campaign(tenant, "dup")) and c["status"] == "paused" and c, 15)
+    assert (state["sent"], state["failed"], state["version"]) == (30, 5, len(events) + 1)
+    assert stack.sql("SELECT count(*) FROM applied_events WHERE tenant_id = %s", (tenant,))[0][0] == len(events) + 1
+
+
+def test_a_burst_is_throttled_and_its_last_state_delivered(stack, tenant, publisher, clients):
+    client = stack.client(tenant)
+    clients.append(client)
+    publisher.publish(started(tenant, "burst", 200))
+    first = final_update(client, "burst", "campaign_started")
+    burst_started = time.monotonic()
+    for i in range(200):
+        publisher.publish(sent(tenant, "burst", i))
+    burst_took = time.monotonic() - burst_started
+    last = client.wait_campaign("burst", lambda c: c["sent"] == 200, timeout=10)
+    progress = [u for u in client.updates if u["campaign"]["id"] == "burst" and u["type"] == "message_sent"]
+    in_first_second = [u for u in progress if u["at"] - burst_started < 1.0]
+    assert burst_took < 1.0, "the publisher could not produce the burst within a second"
+    assert len(in_first_second) <= 2
+    assert len(progress) <= 3
+    assert last["campaign"]["pending"] == 0 and last["campaign"]["version"] == first["campaign"]["version"] + 200
+    # the merged update goes at the end of the window (THROTTLE_SECONDS = 2 s) after the first emit
+    assert last["at"] - first["at"] >= 1.9
+
+
+def test_status_events_are_never_merged_away(stack, tenant, publisher, clients):
+    client = stack.client(tenant)
+    clients.append(client)
+    kinds = ["campaign_paused", "campaign_resumed"] * 3
+    publisher.publish(started(tenant, "flip", 10))
+    for i, kind in enumerate(kinds):
+        publisher.publish(sent(tenant, "flip", i))
+        publisher.publish(status(tenant, "flip", kind, i + 1))
+    publisher.publish(status(tenant, "flip", "campaign_cancelled", 10))
+    final_update(client, "flip", "campaign_cancelled")
+    seen = [(u["type"], u["campaign"]["status"]) for u in client.updates if u["type"].startswith("campaign_")]
+    expected_status = {"campaign_started": "running", "campaign_paused": "paused", "campaign_resumed": "running",
+                       "campaign_cancelled": "cancelled"}
+    expected = ["campaign_started", *kinds, "campaign_cancelled"]
+    assert seen == [(kind, expected_status[kind]) for kind in expected]
+
+
+def test_a_tenant_never_receives_another_tenants_updates(stack, publisher, clients):
+    alice, bob = stack.create_tenant(), stack.create_tenant()
+    publisher.publish(started(alice, "secret-plan", 3, name="Alice only"))
+    wait_until(lambda: stack.campaign(alice, "secret-plan"), 10)
+    alice_client, bob_client = stack.client(alice), stack.client(bob)
+    polling_bob = stack.client(bob, transports=["polling"])
+    clients.extend([alice_client, bob_client, polling_bob])
+    assert bob_client.snapshots[0]["campaigns"] == []
+    for i in range(20):
+        publisher.publish(sent(alice, "secret-plan", i))
+    publisher.publish(status(alice, "secret-plan", "campaign_completed", 1))
+    final_update(alice_client, "secret-plan", "campaign_completed")
+    publisher.publish(started(bob, "bob-marker", 1))
+    final_update(bob_client, "bob-marker", "campaign_started")
+    final_update(polling_bob, "bob-marker", "campaign_started")
+    for bob_side in (bob_client, polling_bob):
+        assert {u["campaign"]["tenant_id"] for u in bob_side.updates} == {bob}
+        assert all("secret-plan" not in json.dumps(u) for u in bob_side.updates)
+    assert {u["campaign"]["tenant_id"] for u in alice_client.updates} == {alice}
+
+
+def _refusal(stack, auth):
+    client = LiveClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.sio.connect(stack.servers[0].url, auth=auth, transports=["websocket"], wait_timeout=5)
+    wait_until(lambda: client.errors, 5, message="connect_error")
+    return client.errors[0].get("message")
+
+
+def _forge(claims, secret=JWT_SECRET, algorithm="HS256"):
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def test_bad_credentials_are_refused(stack, tenant):
+    now = int(time.time())
+    good = {"tenant": tenant, "sub": "x", "exp": now + 60}
+    unsigned = jwt.encode(good, None, algorithm="none")
+    head, _, signature = stack.token(tenant).split(".")
+    tampered = ".".join([head, jwt.utils.base64url_encode(json.dumps({**good, "tenant": "other"}).encode()).decode(),
+                         signature])
+    cases = {
+        "no auth": None,
+        "no token": {},
+        "empty token": {"token": ""},
+        "garbage": {"token": "not-a-jwt"},
+        "wrong secret": {"token": _forge(good, secret="another-secret-of-32-bytes-or-more!!")},
+        "alg none": {"token": unsigned},
+        "tampered": {"token": tampered},
+        "missing tenant": {"token": _forge({"sub": "x", "exp": now + 60})},
+        "missing exp": {"token": _forge({"tenant": tenant, "sub": "x"})},
+        "unknown tenant": {"token": _forge({**good, "tenant": "no-such-tenant"})},
+    }
+    for name, auth in cases.items():
+        assert _refusal(stack, auth) == "unauthorized", name
+    assert _refusal(stack, {"token": _forge({**good, "exp": now - 10})}) == "token_expired"
+
+
+def test_reconnecting_with_last_seq_replays_missed_updates_in_order(stack, tenant, publisher, clients):
+    first = stack.client(tenant)
+    publisher.publish(started(tenant, "r1", 5))
+    final_update(first, "r1", "campaign_started")
+    last_seen = first.updates[-1]["seq"]
+    first.close()
+    missed = ["campaign_paused", "campaign_resumed", "campaign_paused"]
+    for i, kind in enumerate(missed):
+        publisher.publish(status(tenant, "r1", kind, i + 1))
+    wait_until(lambda: stack.sql("SELECT last_seq FROM tenants WHERE id = %s", (tenant,))[0][0] == last_seen + 3, 10)
+    again = stack.client(tenant, auth_extra={"last_seq": last_seen})
+    clients.append(again)
+    again.wait_for(lambda updates: len(updates) >= 3, message="replayed updates")
+    assert [(u["seq"], u["type"], u["replayed"]) for u in again.updates] == [
+        (last_seen + 1 + i, kind, True) for i, kind in enumerate(missed)
+    ]
+    publisher.publish(status(tenant, "r1", "campaign_completed", 10))
+    live = final_update(again, "r1", "campaign_completed")
+    assert (live["seq"], live["replayed"]) == (last_seen + 4, False)
+
+
+def test_replay_event_resends_updates_and_refuses_bad_input(stack, tenant, publisher, clients):
+    client = stack.client(tenant)
+    clients.append(client)
+    publisher.publish(started(tenant, "rp", 5))
+    publisher.publish(status(tenant, "rp", "campaign_paused", 1))
+    final_update(client, "rp", "campaign_paused")
+    live = list(client.updates)
+    for bad in ({"after_seq": "x"}, {"after_seq": -1}, {"after_seq": True}, {}, "nonsense", None):
+        answer = client.sio.call("replay", bad, timeout=5)
+        assert answer["error"] == "bad_request", bad
+    assert client.sio.connected
+    answer = client.sio.call("replay", {"after_seq": live[0]["seq"] - 1}, timeout=5)
+    assert answer == {"ok": True, "seq": live[-1]["seq"]}
+    replayed = client.wait_for(lambda updates: [u for u in updates if u["replayed"]] if
+                               len([u for u in updates if u["replayed"]]) == len(live) else None)
+    assert [(u["seq"], u["campaign"]) for u in replayed] == [(u["seq"], u["campaign"]) for u in live]
+
+
+def _dead_letters(stack, wanted, marker):
+    """Drain the dead-letter queue until ``wanted`` messages containing ``marker`` are found."""
+    found = []
+    with Connection(stack.broker_url) as connection:
+        queue = dead_letter_queue(connection.default_channel)
+        deadline = time.monotonic() + 20
+        while len(found) < wanted and time.monotonic() < deadline:
+            message = queue.get(no_ack=False)
+            if message is None:
+                time.sleep(0.05)
+                continue
+            if marker.encode() in message.body or marker in message.headers.get("x-original-routing-key", ""):
+                found.append((message.headers[REJECTION_HEADER], message.body))
+            message.ack()
+    return found
+
+
+def test_invalid_messages_are_dead_lettered_and_valid_ones_around_them_applied(stack, tenant, publisher):
+    good = event(tenant, "dl", "message_sent", message_id="m-1")
+    bad = [
+        (b"this is not json " + tenant.encode(), f"{tenant}.message_sent", "invalid_json"),
+        (json.dumps({**good, "event_id": None}).encode(), f"{tenant}.message_sent", "missing_field"),
+        (json.dumps({**good, "type": "message_exploded"}).encode(), f"{tenant}.message_exploded", "unknown_type"),
+        (json.dumps({**good, "occurred_at": "2026-11-25T12:00:00"}).encode(), f"{tenant}.message_sent",
+         "invalid_field"),
+        (json.dumps({**good, "tenant_id": "ghost-" + tenant[:20]}).encode(), f"ghost-{tenant[:20]}.message_sent",
+         "unknown_tenant"),
+        (json.dumps({**good, "data": {"message_id": "x" * 70000}}).encode(), f"{tenant}.message_sent", "too_large"),
+        (json.dumps(good).encode(), f"{tenant}.campaign_started", "routing_key_mismatch"),
+        (b"\xff\xfe" + tenant.encode(), f"{tenant}.message_sent", "invalid_encoding"),
+    ]
+    publisher.publish(started(tenant, "dl", 10))
+    for i, (body, routing_key, _) in enumerate(bad):
+        publisher.publish_raw(body, routing_key)
+        publisher.publish(sent(tenant, "dl", i))
+    publisher.publish(status(tenant, "dl", "campaign_completed", 1))
+    state = wait_until(lambda: (c := stack.campaign(tenant, "dl")) and c["status"] == "completed" and c, 15)
+    assert (state["sent"], state["version"]) == (len(bad), len(bad) + 2)
+    letters = _dead_letters(stack, len(bad), tenant)
+    assert sorted(reason.split(":")[0] for reason, _ in letters) == sorted(code for _, _, code in bad)
+    assert all(": " in reason for reason, _ in letters)
+    assert {body for _, body in letters} == {body for body, _, _ in bad}
+    assert stack.workers[0].alive()
+
+
+def test_a_long_polling_client_gets_live_updates(stack, tenant, publisher, clients):
+    client = stack.client(tenant, transports=["polling"])
+    clients.append(client)
+    assert client.sio.transport() == "polling"
+    publisher.publish(started(tenant, "lp", 2))
+    publisher.publish(sent(tenant, "lp", 1))
+    publisher.publish(status(tenant, "lp", "campaign_completed", 1))
+    done = final_update(client, "lp", "campaign_completed")
+    assert done["campaign"]["sent"] == 1
