@@ -45,7 +45,7 @@ class Config:
                 pool_size=_int("DB_POOL_SIZE", 10), max_overflow=_int("DB_MAX_OVERFLOW", 20)
             )
         # The in-process broker of the demo; a real deployment always sets BROKER_URL.
-        self.EVENTS_BROKER_URL = self.BROKER_URL or "memory://"
+        self.EVENTS_BROKER_URL = self.BROKER_URL or "memory://localhost/"
         self.SECRET_KEY = os.environ.get("SECRET_KEY", "")
         self.JWT_SECRET = os.environ.get("JWT_SECRET", "")
         self.JWT_TTL_SECONDS = _int("JWT_TTL_SECONDS", 3600)
