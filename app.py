@@ -29,10 +29,13 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from campaigns.api import bp as api_bp
 from campaigns.cli import register_commands
+from campaigns.errors import register_error_handlers
 from campaigns.health import bp as health_bp
+from campaigns.models import User
 from config import Config
-from extensions import db, migrate, socketio
+from extensions import db, limiter, login, migrate, socketio
 from sockets.handlers import register_handlers
 
 log = logging.getLogger("campaign_live")
@@ -92,9 +95,14 @@ def create_app(config=None):
             app.config[f"{name}_GENERATED"] = True
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS)
+    login.init_app(app)
+    login.user_loader(lambda user_id: db.session.get(User, int(user_id)) if user_id.isdigit() else None)
+    limiter.init_app(app)
     socketio.init_app(app, **socketio_options(app.config))
     app.register_blueprint(health_bp)
+    app.register_blueprint(api_bp, url_prefix="/api")
     register_handlers(socketio)
+    register_error_handlers(app)
     register_commands(app)
     return app
 

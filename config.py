@@ -68,6 +68,21 @@ class Config:
         self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")
         self.SIMULATOR = os.environ.get("SIMULATOR", "1" if self.DEMO else "0") == "1"
         self.SQLALCHEMY_TRACK_MODIFICATIONS = False
+        self.MAX_CONNECTIONS_PER_TENANT = _int("MAX_CONNECTIONS_PER_TENANT", 2000)
+        # Client events (``replay``) per connection: a burst, then this many per second.
+        self.SOCKET_EVENT_BURST = _int("SOCKET_EVENT_BURST", 10)
+        self.SOCKET_EVENT_RATE = _float("SOCKET_EVENT_RATE", 1.0)
+        self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
+        self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
+        self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 0)
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.MAX_CONTENT_LENGTH = _int("MAX_CONTENT_LENGTH", 64 * 1024)
 
     def update(self, **overrides):
         """Return this config with some settings replaced (tests use it)."""

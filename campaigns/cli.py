@@ -6,7 +6,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from campaigns.models import Tenant
+from campaigns.auth import create_api_key
+from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from campaigns.events import TENANT_ID
@@ -30,6 +31,55 @@ def create_tenant(tenant_id, name):
     click.echo(f"created tenant {tenant_id}")
 
 
+@click.command("delete-tenant")
+@click.argument("tenant_id")
+@with_appcontext
+def delete_tenant(tenant_id):
+    """Delete a tenant with its campaigns, history, API keys and users."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise click.ClickException(f"no tenant {tenant_id!r}")
+    db.session.delete(tenant)
+    db.session.commit()
+    click.echo(f"deleted tenant {tenant_id}")
+
+
+@click.command("create-api-key")
+@click.argument("tenant_id")
+@with_appcontext
+def create_api_key_command(tenant_id):
+    """Print a new API key for a tenant (shown once, stored hashed)."""
+    if db.session.get(Tenant, tenant_id) is None:
+        raise click.ClickException(f"no tenant {tenant_id!r}")
+    click.echo(create_api_key(tenant_id))
+
+
+@click.command("create-user")
+@click.argument("email")
+@click.option("--tenant", "tenant_id", help="The tenant the user belongs to.")
+@click.option("--admin", is_flag=True, help="A platform admin, who may look at every tenant.")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when omitted.")
+@with_appcontext
+def create_user(email, tenant_id, admin, password):
+    """Create a user of the admin pages."""
+    if not tenant_id and not admin:
+        raise click.UsageError("--tenant is required (only --admin users may have none)")
+    if tenant_id and db.session.get(Tenant, tenant_id) is None:
+        raise click.ClickException(f"no tenant {tenant_id!r}")
+    if "@" not in email or len(email) > 254:
+        raise click.BadParameter("not an e-mail address", param_hint="EMAIL")
+    if len(password) < 8:
+        raise click.BadParameter("use at least 8 characters", param_hint="--password")
+    email = email.strip().lower()
+    if db.session.scalar(db.select(User).where(User.email == email)) is not None:
+        raise click.ClickException(f"user {email} already exists")
+    user = User(email=email, tenant_id=tenant_id, is_admin=admin)
+    user.set_password(password)
+    db.session.add(user)
+    db.session.commit()
+    click.echo(f"created {'admin ' if admin else ''}user {email}")
+
+
 @click.command("simulate")
 @click.option("--duration", type=float, default=None, help="Seconds to run (default: until Ctrl-C).")
 @click.option("--tenant", "tenants", multiple=True, help="Tenant to play (repeatable; default: the demo tenants).")
@@ -47,5 +97,5 @@ def simulate(duration, tenants, campaigns):
 
 def register_commands(app):
     """Add the commands to ``flask --app app``."""
-    for command in (create_tenant, simulate):
+    for command in (create_tenant, delete_tenant, create_api_key_command, create_user, simulate):
         app.cli.add_command(command)

@@ -2,8 +2,9 @@
 
 import logging
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from kombu import Connection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from extensions import db
@@ -51,3 +52,9 @@ def readyz():
         log.warning("not ready: %s", failing)
         return jsonify(status="unavailable", failing=failing), 503
     return jsonify(status="ok")
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text format (bind the server to a private interface in production)."""
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

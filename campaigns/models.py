@@ -4,7 +4,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
+from flask_login import UserMixin
 from sqlalchemy.orm import Mapped, mapped_column
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from campaigns.timeutil import UTCDateTime, isoformat, utcnow
 from extensions import db
@@ -242,7 +244,7 @@ class ApiKey(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class User(db.Model):
+class User(UserMixin, db.Model):
     """A person using the admin pages: belongs to one tenant, or is a platform admin."""
 
     __tablename__ = "users"
@@ -255,3 +257,11 @@ class User(db.Model):
     )
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def set_password(self, password):
+        """Store a salted scrypt hash of the password (Werkzeug)."""
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password):
+        """True when ``password`` is this user's."""
+        return check_password_hash(self.password_hash, password)

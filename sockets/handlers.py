@@ -1,46 +1,48 @@
 """Socket.IO event handlers, named after their events (CONTRACT.md section 2)."""
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
 from datetime import timedelta
 
 from flask import current_app, request
-from flask_socketio import ConnectionRefusedError, emit, join_room
+from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
 
-from campaigns.models import Campaign, CampaignUpdate, Tenant
+from campaigns import metrics
+from campaigns.auth import AuthError, identity_from_session, identity_from_token
+from campaigns.models import Campaign, CampaignUpdate
 from campaigns.timeutil import utcnow
-from campaigns.tokens import TokenError, decode_token
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, as_replayed, tenant_room
 from extensions import db
+from sockets.limits import TokenBucket
 
 log = logging.getLogger(__name__)
 REPLAY_PAGE = 500
+DISCONNECT_AFTER_REFUSALS = 20
 
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is on the other end of a connection or request."""
-
-    tenant_id: str
-    subject: str
-
-
-# sid -> Identity of every connection this process serves
+# Every connection this process serves: sid -> Identity, and the client-event budget.
 connections = {}
+budgets = {}
+per_tenant = Counter()
+
+
+def refuse(reason):
+    """Refuse a connection; the client's ``connect_error`` carries ``reason`` as its message."""
+    metrics.connections_refused.labels(reason).inc()
+    raise ConnectionRefusedError(reason)
 
 
 def authenticate_socket(auth):
-    """The identity behind a connection's ``auth`` object; refuse the connection otherwise."""
+    """The identity behind a connection: ``auth.token``, else the admin-page session cookie."""
     token = auth.get("token") if isinstance(auth, dict) else None
-    if token is None:
-        raise ConnectionRefusedError("unauthorized")
     try:
-        claims = decode_token(current_app.config["JWT_SECRET"], token)
-    except TokenError as exc:
-        raise ConnectionRefusedError(exc.code) from None
-    if db.session.get(Tenant, claims["tenant"]) is None:
-        raise ConnectionRefusedError("unauthorized")
-    return Identity(claims["tenant"], claims["sub"])
+        if token is not None:
+            return identity_from_token(token)
+        identity = identity_from_session()
+    except AuthError as exc:
+        refuse(exc.code)
+    if identity is None:
+        refuse("unauthorized")
+    return identity
 
 
 def _retention_start():
@@ -62,6 +64,7 @@ def _send_stored_updates(tenant_id, after_seq):
         db.session.commit()
         for payload in page:
             emit(UPDATE_EVENT, as_replayed(payload))
+        metrics.replayed_updates.labels("socket").inc(len(page))
         if page:
             after_seq = page[-1]["seq"]
         if len(page) < REPLAY_PAGE:
@@ -88,9 +91,15 @@ def connect(auth=None):
     """Authenticate, send the snapshot and any missed updates, then join the tenant's room."""
     identity = authenticate_socket(auth)
     tenant_id = identity.tenant_id
-    last_seq = _parse_seq(auth.get("last_seq")) if "last_seq" in auth else None
-    if "last_seq" in auth and last_seq is None:
+    if per_tenant[tenant_id] >= current_app.config["MAX_CONNECTIONS_PER_TENANT"]:
+        refuse("too_many_connections")
+    auth = auth if isinstance(auth, dict) else {}
+    last_seq = _parse_seq(auth.get("last_seq"))
+    if auth.get("last_seq") is not None and last_seq is None:
         log.warning("[WEBSOCKET] ignoring invalid last_seq %r from %s", auth.get("last_seq"), request.sid)
+    connections[request.sid] = identity
+    per_tenant[tenant_id] += 1
+    budgets[request.sid] = TokenBucket(current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"])
     sent = _send_snapshot(tenant_id)
     if last_seq is not None:
         replayed = _recover(tenant_id, last_seq)
@@ -99,18 +108,29 @@ def connect(auth=None):
     join_room(tenant_room(tenant_id))
     # Anything stored between the snapshot and joining the room would be missed otherwise.
     _send_stored_updates(tenant_id, sent)
-    connections[request.sid] = identity
-    log.info(
-        "[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq
-    )
+    log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq)
 
 
-def disconnect(*args):
+def disconnect_handler(*args):
     """Forget the connection."""
     identity = connections.pop(request.sid, None)
-    log.info(
-        "[WEBSOCKET] client %s disconnected (tenant %s)", request.sid, identity and identity.tenant_id
-    )
+    budgets.pop(request.sid, None)
+    if identity is not None:
+        per_tenant[identity.tenant_id] -= 1
+        if per_tenant[identity.tenant_id] <= 0:
+            del per_tenant[identity.tenant_id]
+    log.info("[WEBSOCKET] client %s disconnected (tenant %s)", request.sid, identity and identity.tenant_id)
+
+
+def _within_budget():
+    """Spend one client event of this connection's budget; disconnect persistent flooders."""
+    budget = budgets.get(request.sid)
+    if budget is None or budget.take():
+        return True
+    if budget.refusals >= DISCONNECT_AFTER_REFUSALS:
+        log.warning("[WEBSOCKET] disconnecting %s: too many client events", request.sid)
+        disconnect()
+    return False
 
 
 def replay(data=None):
@@ -118,6 +138,8 @@ def replay(data=None):
     identity = connections.get(request.sid)
     if identity is None:
         return {"error": "unauthorized", "message": "not connected"}
+    if not _within_budget():
+        return {"error": "rate_limited", "message": "too many client events; slow down"}
     after_seq = _parse_seq(data.get("after_seq")) if isinstance(data, dict) else None
     if after_seq is None:
         return {"error": "bad_request", "message": "after_seq must be an integer >= 0"}
@@ -128,6 +150,14 @@ def replay(data=None):
     return {"ok": True, "seq": last}
 
 
+def unknown_event(event, *args):
+    """Any other client event is refused (the server picks rooms; clients cannot)."""
+    if request.sid in connections:
+        _within_budget()
+    log.info("[WEBSOCKET] refused unknown event %r from %s", str(event)[:64], request.sid)
+    return {"error": "unknown_event", "message": "this server accepts only the replay event"}
+
+
 def on_error(exc):
     """Log every exception a handler raised; the connection stays up."""
     log.exception("[WEBSOCKET] handler error for %s: %s", request.sid, exc)
@@ -135,8 +165,10 @@ def on_error(exc):
 
 
 def register_handlers(socketio):
-    """Attach the handlers to a ``SocketIO`` instance."""
+    """Attach the handlers to a ``SocketIO`` instance and count its connections for /metrics."""
     socketio.on_event("connect", connect)
-    socketio.on_event("disconnect", disconnect)
+    socketio.on_event("disconnect", disconnect_handler)
     socketio.on_event("replay", replay)
     socketio.on_error_default(on_error)
+    socketio.on("*")(unknown_event)
+    metrics.watch_connections(connections, lambda sid: socketio.server.transport(sid))

@@ -13,6 +13,7 @@ from kombu.mixins import ConsumerProducerMixin
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from campaigns import metrics
 from campaigns.events import InvalidEvent, parse_event
 from campaigns.ingest import TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.timeutil import utcnow
@@ -188,6 +189,8 @@ class EventConsumer(ConsumerProducerMixin):
     def process_batch(self):
         """Validate, apply, commit, acknowledge, emit (in that order) the messages in hand."""
         messages, self.batch = self.batch, []
+        received = self.batch_started
+        metrics.batch_size.observe(len(messages))
         pairs = []
         for message in messages:
             try:
@@ -220,6 +223,8 @@ class EventConsumer(ConsumerProducerMixin):
                 message.ack()
         self.record(result)
         self.emit(result.updates)
+        if result.updates:
+            metrics.receive_to_emit.observe(metrics.since(received))
         self.release_locks()
 
     def process_alone(self, event, message):
@@ -248,6 +253,10 @@ class EventConsumer(ConsumerProducerMixin):
         self.stats["applied"] += len(result.applied)
         self.stats["duplicates"] += result.duplicates
         self.stats["merged"] += result.merged
+        for event in result.applied:
+            metrics.events_applied.labels(event.type).inc()
+        metrics.events_duplicate.inc(result.duplicates)
+        metrics.updates_merged.inc(result.merged)
         for name, seconds in result.throttled:
             log.info('[WEBSOCKET] throttling update for "%s" (%.1fs)', name, seconds)
 
@@ -276,6 +285,7 @@ class EventConsumer(ConsumerProducerMixin):
         )
         message.ack()
         self.stats["dead_lettered"] += 1
+        metrics.dead_lettered.labels(metrics.reason_code(reason)).inc()
         log.warning("[WORKER] dead-lettered message (routing key %r): %s", routing_key[:100], reason)
 
     def emit_due_updates(self, force=False):
@@ -305,4 +315,5 @@ class EventConsumer(ConsumerProducerMixin):
             level = logging.INFO if payload["type"].startswith("campaign_") else logging.DEBUG
             log.log(level, '[WEBSOCKET] sending %s for campaign "%s" (seq %d)', payload["type"], campaign["name"], payload["seq"])
             self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
+            metrics.updates_emitted.labels(payload["type"]).inc()
         self.stats["emitted"] += len(updates)

@@ -5,6 +5,7 @@ import signal
 
 from flask_socketio import SocketIO
 from kombu import Connection
+from prometheus_client import start_http_server
 
 from extensions import db
 from worker.consumer import EventConsumer
@@ -44,6 +45,9 @@ def main():
     emitter = SocketIO(
         message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading"
     )
+    if config["WORKER_METRICS_PORT"]:
+        start_http_server(config["WORKER_METRICS_PORT"], addr=config["HOST"])
+        log.info("[WORKER] metrics on http://%s:%s/metrics", config["HOST"], config["WORKER_METRICS_PORT"])
     with app.app_context():
         connection = broker_connection(config["BROKER_URL"], config["AMQP_HEARTBEAT"])
         connection.ensure_connection(

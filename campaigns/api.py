@@ -1,0 +1,167 @@
+"""The REST API (CONTRACT.md section 3): tokens, campaigns, stored updates."""
+
+import hashlib
+import json
+from datetime import timedelta
+
+from flask import Blueprint, Response, current_app, request
+from sqlalchemy import select
+
+from campaigns import metrics
+from campaigns.auth import AuthError, bearer_token, identity_from_request, tenant_of_api_key
+from campaigns.errors import ApiError
+from campaigns.models import ACTIVE_STATUSES, AppliedEvent, Campaign, CampaignUpdate, Tenant
+from campaigns.timeutil import isoformat, utcnow
+from campaigns.tokens import mint_token
+from campaigns.updates import as_replayed
+from extensions import db, limiter
+
+bp = Blueprint("api", __name__)
+STATUSES = (*ACTIVE_STATUSES, "completed", "failed", "cancelled")
+RECENT_FAILURES = 20
+TIMELINE = 50
+EVENTS_LIMIT_MAX = 1000
+EVENTS_LIMIT_DEFAULT = 100
+
+
+def json_response(payload, status=200):
+    """A compact JSON response."""
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def caller():
+    """The authenticated caller, or a 401."""
+    try:
+        return identity_from_request()
+    except AuthError as exc:
+        message = "the token has expired" if exc.code == "token_expired" else "valid credentials are required"
+        raise ApiError(401, exc.code, message) from None
+
+
+def int_arg(name, default, maximum=None):
+    """A query-string integer >= 0 (at most ``maximum``), or a 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ApiError(400, "bad_request", f"{name} must be an integer >= 0")
+    value = int(raw)
+    if maximum is not None and value > maximum:
+        raise ApiError(400, "bad_request", f"{name} must be at most {maximum}")
+    return value
+
+
+def get_campaign_or_404(tenant_id, campaign_id):
+    """The tenant's campaign, or a 404 (also for other tenants' campaigns: ids do not leak)."""
+    campaign = db.session.get(Campaign, (tenant_id, campaign_id))
+    if campaign is None:
+        raise ApiError(404, "not_found", "no such campaign")
+    return campaign
+
+
+def rate_limit_key():
+    """Rate limits count per credential: the bearer token, else the session user, else the address."""
+    token = bearer_token()
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    user = request.cookies.get(current_app.config.get("SESSION_COOKIE_NAME", "session"))
+    return "session:" + hashlib.sha256(user.encode()).hexdigest()[:32] if user else "ip:" + (request.remote_addr or "")
+
+
+@bp.post("/tokens")
+@limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=lambda: request.remote_addr or "")
+def create_token():
+    """Exchange a tenant API key for a JWT; an optional JSON ``{"sub": ...}`` names the holder."""
+    key = bearer_token()
+    tenant_id = tenant_of_api_key(key) if key else None
+    if tenant_id is None:
+        raise ApiError(401, "unauthorized", "a valid tenant API key is required")
+    subject = "api-key"
+    if request.content_length:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("sub", ""), str) or len(body.get("sub", "")) > 200:
+            raise ApiError(400, "bad_request", 'the body must be a JSON object like {"sub": "user-42"}')
+        subject = body.get("sub") or subject
+    ttl = current_app.config["JWT_TTL_SECONDS"]
+    token = mint_token(current_app.config["JWT_SECRET"], tenant_id, subject, ttl)
+    return json_response({"token": token, "expires_in": ttl, "tenant": tenant_id}, 201)
+
+
+@bp.get("/campaigns")
+def list_campaigns():
+    """The snapshot's set of campaigns, with an ETag so that polling is nearly free."""
+    identity = caller()
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, "bad_request", f"status must be one of {', '.join(STATUSES)}")
+    body = json.dumps(Campaign.snapshot(identity.tenant_id, status), separators=(",", ":"))
+    response = Response(body, mimetype="application/json")
+    response.set_etag(hashlib.sha256(body.encode()).hexdigest()[:32])
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response.make_conditional(request)
+
+
+@bp.get("/campaigns/<campaign_id>")
+def show_campaign(campaign_id):
+    """One campaign with its recent failures and event timeline."""
+    identity = caller()
+    campaign = get_campaign_or_404(identity.tenant_id, campaign_id)
+    history = select(AppliedEvent).where(
+        AppliedEvent.tenant_id == identity.tenant_id, AppliedEvent.campaign_id == campaign_id
+    )
+    failures = db.session.scalars(
+        history.where(AppliedEvent.type == "message_failed")
+        .order_by(AppliedEvent.applied_at.desc(), AppliedEvent.event_id)
+        .limit(RECENT_FAILURES)
+    )
+    timeline = db.session.scalars(
+        history.where(AppliedEvent.type.not_in(("message_sent", "next_message_starting")))
+        .order_by(AppliedEvent.occurred_at.desc(), AppliedEvent.event_id)
+        .limit(TIMELINE)
+    )
+    return json_response(
+        {
+            **campaign.to_dict(),
+            "recent_failures": [
+                {"message_id": e.data.get("message_id"), "error": e.data.get("error"),
+                 "occurred_at": isoformat(e.occurred_at)}
+                for e in failures
+            ],
+            "timeline": [{"type": e.type, "occurred_at": isoformat(e.occurred_at), "data": e.data} for e in timeline],
+        }
+    )
+
+
+@bp.get("/events")
+def list_events():
+    """Stored updates after ``after_seq`` (oldest first), for clients that saw a ``seq`` gap."""
+    identity = caller()
+    after_seq = int_arg("after_seq", 0)
+    limit = int_arg("limit", EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX)
+    not_before = utcnow() - timedelta(seconds=current_app.config["EVENT_RETENTION_SECONDS"])
+    expired = CampaignUpdate.history_expired(identity.tenant_id, after_seq, not_before)
+    events = [as_replayed(p) for p in CampaignUpdate.after(identity.tenant_id, after_seq, limit, not_before)]
+    seq = db.session.scalar(select(Tenant.last_seq).where(Tenant.id == identity.tenant_id))
+    metrics.replayed_updates.labels("rest").inc(len(events))
+    payload = {"events": events, "seq": seq}
+    if expired:
+        payload["history_expired"] = True
+    return json_response(payload)
+
+
+@bp.after_app_request
+def count_request(response):
+    """Count every HTTP request by route rule and status (bounded labels)."""
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    if not rule.startswith("/socket.io"):
+        metrics.http_requests.labels(request.method, rule, str(response.status_code)).inc()
+    return response
+
+
+def apply_rate_limits():
+    """Every API route except token minting counts against the caller's per-credential limit."""
+    limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=rate_limit_key,
+                  exempt_when=lambda: request.endpoint == "api.create_token")(bp)
+
+
+apply_rate_limits()
