@@ -44,9 +44,7 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migration
 
 def configure_logging(level):
     """One format for every process; the socketio/engineio loggers at warnings at least."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
     for name in ("socketio", "engineio"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
@@ -137,7 +135,10 @@ def main():
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",
-        config["HOST"], config["PORT"], config["ASYNC_MODE"], config["PING_INTERVAL"],
+        config["HOST"],
+        config["PORT"],
+        config["ASYNC_MODE"],
+        config["PING_INTERVAL"],
     )
     socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
     return 0

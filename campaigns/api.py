@@ -72,16 +72,14 @@ def rate_limit_key():
 @limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=lambda: request.remote_addr or "")
 def create_token():
     """Exchange a tenant API key for a JWT; an optional JSON ``{"sub": ...}`` names the holder."""
+    body = request.get_json(silent=True) if request.get_data(cache=True) else {}
     key = bearer_token()
     tenant_id = tenant_of_api_key(key) if key else None
     if tenant_id is None:
         raise ApiError(401, "unauthorized", "a valid tenant API key is required")
-    subject = "api-key"
-    if request.content_length:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("sub", ""), str) or len(body.get("sub", "")) > 200:
-            raise ApiError(400, "bad_request", 'the body must be a JSON object like {"sub": "user-42"}')
-        subject = body.get("sub") or subject
+    if not isinstance(body, dict) or not isinstance(body.get("sub", ""), str) or len(body.get("sub", "")) > 200:
+        raise ApiError(400, "bad_request", 'the body must be a JSON object like {"sub": "user-42"}')
+    subject = body.get("sub") or "api-key"
     ttl = current_app.config["JWT_TTL_SECONDS"]
     token = mint_token(current_app.config["JWT_SECRET"], tenant_id, subject, ttl)
     return json_response({"token": token, "expires_in": ttl, "tenant": tenant_id}, 201)
@@ -123,8 +121,11 @@ def show_campaign(campaign_id):
         {
             **campaign.to_dict(),
             "recent_failures": [
-                {"message_id": e.data.get("message_id"), "error": e.data.get("error"),
-                 "occurred_at": isoformat(e.occurred_at)}
+                {
+                    "message_id": e.data.get("message_id"),
+                    "error": e.data.get("error"),
+                    "occurred_at": isoformat(e.occurred_at),
+                }
                 for e in failures
             ],
             "timeline": [{"type": e.type, "occurred_at": isoformat(e.occurred_at), "data": e.data} for e in timeline],
@@ -160,8 +161,11 @@ def count_request(response):
 
 def apply_rate_limits():
     """Every API route except token minting counts against the caller's per-credential limit."""
-    limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=rate_limit_key,
-                  exempt_when=lambda: request.endpoint == "api.create_token")(bp)
+    limiter.limit(
+        lambda: current_app.config["API_RATE_LIMIT"],
+        key_func=rate_limit_key,
+        exempt_when=lambda: request.endpoint == "api.create_token",
+    )(bp)
 
 
 apply_rate_limits()

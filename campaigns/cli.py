@@ -7,10 +7,10 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from campaigns.auth import create_api_key
+from campaigns.events import TENANT_ID
 from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
-from campaigns.events import TENANT_ID
 from extensions import db
 
 log = logging.getLogger(__name__)

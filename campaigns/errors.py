@@ -34,8 +34,15 @@ def wants_json():
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "application/json"
 
 
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         413: "payload_too_large", 429: "rate_limited"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
 
 
 def register_error_handlers(app):

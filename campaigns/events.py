@@ -14,9 +14,7 @@ from campaigns.models import EVENT_TYPES
 MAX_BODY_BYTES = 64 * 1024
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CAMPAIGN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
-)
+RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})")
 SHORT_TEXT = 200
 MESSAGE_ID_MAX = 128
 LONG_TEXT = 4096
@@ -83,9 +81,7 @@ def validate_event(document, routing_key=None):
     if not isinstance(data, dict):
         raise InvalidEvent("invalid_field", "data must be an object")
     if routing_key is not None and routing_key != f"{tenant_id}.{kind}":
-        raise InvalidEvent(
-            "routing_key_mismatch", f"routing key {routing_key[:150]!r} is not {tenant_id}.{kind}"
-        )
+        raise InvalidEvent("routing_key_mismatch", f"routing key {routing_key[:150]!r} is not {tenant_id}.{kind}")
     return CampaignEvent(event_id, kind, tenant_id, campaign_id, occurred_at, _validate_data(kind, data))
 
 

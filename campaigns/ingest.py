@@ -56,9 +56,7 @@ class TenantLocks:
         if not self.enabled:
             return
         for tenant_id in sorted(set(tenant_ids)):
-            self.session.execute(
-                text("SELECT pg_advisory_lock(7281, hashtext(:tenant))"), {"tenant": tenant_id}
-            )
+            self.session.execute(text("SELECT pg_advisory_lock(7281, hashtext(:tenant))"), {"tenant": tenant_id})
             self.held = True
 
     def release(self):
@@ -99,11 +97,7 @@ def _load_campaigns(session, keys):
     """The campaigns with these ``(tenant_id, id)`` keys, locked for update, by key."""
     if not keys:
         return {}
-    query = (
-        select(Campaign)
-        .where(tuple_(Campaign.tenant_id, Campaign.id).in_(sorted(keys)))
-        .with_for_update()
-    )
+    query = select(Campaign).where(tuple_(Campaign.tenant_id, Campaign.id).in_(sorted(keys))).with_for_update()
     return {(c.tenant_id, c.id): c for c in session.scalars(query)}
 
 

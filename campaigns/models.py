@@ -2,9 +2,9 @@
 
 from datetime import datetime, timedelta
 
+from flask_login import UserMixin
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
-from flask_login import UserMixin
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -49,9 +49,7 @@ class Campaign(db.Model):
         Index("ix_campaigns_tenant_updated", "tenant_id", "updated_at"),
     )
 
-    tenant_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="running")
@@ -76,8 +74,14 @@ class Campaign(db.Model):
     def new(cls, tenant_id, campaign_id):
         """A campaign first seen through one of its events, before ``campaign_started``."""
         return cls(
-            tenant_id=tenant_id, id=campaign_id, name=campaign_id, status="running",
-            total=0, sent=0, failed=0, version=0,
+            tenant_id=tenant_id,
+            id=campaign_id,
+            name=campaign_id,
+            status="running",
+            total=0,
+            sent=0,
+            failed=0,
+            version=0,
         )
 
     def apply(self, event, now):
@@ -179,9 +183,7 @@ class AppliedEvent(db.Model):
         Index("ix_applied_events_applied_at", "applied_at"),
     )
 
-    tenant_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     campaign_id: Mapped[str] = mapped_column(String(128))
     type: Mapped[str] = mapped_column(String(32))
@@ -196,9 +198,7 @@ class CampaignUpdate(db.Model):
     __tablename__ = "campaign_updates"
     __table_args__ = (Index("ix_campaign_updates_created_at", "created_at"),)
 
-    tenant_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     campaign_id: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict] = mapped_column(JSONType)
@@ -235,9 +235,7 @@ class ApiKey(db.Model):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), index=True
-    )
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -252,9 +250,7 @@ class User(UserMixin, db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    tenant_id: Mapped[str | None] = mapped_column(
-        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), index=True
-    )
+    tenant_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

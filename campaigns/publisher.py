@@ -32,9 +32,7 @@ class EventPublisher:
     """Publishes events to ``campaign.events``; with ``confirm`` each publish waits for the broker."""
 
     def __init__(self, broker_url, confirm=True, heartbeat=0):
-        self.connection = Connection(
-            broker_url, heartbeat=heartbeat, transport_options={"confirm_publish": confirm}
-        )
+        self.connection = Connection(broker_url, heartbeat=heartbeat, transport_options={"confirm_publish": confirm})
         self.connection.ensure_connection(max_retries=RETRY_POLICY["max_retries"])
         self.producer = Producer(self.connection, exchange=events_exchange, auto_declare=True)
 

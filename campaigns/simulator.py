@@ -16,8 +16,16 @@ log = logging.getLogger(__name__)
 
 DEMO_TENANTS = (("acme", "Acme Retail"), ("globex", "Globex Bank"), ("initech", "Initech Telecom"))
 CAMPAIGN_NAMES = (
-    "Black Friday", "Cyber Monday", "Christmas Sale", "Welcome Series", "Cart Reminder",
-    "Payment Due", "Loyalty Points", "New Year Promo", "Survey Invite", "Flash Sale",
+    "Black Friday",
+    "Cyber Monday",
+    "Christmas Sale",
+    "Welcome Series",
+    "Cart Reminder",
+    "Payment Due",
+    "Loyalty Points",
+    "New Year Promo",
+    "Survey Invite",
+    "Flash Sale",
 )
 MESSAGE_ERRORS = (
     "recipient number is not on WhatsApp",
@@ -101,9 +109,13 @@ class CampaignSimulator:
         for _ in range(count):
             campaign.message_number += 1
             message_id = f"m-{campaign.message_number:06d}"
-            self.send(campaign, "next_message_starting", {"message_id": message_id, "position": campaign.message_number})
+            self.send(
+                campaign, "next_message_starting", {"message_id": message_id, "position": campaign.message_number}
+            )
             if self.random.random() < 0.04:
-                self.send(campaign, "message_failed", {"message_id": message_id, "error": self.random.choice(MESSAGE_ERRORS)})
+                self.send(
+                    campaign, "message_failed", {"message_id": message_id, "error": self.random.choice(MESSAGE_ERRORS)}
+                )
             else:
                 self.send(campaign, "message_sent", {"message_id": message_id})
         campaign.done += count

@@ -29,9 +29,7 @@ def decode_token(secret, token):
     if not secret or not isinstance(token, str) or not token:
         raise TokenError("unauthorized")
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "tenant"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "tenant"]})
     except jwt.ExpiredSignatureError:
         raise TokenError("token_expired") from None
     except jwt.InvalidTokenError:

@@ -59,8 +59,7 @@ def store_updates(session, emissions, now):
         payload = build_update(seq, kind, campaign, now)
         payloads.append(payload)
         rows.append(
-            {"tenant_id": tenant_id, "seq": seq, "campaign_id": campaign["id"],
-             "payload": payload, "created_at": now}
+            {"tenant_id": tenant_id, "seq": seq, "campaign_id": campaign["id"], "payload": payload, "created_at": now}
         )
     session.execute(insert(CampaignUpdate.__table__), rows)
     return payloads

@@ -99,7 +99,9 @@ def connect(auth=None):
         log.warning("[WEBSOCKET] ignoring invalid last_seq %r from %s", auth.get("last_seq"), request.sid)
     connections[request.sid] = identity
     per_tenant[tenant_id] += 1
-    budgets[request.sid] = TokenBucket(current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"])
+    budgets[request.sid] = TokenBucket(
+        current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
+    )
     sent = _send_snapshot(tenant_id)
     if last_seq is not None:
         replayed = _recover(tenant_id, last_seq)

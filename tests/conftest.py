@@ -71,18 +71,36 @@ def app(database):
         TESTING=True,
     )
     app = create_app(config)
+    yield app
     with app.app_context():
-        yield app
-        db.session.remove()
         db.engine.dispose()
 
 
 @pytest.fixture
 def db_session(app):
-    """The app's database session."""
+    """The app's scoped session, inside an app context held for the test (no requests here)."""
     from extensions import db
 
-    return db.session
+    with app.app_context():
+        yield db.session
+        db.session.remove()
+
+
+@pytest.fixture
+def store(app):
+    """A plain session on the app's database, for tests that also make requests.
+
+    Requests must not run inside an app context the test holds: ``g`` (and the logged-in
+    user with it) would be shared between requests.
+    """
+    from sqlalchemy.orm import Session
+
+    from extensions import db
+
+    with app.app_context():
+        engine = db.engine
+    with Session(engine) as session:
+        yield session
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,10 @@ def migrate(database_url):
     env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": "memory://"}
     subprocess.run(
         [PYTHON, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=REPO, env=env, check=True, capture_output=True,
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
     )
 
 
@@ -148,7 +151,7 @@ class Process:
     def __init__(self, name, args, env, log_dir):
         self.name = name
         self.log_path = Path(log_dir) / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        self.log_file = open(self.log_path, "wb")
+        self.log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             args, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -237,9 +240,7 @@ class Stack:
         self.processes.append(process)
         self.workers.append(process)
         if wait:
-            wait_until(
-                lambda: self._consuming(process), 30, 0.05, f"worker to consume\n{process.log()[-3000:]}"
-            )
+            wait_until(lambda: self._consuming(process), 30, 0.05, f"worker to consume\n{process.log()[-3000:]}")
         return process
 
     def _consuming(self, process):
@@ -328,8 +329,10 @@ class LiveClient:
 
     def wait_campaign(self, campaign_id, check, timeout=10.0):
         """Wait for an update of a campaign whose ``campaign`` dict satisfies ``check``."""
+
         def found(updates):
             return next((u for u in updates if u["campaign"]["id"] == campaign_id and check(u["campaign"])), None)
+
         return self.wait_for(found, timeout, f"an update of {campaign_id}")
 
     def seqs(self):

@@ -24,7 +24,10 @@ def body(**overrides):
 def test_valid_event_is_parsed_with_utc_time():
     event = parse_event(body(), "acme.message_sent")
     assert (event.event_id, event.type, event.tenant_id, event.campaign_id) == (
-        "e-1", "message_sent", "acme", "black-friday-2026",
+        "e-1",
+        "message_sent",
+        "acme",
+        "black-friday-2026",
     )
     assert event.occurred_at == datetime(2026, 11, 25, 12, 0, 0, 123000, tzinfo=timezone.utc)
     assert event.data == {"message_id": "m-000123"}
@@ -91,8 +94,11 @@ def test_routing_key_must_match_the_body():
 @pytest.mark.parametrize(
     ("kind", "data", "expected"),
     [
-        ("campaign_started", {"name": "Black Friday", "total_messages": 10, "x": 1},
-         {"name": "Black Friday", "total_messages": 10}),
+        (
+            "campaign_started",
+            {"name": "Black Friday", "total_messages": 10, "x": 1},
+            {"name": "Black Friday", "total_messages": 10},
+        ),
         ("campaign_paused", {}, {}),
         ("campaign_paused", {"reason": "night"}, {"reason": "night"}),
         ("campaign_resumed", {"anything": 1}, {}),

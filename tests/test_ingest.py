@@ -56,23 +56,48 @@ def campaign(session, tenant="acme", campaign_id="bf"):
     [
         ([started(10)], {"status": "running", "total": 10, "name": "Black Friday", "pending": 10}),
         ([started(10), sent(1), sent(2)], {"sent": 2, "pending": 8, "progress": 0.2}),
-        ([started(4), ev("message_failed", {"message_id": "m", "error": "no whatsapp"})],
-         {"failed": 1, "last_error": "no whatsapp", "progress": 0.25}),
-        ([started(4), ev("next_message_starting", {"message_id": "m-7", "position": 7})],
-         {"current_message": "m-7", "sent": 0}),
+        (
+            [started(4), ev("message_failed", {"message_id": "m", "error": "no whatsapp"})],
+            {"failed": 1, "last_error": "no whatsapp", "progress": 0.25},
+        ),
+        (
+            [started(4), ev("next_message_starting", {"message_id": "m-7", "position": 7})],
+            {"current_message": "m-7", "sent": 0},
+        ),
         ([started(4), ev("campaign_paused", {"reason": "night"}, at=T0 + timedelta(seconds=1))], {"status": "paused"}),
-        ([started(4), ev("campaign_paused", at=T0 + timedelta(seconds=1)),
-          ev("campaign_resumed", at=T0 + timedelta(seconds=2))], {"status": "running"}),
-        ([started(4), ev("campaign_completed", at=T0 + timedelta(seconds=3))],
-         {"status": "completed", "completed_at": isoformat(T0 + timedelta(seconds=3))}),
-        ([started(4), ev("campaign_failed", {"error": "quota"}, at=T0 + timedelta(seconds=1))],
-         {"status": "failed", "last_error": "quota"}),
+        (
+            [
+                started(4),
+                ev("campaign_paused", at=T0 + timedelta(seconds=1)),
+                ev("campaign_resumed", at=T0 + timedelta(seconds=2)),
+            ],
+            {"status": "running"},
+        ),
+        (
+            [started(4), ev("campaign_completed", at=T0 + timedelta(seconds=3))],
+            {"status": "completed", "completed_at": isoformat(T0 + timedelta(seconds=3))},
+        ),
+        (
+            [started(4), ev("campaign_failed", {"error": "quota"}, at=T0 + timedelta(seconds=1))],
+            {"status": "failed", "last_error": "quota"},
+        ),
         ([started(4), ev("campaign_cancelled", at=T0 + timedelta(seconds=1))], {"status": "cancelled"}),
         ([sent(1)], {"status": "running", "name": "bf", "total": 0, "sent": 1, "progress": 0.0, "pending": 0}),
         ([started(1), sent(1), sent(2), sent(3)], {"sent": 3, "pending": 0, "progress": 1.0}),
     ],
-    ids=["started", "sent", "message_failed", "next_message", "paused", "resumed", "completed",
-         "failed", "cancelled", "unknown_campaign", "progress_capped"],
+    ids=[
+        "started",
+        "sent",
+        "message_failed",
+        "next_message",
+        "paused",
+        "resumed",
+        "completed",
+        "failed",
+        "cancelled",
+        "unknown_campaign",
+        "progress_capped",
+    ],
 )
 def test_each_event_type_has_its_effect(db_session, tenants, events, expected):
     apply(db_session, events)
@@ -148,8 +173,11 @@ def test_a_burst_gives_one_update_at_once_and_one_at_the_window_end(db_session, 
 def test_status_events_are_never_merged_away(db_session, tenants):
     t = T0
     events = [
-        started(10, at=t), sent(1), ev("campaign_paused", at=t + timedelta(seconds=1)),
-        ev("campaign_resumed", at=t + timedelta(seconds=2)), sent(2),
+        started(10, at=t),
+        sent(1),
+        ev("campaign_paused", at=t + timedelta(seconds=1)),
+        ev("campaign_resumed", at=t + timedelta(seconds=2)),
+        sent(2),
         ev("campaign_completed", at=t + timedelta(seconds=3)),
     ]
     result = apply(db_session, events, now=T0)
@@ -164,12 +192,16 @@ def test_status_events_are_never_merged_away(db_session, tenants):
 
 
 def test_seq_numbers_each_tenants_updates_without_gaps(db_session, tenants):
-    apply(db_session, [started(3, at=T0), ev("campaign_paused", at=T0 + timedelta(seconds=1)),
-                       started(3, tenant="globex")])
+    apply(
+        db_session,
+        [started(3, at=T0), ev("campaign_paused", at=T0 + timedelta(seconds=1)), started(3, tenant="globex")],
+    )
     apply(db_session, [ev("campaign_resumed", at=T0 + timedelta(seconds=2))], now=T0 + timedelta(seconds=1))
     rows = db_session.query(CampaignUpdate).order_by(CampaignUpdate.tenant_id, CampaignUpdate.seq).all()
     assert [(row.tenant_id, row.seq, row.payload["type"]) for row in rows] == [
-        ("acme", 1, "campaign_started"), ("acme", 2, "campaign_paused"), ("acme", 3, "campaign_resumed"),
+        ("acme", 1, "campaign_started"),
+        ("acme", 2, "campaign_paused"),
+        ("acme", 3, "campaign_resumed"),
         ("globex", 1, "campaign_started"),
     ]
     assert db_session.get(Tenant, "acme").last_seq == 3
@@ -178,8 +210,11 @@ def test_seq_numbers_each_tenants_updates_without_gaps(db_session, tenants):
 
 def test_stored_updates_are_read_back_in_order_and_expire(db_session, tenants):
     for i in range(5):
-        apply(db_session, [ev("campaign_paused" if i % 2 else "campaign_resumed", at=T0 + timedelta(seconds=i))],
-              now=T0 + timedelta(seconds=i))
+        apply(
+            db_session,
+            [ev("campaign_paused" if i % 2 else "campaign_resumed", at=T0 + timedelta(seconds=i))],
+            now=T0 + timedelta(seconds=i),
+        )
     assert [p["seq"] for p in CampaignUpdate.after("acme", 2, 100, T0 - timedelta(days=1))] == [3, 4, 5]
     assert CampaignUpdate.history_expired("acme", 2, T0 - timedelta(days=1)) is False
     assert CampaignUpdate.history_expired("acme", 5, T0) is False
@@ -193,9 +228,15 @@ def test_stored_updates_are_read_back_in_order_and_expire(db_session, tenants):
 def test_snapshot_holds_active_and_recently_ended_campaigns_newest_first(db_session, tenants):
     now = datetime.now(timezone.utc)
     apply(db_session, [started(5, campaign="old", at=now - timedelta(days=3))], now=now - timedelta(days=3))
-    apply(db_session, [ev("campaign_completed", campaign="old", at=now - timedelta(days=2))], now=now - timedelta(days=2))
+    apply(
+        db_session, [ev("campaign_completed", campaign="old", at=now - timedelta(days=2))], now=now - timedelta(days=2)
+    )
     apply(db_session, [started(5, campaign="done", at=now - timedelta(hours=2))], now=now - timedelta(hours=2))
-    apply(db_session, [ev("campaign_completed", campaign="done", at=now - timedelta(hours=1))], now=now - timedelta(hours=1))
+    apply(
+        db_session,
+        [ev("campaign_completed", campaign="done", at=now - timedelta(hours=1))],
+        now=now - timedelta(hours=1),
+    )
     apply(db_session, [started(5, campaign="live", at=now)], now=now)
     apply(db_session, [started(5, campaign="theirs", tenant="globex", at=now)], now=now)
     snapshot = Campaign.snapshot("acme")

@@ -38,7 +38,8 @@ def sent(tenant, campaign, i):
 def final_update(client, campaign, kind):
     return client.wait_for(
         lambda updates: next((u for u in updates if u["campaign"]["id"] == campaign and u["type"] == kind), None),
-        15, f"{kind} of {campaign}",
+        15,
+        f"{kind} of {campaign}",
     )
 
 
@@ -58,8 +59,13 @@ def test_every_event_type_reaches_the_tenants_client(stack, tenant, publisher, c
         publisher.publish(e)
     done = final_update(client, "bf", "campaign_completed")["campaign"]
     assert {k: done[k] for k in ("status", "total", "sent", "failed", "pending", "current_message", "last_error")} == {
-        "status": "completed", "total": 5, "sent": 1, "failed": 1, "pending": 3,
-        "current_message": "m-3", "last_error": "not on WhatsApp",
+        "status": "completed",
+        "total": 5,
+        "sent": 1,
+        "failed": 1,
+        "pending": 3,
+        "current_message": "m-3",
+        "last_error": "not on WhatsApp",
     }
     assert done["version"] == 7 and done["progress"] == pytest.approx(0.4)
     assert done["tenant_id"] == tenant and done["name"] == "Black Friday" and done["completed_at"]
@@ -112,8 +118,12 @@ def test_status_events_are_never_merged_away(stack, tenant, publisher, clients):
     publisher.publish(status(tenant, "flip", "campaign_cancelled", 10))
     final_update(client, "flip", "campaign_cancelled")
     seen = [(u["type"], u["campaign"]["status"]) for u in client.updates if u["type"].startswith("campaign_")]
-    expected_status = {"campaign_started": "running", "campaign_paused": "paused", "campaign_resumed": "running",
-                       "campaign_cancelled": "cancelled"}
+    expected_status = {
+        "campaign_started": "running",
+        "campaign_paused": "paused",
+        "campaign_resumed": "running",
+        "campaign_cancelled": "cancelled",
+    }
     expected = ["campaign_started", *kinds, "campaign_cancelled"]
     assert seen == [(kind, expected_status[kind]) for kind in expected]
 
@@ -156,8 +166,9 @@ def test_bad_credentials_are_refused(stack, tenant):
     good = {"tenant": tenant, "sub": "x", "exp": now + 60}
     unsigned = jwt.encode(good, None, algorithm="none")
     head, _, signature = stack.token(tenant).split(".")
-    tampered = ".".join([head, jwt.utils.base64url_encode(json.dumps({**good, "tenant": "other"}).encode()).decode(),
-                         signature])
+    tampered = ".".join(
+        [head, jwt.utils.base64url_encode(json.dumps({**good, "tenant": "other"}).encode()).decode(), signature]
+    )
     cases = {
         "no auth": None,
         "no token": {},
@@ -209,8 +220,11 @@ def test_replay_event_resends_updates_and_refuses_bad_input(stack, tenant, publi
     assert client.sio.connected
     answer = client.sio.call("replay", {"after_seq": live[0]["seq"] - 1}, timeout=5)
     assert answer == {"ok": True, "seq": live[-1]["seq"]}
-    replayed = client.wait_for(lambda updates: [u for u in updates if u["replayed"]] if
-                               len([u for u in updates if u["replayed"]]) == len(live) else None)
+    replayed = client.wait_for(
+        lambda updates: (
+            [u for u in updates if u["replayed"]] if len([u for u in updates if u["replayed"]]) == len(live) else None
+        )
+    )
     assert [(u["seq"], u["campaign"]) for u in replayed] == [(u["seq"], u["campaign"]) for u in live]
 
 
@@ -237,10 +251,16 @@ def test_invalid_messages_are_dead_lettered_and_valid_ones_around_them_applied(s
         (b"this is not json " + tenant.encode(), f"{tenant}.message_sent", "invalid_json"),
         (json.dumps({**good, "event_id": None}).encode(), f"{tenant}.message_sent", "missing_field"),
         (json.dumps({**good, "type": "message_exploded"}).encode(), f"{tenant}.message_exploded", "unknown_type"),
-        (json.dumps({**good, "occurred_at": "2026-11-25T12:00:00"}).encode(), f"{tenant}.message_sent",
-         "invalid_field"),
-        (json.dumps({**good, "tenant_id": "ghost-" + tenant[:20]}).encode(), f"ghost-{tenant[:20]}.message_sent",
-         "unknown_tenant"),
+        (
+            json.dumps({**good, "occurred_at": "2026-11-25T12:00:00"}).encode(),
+            f"{tenant}.message_sent",
+            "invalid_field",
+        ),
+        (
+            json.dumps({**good, "tenant_id": "ghost-" + tenant[:20]}).encode(),
+            f"ghost-{tenant[:20]}.message_sent",
+            "unknown_tenant",
+        ),
         (json.dumps({**good, "data": {"message_id": "x" * 70000}}).encode(), f"{tenant}.message_sent", "too_large"),
         (json.dumps(good).encode(), f"{tenant}.campaign_started", "routing_key_mismatch"),
         (b"\xff\xfe" + tenant.encode(), f"{tenant}.message_sent", "invalid_encoding"),

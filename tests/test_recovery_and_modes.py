@@ -32,9 +32,16 @@ def test_a_client_behind_the_kept_history_gets_resync(make_stack):
     with stack.publisher() as publisher:
         publisher.publish(event(tenant, "old", "campaign_started", name="Old", total_messages=1))
         wait_until(lambda: stack.sql("SELECT last_seq FROM tenants WHERE id = %s", (tenant,))[0][0] == 1, 10)
-        wait_until(lambda: stack.sql(
-            "SELECT bool_and(created_at < now() - interval '1.2 seconds') FROM campaign_updates "
-            "WHERE tenant_id = %s", (tenant,))[0][0], 10, 0.1, "the update to age past retention")
+        wait_until(
+            lambda: stack.sql(
+                "SELECT bool_and(created_at < now() - interval '1.2 seconds') FROM campaign_updates "
+                "WHERE tenant_id = %s",
+                (tenant,),
+            )[0][0],
+            10,
+            0.1,
+            "the update to age past retention",
+        )
         client = stack.client(tenant, auth_extra={"last_seq": 0})
         try:
             wait_until(lambda: client.resyncs, 10, message="resync")
@@ -73,8 +80,9 @@ def test_make_run_without_services_runs_the_embedded_demo(tmp_path):
     demo = Process("demo", [support.PYTHON, "app.py"], env, tmp_path)
     client = LiveClient()
     try:
-        token = wait_until(lambda: re.search(r"tenant 'acme' \(24 h\):\n(\S+)", demo.log()), 60, 0.1,
-                           "the demo's token").group(1)
+        token = wait_until(
+            lambda: re.search(r"tenant 'acme' \(24 h\):\n(\S+)", demo.log()), 60, 0.1, "the demo's token"
+        ).group(1)
         wait_until(lambda: "serving on" in demo.log(), 30, 0.1, "the demo server")
         client.connect(f"http://127.0.0.1:{port}", {"token": token}, ["websocket"])
         update = client.wait_for(lambda updates: updates and updates[0], 30, "a simulated campaign update")
@@ -88,7 +96,8 @@ def test_make_run_without_services_runs_the_embedded_demo(tmp_path):
 
 def test_python_m_worker_refuses_to_run_without_broker_and_database(tmp_path):
     env = {key: value for key, value in support.os.environ.items() if key not in ("DATABASE_URL", "BROKER_URL")}
-    result = subprocess.run([support.PYTHON, "-m", "worker"], cwd=support.REPO, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [support.PYTHON, "-m", "worker"], cwd=support.REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "set BROKER_URL and DATABASE_URL" in result.stderr

@@ -6,6 +6,7 @@ full (or lingering) batch into one database transaction, emits merged updates wh
 throttle window has ended, and prunes old history from time to time.
 """
 
+import contextlib
 import logging
 import time
 
@@ -168,10 +169,9 @@ class EventConsumer(ConsumerProducerMixin):
             if self.should_stop:
                 raise StopRequested()
             if self.active_connection is not None:
-                try:
+                # A dead broker connection is handled by kombu's reconnect later.
+                with contextlib.suppress(Exception):
                     self.active_connection.connection.send_heartbeat()
-                except Exception:  # noqa: BLE001 - a dead broker connection is handled by kombu later
-                    pass
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
     def release_locks(self):
@@ -313,7 +313,13 @@ class EventConsumer(ConsumerProducerMixin):
         for payload in updates:
             campaign = payload["campaign"]
             level = logging.INFO if payload["type"].startswith("campaign_") else logging.DEBUG
-            log.log(level, '[WEBSOCKET] sending %s for campaign "%s" (seq %d)', payload["type"], campaign["name"], payload["seq"])
+            log.log(
+                level,
+                '[WEBSOCKET] sending %s for campaign "%s" (seq %d)',
+                payload["type"],
+                campaign["name"],
+                payload["seq"],
+            )
             self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
             metrics.updates_emitted.labels(payload["type"]).inc()
         self.stats["emitted"] += len(updates)

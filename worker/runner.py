@@ -42,9 +42,7 @@ def main():
     if not config["BROKER_URL"] or not config["DATABASE_URL"]:
         log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
         return 2
-    emitter = SocketIO(
-        message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading"
-    )
+    emitter = SocketIO(message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading")
     if config["WORKER_METRICS_PORT"]:
         start_http_server(config["WORKER_METRICS_PORT"], addr=config["HOST"])
         log.info("[WORKER] metrics on http://%s:%s/metrics", config["HOST"], config["WORKER_METRICS_PORT"])

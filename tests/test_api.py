@@ -1,0 +1,235 @@
+"""The REST API, the CLI and the socket handlers in-process, on a real PostgreSQL database."""
+
+from datetime import timedelta
+
+import jwt
+import pytest
+from flask_socketio import SocketIOTestClient
+
+from campaigns import metrics
+from campaigns.auth import hash_api_key
+from campaigns.ingest import apply_batch
+from campaigns.models import ApiKey, User
+from campaigns.timeutil import utcnow
+from extensions import socketio
+from tests.support import JWT_SECRET
+from tests.test_ingest import ev, started
+
+
+@pytest.fixture
+def cli(app):
+    runner = app.test_cli_runner()
+
+    def run(*args):
+        result = runner.invoke(args=list(args))
+        assert result.exit_code == 0, result.output
+        return result.output.strip()
+
+    return run
+
+
+@pytest.fixture
+def acme(cli, store):
+    cli("create-tenant", "acme", "--name", "Acme")
+    cli("create-tenant", "globex", "--name", "Globex")
+    return "acme"
+
+
+@pytest.fixture
+def token(app, acme):
+    client = app.test_client()
+    key = app.test_cli_runner().invoke(args=["create-api-key", "acme"]).output.strip()
+    answer = client.post("/api/tokens", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 201
+    return answer.get_json()["token"]
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_api_keys_are_shown_once_and_stored_hashed(app, cli, acme, store):
+    key = cli("create-api-key", "acme")
+    stored = store.query(ApiKey).one()
+    assert stored.key_hash == hash_api_key(key) and key not in (stored.key_hash, stored.prefix)
+    answer = app.test_client().post("/api/tokens", headers=bearer(key), json={"sub": "mobile-user-7"})
+    assert answer.status_code == 201
+    body = answer.get_json()
+    assert body["expires_in"] == 3600
+    claims = jwt.decode(body["token"], JWT_SECRET, algorithms=["HS256"])
+    assert (claims["tenant"], claims["sub"]) == ("acme", "mobile-user-7")
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer clk_wrong", "Basic abc", "Bearer " + "x" * 5000])
+def test_token_minting_needs_a_valid_api_key(app, acme, header):
+    answer = app.test_client().post("/api/tokens", headers={"Authorization": header} if header else {})
+    assert answer.status_code == 401
+    assert answer.get_json()["error"] == "unauthorized"
+
+
+def test_keys_of_a_deleted_tenant_stop_working(app, cli, acme):
+    key = cli("create-api-key", "globex")
+    client = app.test_client()
+    token = client.post("/api/tokens", headers=bearer(key)).get_json()["token"]
+    assert client.get("/api/campaigns", headers=bearer(token)).status_code == 200
+    cli("delete-tenant", "globex")
+    assert client.post("/api/tokens", headers=bearer(key)).status_code == 401
+    assert client.get("/api/campaigns", headers=bearer(token)).status_code == 401
+
+
+def test_users_get_hashed_passwords(app, cli, acme, store):
+    cli("create-user", "Ana@Acme.com", "--tenant", "acme", "--password", "correct horse")
+    cli("create-user", "root@platform.io", "--admin", "--password", "battery staple")
+    ana = store.query(User).filter_by(email="ana@acme.com").one()
+    assert ana.password_hash != "correct horse" and ana.check_password("correct horse")
+    assert not ana.check_password("wrong") and not ana.is_admin
+    assert store.query(User).filter_by(email="root@platform.io").one().is_admin
+    refused = app.test_cli_runner().invoke(args=["create-user", "x@y.z", "--password", "12345678"])
+    assert refused.exit_code != 0 and "--tenant is required" in refused.output
+
+
+def test_campaign_list_uses_etags_so_polling_is_cheap(app, token, store):
+    client = app.test_client()
+    first = client.get("/api/campaigns", headers=bearer(token))
+    assert first.status_code == 200 and first.get_json() == {"seq": 0, "campaigns": []}
+    etag = first.headers["ETag"]
+    again = client.get("/api/campaigns", headers={**bearer(token), "If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    apply_batch(store, [started(10, at=utcnow())], utcnow(), 2.0)
+    store.commit()
+    changed = client.get("/api/campaigns", headers={**bearer(token), "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert [c["id"] for c in changed.get_json()["campaigns"]] == ["bf"]
+    assert changed.get_json()["seq"] == 1
+    assert client.get("/api/campaigns?status=paused", headers=bearer(token)).get_json()["campaigns"] == []
+    assert client.get("/api/campaigns?status=bogus", headers=bearer(token)).status_code == 400
+
+
+def test_campaign_detail_is_scoped_to_the_tenant(app, token, store):
+    now = utcnow()
+    failure = ev("message_failed", {"message_id": "m1", "error": "no WhatsApp"}, at=now + timedelta(seconds=1))
+    apply_batch(store, [started(3, at=now), failure, started(3, tenant="globex", campaign="theirs", at=now)], now, 2.0)
+    store.commit()
+    client = app.test_client()
+    mine = client.get("/api/campaigns/bf", headers=bearer(token))
+    assert mine.status_code == 200
+    body = mine.get_json()
+    assert (body["failed"], body["recent_failures"][0]["error"]) == (1, "no WhatsApp")
+    assert [entry["type"] for entry in body["timeline"]] == ["message_failed", "campaign_started"]
+    for path in ("/api/campaigns/theirs", "/api/campaigns/nope"):
+        answer = client.get(path, headers=bearer(token))
+        assert answer.status_code == 404 and answer.get_json() == {"error": "not_found", "message": "no such campaign"}
+
+
+@pytest.mark.parametrize(
+    "query", ["after_seq=abc", "after_seq=-1", "after_seq=1.5", "limit=100000", "limit=-3", "limit=", "after_seq=1e3"]
+)
+def test_events_query_is_validated(app, token, query):
+    answer = app.test_client().get(f"/api/events?{query}", headers=bearer(token))
+    assert answer.status_code == 400
+    assert answer.get_json()["error"] == "bad_request"
+
+
+def test_events_returns_stored_updates_after_seq(app, token, store):
+    now = utcnow()
+    for i, kind in enumerate(["campaign_started", "campaign_paused", "campaign_resumed"]):
+        data = {"name": "x", "total_messages": 1} if kind == "campaign_started" else {}
+        apply_batch(store, [ev(kind, data, at=now.replace(microsecond=i))], now, 2.0)
+        store.commit()
+    body = app.test_client().get("/api/events?after_seq=1&limit=1", headers=bearer(token)).get_json()
+    assert [(e["seq"], e["type"], e["replayed"]) for e in body["events"]] == [(2, "campaign_paused", True)]
+    assert body["seq"] == 3 and "history_expired" not in body
+
+
+def test_errors_are_json(app, token):
+    client = app.test_client()
+    assert client.get("/api/nothing-here").get_json()["error"] == "not_found"
+    assert client.delete("/api/campaigns", headers=bearer(token)).status_code == 405
+    assert client.get("/api/campaigns").get_json() == {
+        "error": "unauthorized",
+        "message": "valid credentials are required",
+    }
+    huge = client.post("/api/tokens", data=b"x" * 70000, headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.get_json()["error"] == "payload_too_large"
+
+
+def test_rest_requests_are_rate_limited_per_token(app, token):
+    app.config["API_RATE_LIMIT"] = "3 per minute"
+    client = app.test_client()
+    codes = [client.get("/api/campaigns", headers=bearer(token)).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    limited = client.get("/api/campaigns", headers=bearer(token))
+    assert limited.get_json()["error"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) > 0
+    assert client.get("/healthz").status_code == 200
+
+
+def test_health_ready_and_metrics(app, token):
+    client = app.test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    client.get("/api/campaigns", headers=bearer(token))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'campaign_live_http_requests_total{method="GET",route="/api/campaigns",status="200"}' in text
+    assert "campaign_live_connected_clients" in text
+
+
+def socket_client(app, token=None, flask_client=None, **auth):
+    payload = {"token": token, **auth} if token else auth
+    return SocketIOTestClient(app, socketio, auth=payload or None, flask_test_client=flask_client)
+
+
+def refusals(reason):
+    return metrics.connections_refused.labels(reason)._value.get()
+
+
+def test_connections_per_tenant_are_capped(app, token):
+    app.config["MAX_CONNECTIONS_PER_TENANT"] = 1
+    first = socket_client(app, token)
+    assert first.is_connected()
+    before = refusals("too_many_connections")
+    assert not socket_client(app, token).is_connected()
+    assert refusals("too_many_connections") == before + 1
+    first.disconnect()
+    assert socket_client(app, token).is_connected()
+
+
+def test_a_client_that_floods_replay_is_slowed_then_disconnected(app, token):
+    app.config["SOCKET_EVENT_BURST"], app.config["SOCKET_EVENT_RATE"] = 3, 0.001
+    client = socket_client(app, token)
+    answers = [client.emit("replay", {"after_seq": 0}, callback=True) for _ in range(4)]
+    assert [a.get("ok", a.get("error")) for a in answers] == [True, True, True, "rate_limited"]
+    for _ in range(30):
+        if not client.is_connected():
+            break
+        client.emit("replay", {"after_seq": 0}, callback=True)
+    assert not client.is_connected()
+
+
+def test_clients_cannot_pick_rooms(app, token):
+    client = socket_client(app, token)
+    for name in ("join", "join_room", "subscribe", "enter_room"):
+        answer = client.emit(name, {"room": "tenant:globex"}, callback=True)
+        assert answer["error"] == "unknown_event"
+    assert client.is_connected()
+
+
+def test_the_admin_session_cookie_authenticates_a_socket(app, acme, store):
+    user = User(email="ops@acme.com", tenant_id="acme")
+    user.set_password("password1")
+    store.add(user)
+    store.commit()
+    browser = app.test_client()
+    with browser.session_transaction() as session:
+        session["_user_id"] = str(user.id)
+        session["_fresh"] = True
+    client = socket_client(app, flask_client=browser)
+    snapshot = next(p for p in client.get_received() if p["name"] == "campaign_snapshot")
+    assert snapshot["args"][0]["seq"] == 0
+    assert app.test_client().get("/api/campaigns").status_code == 401
+    assert browser.get("/api/campaigns").status_code == 200
+    before = refusals("unauthorized")
+    assert not socket_client(app).is_connected()
+    assert not socket_client(app, "garbage").is_connected()
+    assert refusals("unauthorized") == before + 2
