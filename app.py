@@ -99,7 +99,7 @@ def create_app(config=None):
     socketio.init_app(app, **socketio_options(app.config))
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp, url_prefix="/api")
-    register_handlers(socketio)
+    register_handlers()
     register_error_handlers(app)
     register_commands(app)
     return app

@@ -12,7 +12,7 @@ from campaigns.auth import AuthError, identity_from_session, identity_from_token
 from campaigns.models import Campaign, CampaignUpdate
 from campaigns.timeutil import utcnow
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, as_replayed, tenant_room
-from extensions import db
+from extensions import db, socketio
 from sockets.limits import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ def _parse_seq(value):
 
 def connect(auth=None):
     """Authenticate, send the snapshot and any missed updates, then join the tenant's room."""
+    if request.sid in connections:
+        # python-socketio also dispatches a client *event* named "connect" to this handler.
+        return refuse_event("connect")
     identity = authenticate_socket(auth)
     tenant_id = identity.tenant_id
     if per_tenant[tenant_id] >= current_app.config["MAX_CONNECTIONS_PER_TENANT"]:
@@ -115,6 +118,9 @@ def connect(auth=None):
 
 def disconnect_handler(*args):
     """Forget the connection."""
+    if socketio.server.manager.is_connected(request.sid, "/"):
+        # Not a real disconnect (those are pending here) but a client event named "disconnect".
+        return refuse_event("disconnect")
     identity = connections.pop(request.sid, None)
     budgets.pop(request.sid, None)
     if identity is not None:
@@ -152,12 +158,17 @@ def replay(data=None):
     return {"ok": True, "seq": last}
 
 
-def unknown_event(event, *args):
-    """Any other client event is refused (the server picks rooms; clients cannot)."""
+def refuse_event(event):
+    """Refuse a client event: counted against the budget, answered with an error."""
     if request.sid in connections:
         _within_budget()
     log.info("[WEBSOCKET] refused unknown event %r from %s", str(event)[:64], request.sid)
     return {"error": "unknown_event", "message": "this server accepts only the replay event"}
+
+
+def unknown_event(event, *args):
+    """Any other client event is refused (the server picks rooms; clients cannot)."""
+    return refuse_event(event)
 
 
 def on_error(exc):
@@ -166,8 +177,8 @@ def on_error(exc):
     db.session.rollback()
 
 
-def register_handlers(socketio):
-    """Attach the handlers to a ``SocketIO`` instance and count its connections for /metrics."""
+def register_handlers():
+    """Attach the handlers to the ``SocketIO`` instance and count its connections for /metrics."""
     socketio.on_event("connect", connect)
     socketio.on_event("disconnect", disconnect_handler)
     socketio.on_event("replay", replay)

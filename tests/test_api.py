@@ -6,6 +6,7 @@ import jwt
 import pytest
 from flask_socketio import SocketIOTestClient
 
+import sockets.handlers
 from campaigns import metrics
 from campaigns.auth import hash_api_key
 from campaigns.ingest import apply_batch
@@ -207,12 +208,15 @@ def test_a_client_that_floods_replay_is_slowed_then_disconnected(app, token):
     assert not client.is_connected()
 
 
-def test_clients_cannot_pick_rooms(app, token):
+def test_clients_cannot_pick_rooms_or_fake_reserved_events(app, token):
     client = socket_client(app, token)
-    for name in ("join", "join_room", "subscribe", "enter_room"):
-        answer = client.emit(name, {"room": "tenant:globex"}, callback=True)
-        assert answer["error"] == "unknown_event"
+    counted = sockets.handlers.per_tenant["acme"]
+    for name in ("join", "join_room", "subscribe", "enter_room", "connect", "disconnect"):
+        answer = client.emit(name, {"room": "tenant:globex", "token": token}, callback=True)
+        assert answer["error"] == "unknown_event", name
     assert client.is_connected()
+    assert client.emit("replay", {"after_seq": 0}, callback=True)["ok"] is True
+    assert sockets.handlers.per_tenant["acme"] == counted
 
 
 def test_the_admin_session_cookie_authenticates_a_socket(app, acme, store):
