@@ -25,21 +25,33 @@ import logging
 import secrets
 import sys
 
-from flask import Flask
+from flask import Flask, request
+from flask_babel import get_locale
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from campaigns.accounts import LogoutForm
+from campaigns.accounts import bp as accounts_bp
 from campaigns.api import bp as api_bp
 from campaigns.cli import register_commands
 from campaigns.errors import register_error_handlers
 from campaigns.health import bp as health_bp
+from campaigns.pages import bp as pages_bp
 from campaigns.models import User
 from config import Config
-from extensions import db, limiter, login, migrate, socketio
+from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.handlers import register_handlers
 
 log = logging.getLogger("campaign_live")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+TRANSLATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "translations")
+LANGUAGES = ("en", "pt_BR")
+
+
+def select_locale():
+    """English or Brazilian Portuguese, from the browser's Accept-Language."""
+    best = request.accept_languages.best_match(["en", "pt-BR", "pt"])
+    return "pt_BR" if best in ("pt-BR", "pt") else "en"
 
 
 def configure_logging(level):
@@ -94,11 +106,18 @@ def create_app(config=None):
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS)
     login.init_app(app)
+    login.login_view = "accounts.login"
     login.user_loader(lambda user_id: db.session.get(User, int(user_id)) if user_id.isdigit() else None)
     limiter.init_app(app)
+    csrf.init_app(app)
+    babel.init_app(app, locale_selector=select_locale, default_translation_directories=TRANSLATIONS)
+    app.jinja_env.globals.update(logout_form=LogoutForm, get_locale=get_locale)
     socketio.init_app(app, **socketio_options(app.config))
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp, url_prefix="/api")
+    csrf.exempt(api_bp)  # the API authenticates with bearer tokens; its cookie-auth routes only read
+    app.register_blueprint(accounts_bp)
+    app.register_blueprint(pages_bp)
     register_handlers()
     register_error_handlers(app)
     register_commands(app)
@@ -125,6 +144,7 @@ def main():
         token = prepare_demo(app)
         start_demo(app)
         print(f"\ncampaign-live demo on http://{config['HOST']}:{config['PORT']}/", flush=True)
+        print("Log in as ana@acme.test (tenant acme) or admin@demo.test (every tenant), password demo-password")
         print(f"Socket.IO token for tenant 'acme' (24 h):\n{token}\n", flush=True)
     else:
         missing = [name for name in ("SECRET_KEY", "JWT_SECRET") if config.get(f"{name}_GENERATED")]

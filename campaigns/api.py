@@ -10,16 +10,15 @@ from sqlalchemy import select
 from campaigns import metrics
 from campaigns.auth import AuthError, bearer_token, identity_from_request, tenant_of_api_key
 from campaigns.errors import ApiError
-from campaigns.models import ACTIVE_STATUSES, AppliedEvent, Campaign, CampaignUpdate, Tenant
-from campaigns.timeutil import isoformat, utcnow
+from campaigns.models import ACTIVE_STATUSES, Campaign, CampaignUpdate, Tenant
+from campaigns.stats import campaign_history
+from campaigns.timeutil import utcnow
 from campaigns.tokens import mint_token
 from campaigns.updates import as_replayed
 from extensions import db, limiter
 
 bp = Blueprint("api", __name__)
 STATUSES = (*ACTIVE_STATUSES, "completed", "failed", "cancelled")
-RECENT_FAILURES = 20
-TIMELINE = 50
 EVENTS_LIMIT_MAX = 1000
 EVENTS_LIMIT_DEFAULT = 100
 
@@ -104,33 +103,7 @@ def show_campaign(campaign_id):
     """One campaign with its recent failures and event timeline."""
     identity = caller()
     campaign = get_campaign_or_404(identity.tenant_id, campaign_id)
-    history = select(AppliedEvent).where(
-        AppliedEvent.tenant_id == identity.tenant_id, AppliedEvent.campaign_id == campaign_id
-    )
-    failures = db.session.scalars(
-        history.where(AppliedEvent.type == "message_failed")
-        .order_by(AppliedEvent.applied_at.desc(), AppliedEvent.event_id)
-        .limit(RECENT_FAILURES)
-    )
-    timeline = db.session.scalars(
-        history.where(AppliedEvent.type.not_in(("message_sent", "next_message_starting")))
-        .order_by(AppliedEvent.occurred_at.desc(), AppliedEvent.event_id)
-        .limit(TIMELINE)
-    )
-    return json_response(
-        {
-            **campaign.to_dict(),
-            "recent_failures": [
-                {
-                    "message_id": e.data.get("message_id"),
-                    "error": e.data.get("error"),
-                    "occurred_at": isoformat(e.occurred_at),
-                }
-                for e in failures
-            ],
-            "timeline": [{"type": e.type, "occurred_at": isoformat(e.occurred_at), "data": e.data} for e in timeline],
-        }
-    )
+    return json_response({**campaign.to_dict(), **campaign_history(identity.tenant_id, campaign_id)})
 
 
 @bp.get("/events")

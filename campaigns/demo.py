@@ -4,7 +4,7 @@ import logging
 
 from flask_migrate import upgrade
 
-from campaigns.models import Tenant
+from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from campaigns.tokens import mint_token
@@ -14,13 +14,23 @@ from worker.runner import run_embedded_worker
 log = logging.getLogger(__name__)
 
 
+DEMO_USERS = (("admin@demo.test", None, True), ("ana@acme.test", "acme", False))
+DEMO_PASSWORD = "demo-password"
+
+
 def prepare_demo(app):
-    """Create the schema and the demo tenants; return a token for the first one."""
+    """Create the schema, the demo tenants and users; return a token for the first tenant."""
     with app.app_context():
         upgrade()
         for tenant_id, name in DEMO_TENANTS:
             if db.session.get(Tenant, tenant_id) is None:
                 db.session.add(Tenant(id=tenant_id, name=name, last_seq=0))
+        db.session.flush()
+        for email, tenant_id, is_admin in DEMO_USERS:
+            if db.session.scalar(db.select(User).where(User.email == email)) is None:
+                user = User(email=email, tenant_id=tenant_id, is_admin=is_admin)
+                user.set_password(DEMO_PASSWORD)
+                db.session.add(user)
         db.session.commit()
         return mint_token(app.config["JWT_SECRET"], DEMO_TENANTS[0][0], "demo", 24 * 3600)
 

@@ -1,0 +1,62 @@
+"""Login and logout of the admin pages (Flask-Login, CSRF-protected forms)."""
+
+import logging
+
+from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import login_required, login_user, logout_user
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from wtforms import EmailField, PasswordField
+from wtforms.validators import DataRequired, Length
+
+from campaigns.models import User
+from extensions import db
+
+log = logging.getLogger(__name__)
+bp = Blueprint("accounts", __name__)
+
+
+class LoginForm(FlaskForm):
+    """E-mail and password."""
+
+    email = EmailField(_l("E-mail"), validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=200)])
+
+
+class LogoutForm(FlaskForm):
+    """Only the CSRF token."""
+
+
+def safe_next(target):
+    """A local path to go back to after logging in, never another site."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("pages.dashboard")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Show the form; log the user in when the password matches."""
+    form = LoginForm()
+    error = None
+    if form.validate_on_submit():
+        user = db.session.scalar(select(User).where(User.email == form.email.data.strip().lower()))
+        if user is not None and user.check_password(form.password.data):
+            session.clear()
+            login_user(user)
+            log.info("user %s logged in", user.id)
+            return redirect(safe_next(request.args.get("next")))
+        error = _("Wrong e-mail or password.")
+    return render_template("campaigns/login.html", form=form, error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    """Log out (POST with a CSRF token, so no other site can log a user out)."""
+    if LogoutForm().validate_on_submit():
+        logout_user()
+        session.clear()
+    return redirect(url_for("accounts.login"))
