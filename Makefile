@@ -17,12 +17,15 @@ RUFF := $(VENV)/bin/ruff
 VENV_STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt
 PYTEST_ARGS ?=
-# What the tests need besides the virtualenv and the services (browser-deps is a hook for the
-# browser tests to come).
-TEST_DEPS := venv services browser-deps
+# What the tests need besides the virtualenv and the services: Debian's chromium for the
+# browser tests, the npm packages of the JS client test (tests/js).
+TEST_DEPS := venv services browser-deps js-deps
+JS_DIR := tests/js
+# Holds the sha256 of package.json + package-lock.json installed (tests/test_js_client.py reads it).
+JS_STAMP := $(JS_DIR)/node_modules/.lock-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run worker services lint test browser-deps bench clean
+.PHONY: help venv run worker services lint test browser-deps js-deps bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -57,9 +60,23 @@ services:
 lint: venv
 	$(RUFF) check .
 
-# Placeholder: will install the browser (chromium) for the browser tests.
+# Debian's chromium, which Playwright drives headless (tests/browser); never a browser download.
 browser-deps:
-	@:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "make browser-deps: installing Debian's chromium for the browser tests"; \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo="sudo -n"; fi; \
+		$$sudo apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium fonts-liberation || exit 1; \
+	fi
+
+# npm ci in tests/js when package.json or package-lock.json changed since the last install.
+js-deps: $(JS_STAMP)
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "make js-deps: npm not found; install Node.js >= 20 with npm" >&2; exit 1; }
+	cd $(JS_DIR) && npm ci --no-audit --no-fund
+	cat $(JS_DIR)/package.json $(JS_DIR)/package-lock.json | sha256sum | cut -d' ' -f1 > $@
 
 test: $(TEST_DEPS)
 	$(MAKE) --no-print-directory lint

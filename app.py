@@ -36,8 +36,8 @@ from campaigns.api import bp as api_bp
 from campaigns.cli import register_commands
 from campaigns.errors import register_error_handlers
 from campaigns.health import bp as health_bp
-from campaigns.pages import bp as pages_bp
 from campaigns.models import User
+from campaigns.pages import bp as pages_bp
 from config import Config
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.handlers import register_handlers
