@@ -12,6 +12,7 @@ from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from extensions import db
+from worker.deadletters import list_dead_letters, requeue_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,44 @@ def simulate(duration, tenants, campaigns):
         CampaignSimulator(publisher.publish, tenants, campaigns_per_tenant=campaigns).run(duration=duration)
 
 
+@click.group("dead-letters")
+def dead_letters():
+    """Messages the worker refused (queue campaign.events.dead)."""
+
+
+def _broker_url():
+    url = current_app.config["BROKER_URL"]
+    if not url:
+        raise click.ClickException("set BROKER_URL")
+    return url
+
+
+@dead_letters.command("list")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@with_appcontext
+def dead_letters_list(limit):
+    """Show dead letters with their reasons (the queue is left untouched)."""
+    letters = list_dead_letters(_broker_url(), limit)
+    for letter in letters:
+        click.echo(f"{letter['rejected_at'] or '-'}  {letter['routing_key']}  {letter['reason']}")
+        click.echo(f"    {letter['size']} bytes: {letter['body'][:120]}")
+    click.echo(f"{len(letters)} dead letter(s) shown")
+
+
+@dead_letters.command("requeue")
+@click.option("--reason", help="Only those whose reason starts with this (e.g. unknown_tenant).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def dead_letters_requeue(reason, limit, yes):
+    """Publish dead letters back to campaign.events after the cause was fixed."""
+    if not yes:
+        click.confirm(f"Requeue dead letters{' with reason ' + reason if reason else ''}?", abort=True)
+    requeued, kept = requeue_dead_letters(_broker_url(), reason, limit)
+    click.echo(f"requeued {requeued}, kept {kept}")
+
+
 def register_commands(app):
     """Add the commands to ``flask --app app``."""
-    for command in (create_tenant, delete_tenant, create_api_key_command, create_user, simulate):
+    for command in (create_tenant, delete_tenant, create_api_key_command, create_user, simulate, dead_letters):
         app.cli.add_command(command)

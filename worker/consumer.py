@@ -198,6 +198,10 @@ class EventConsumer(ConsumerProducerMixin):
             except InvalidEvent as exc:
                 self.dead_letter(message, exc.reason)
                 continue
+            except Exception as exc:  # a validation bug must not stop the worker
+                log.exception("[WORKER] unexpected error while validating a message")
+                self.dead_letter(message, f"invalid_message: {exc.__class__.__name__}")
+                continue
             pairs.append((event, message))
         if not pairs:
             return
@@ -261,7 +265,11 @@ class EventConsumer(ConsumerProducerMixin):
             log.info('[WEBSOCKET] throttling update for "%s" (%.1fs)', name, seconds)
 
     def dead_letter(self, message, reason):
-        """Move a bad message to the dead-letter queue with its reason, then acknowledge it."""
+        """Move a bad message to the dead-letter queue with its reason, then acknowledge it.
+
+        If even that fails for another reason than the broker connection, the message is
+        rejected, so that RabbitMQ moves it there itself (queue argument, without our header).
+        """
         routing_key = message.delivery_info.get("routing_key", "")
         headers = dict(message.headers or {})
         headers.update(
@@ -272,18 +280,26 @@ class EventConsumer(ConsumerProducerMixin):
                 "x-rejected-at": utcnow().isoformat(),
             }
         )
-        self.producer.publish(
-            message.body,
-            exchange="",
-            routing_key=DEAD_LETTER_QUEUE,
-            headers=headers,
-            delivery_mode=2,
-            content_type=message.content_type or "application/octet-stream",
-            content_encoding="binary",
-            retry=True,
-            retry_policy={"max_retries": None, "interval_start": 0.5, "interval_max": 5},
-        )
-        message.ack()
+        body = message.body if isinstance(message.body, bytes) else message.body.encode("utf-8", "surrogatepass")
+        try:
+            self.producer.publish(
+                body,
+                exchange="",
+                routing_key=DEAD_LETTER_QUEUE,
+                headers=headers,
+                delivery_mode=2,
+                content_type=message.content_type or "application/octet-stream",
+                content_encoding="binary",
+                retry=True,
+                retry_policy={"max_retries": None, "interval_start": 0.5, "interval_max": 5},
+            )
+        except self.connection.connection_errors:
+            raise
+        except Exception:
+            log.exception("[WORKER] could not dead-letter a message (%s); rejecting it instead", reason)
+            message.reject(requeue=False)
+        else:
+            message.ack()
         self.stats["dead_lettered"] += 1
         metrics.dead_lettered.labels(metrics.reason_code(reason)).inc()
         log.warning("[WORKER] dead-lettered message (routing key %r): %s", routing_key[:100], reason)
