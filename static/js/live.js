@@ -319,7 +319,7 @@
   };
 
   CampaignLive.prototype.eta = function (campaign) {
-    if (campaign.status !== "running" && campaign.status !== "paused") {
+    if (campaign.status !== "running") {
       return "—";
     }
     if (!campaign.pending) {
