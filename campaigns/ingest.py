@@ -6,8 +6,9 @@ a few times a second. Both run inside the caller's transaction and return the
 messages and only then emits the payloads, then releases the tenant locks.
 
 Throttle (per campaign, window ``THROTTLE_SECONDS``): a status event is emitted at once;
-a progress event is emitted at once when nothing was emitted for the campaign in the last
-window, otherwise ``emit_due_at`` is set to the end of the window and a later
+a progress event is emitted at once when no progress update was emitted for the campaign in
+the last window (``last_emitted_at``), otherwise ``emit_due_at`` is set to the end of the
+window and a later
 ``flush_due_updates`` emits the latest state then. The throttle state lives in the
 ``campaigns`` row, so any worker delivers a merged update that another one scheduled.
 """
@@ -139,8 +140,9 @@ def apply_batch(session, events, now, throttle_seconds, locks=None):
             campaign.created_at = now
             session.add(campaign)
         if campaign.apply(event, now):
+            # A status update carries the latest state, so a pending merge is no longer needed;
+            # it does not open a progress window (only progress updates count against it).
             emissions.append((event.tenant_id, event.type, campaign.to_dict()))
-            campaign.last_emitted_at = now
             campaign.emit_due_at = None
             waiting.pop(key, None)
         else:

@@ -162,10 +162,13 @@ def test_progress_is_throttled_leading_then_trailing(db_session, tenants):
 
 def test_a_burst_gives_one_update_at_once_and_one_at_the_window_end(db_session, tenants):
     first = apply(db_session, [started(200)], now=T0)
-    burst = apply(db_session, [sent(i) for i in range(200)], now=T0 + timedelta(seconds=0.01))
-    due = flush_due_updates(db_session, T0 + timedelta(seconds=2.0))
+    lead = apply(db_session, [sent(0)], now=T0 + timedelta(seconds=0.01))
+    burst = apply(db_session, [sent(i) for i in range(1, 200)], now=T0 + timedelta(seconds=0.02))
+    due = flush_due_updates(db_session, T0 + timedelta(seconds=2.01))
     db_session.commit()
     assert [u["type"] for u in first.updates] == ["campaign_started"]
+    # a status update does not open the progress window: the first progress goes at once
+    assert [u["campaign"]["sent"] for u in lead.updates] == [1]
     assert burst.updates == []
     assert [(u["campaign"]["sent"], u["campaign"]["pending"]) for u in due] == [(200, 0)]
 

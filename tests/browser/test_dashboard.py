@@ -95,8 +95,9 @@ def test_the_dashboard_goes_live_and_shows_updates(stack, page, publisher, scree
     publisher.publish(status(tenant, "bf", "campaign_resumed", 2))
     for i in range(20):
         publisher.publish(event(tenant, "bf", "message_sent", message_id=f"n-{i}"))
-    page.wait_for_function("() => document.querySelector('#campaign [data-field=sent]').textContent === '520'",
-                           timeout=10000)
+    page.wait_for_function(
+        "() => document.querySelector('#campaign [data-field=sent]').textContent === '520'", timeout=10000
+    )
     page.wait_for_selector("#timeline li.t-campaign_resumed", timeout=10000)
     screenshot_path(screenshot, "campaign.png")
     assert not page.page_errors
