@@ -42,7 +42,10 @@ class Config:
         self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
         if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
             self.SQLALCHEMY_ENGINE_OPTIONS.update(
-                pool_size=_int("DB_POOL_SIZE", 10), max_overflow=_int("DB_MAX_OVERFLOW", 20)
+                pool_size=_int("DB_POOL_SIZE", 10),
+                max_overflow=_int("DB_MAX_OVERFLOW", 20),
+                # UPDATEs of many campaigns in one round trip (psycopg2 execute_batch).
+                executemany_mode="values_plus_batch",
             )
         # The in-process broker of the demo; a real deployment always sets BROKER_URL.
         self.EVENTS_BROKER_URL = self.BROKER_URL or "memory://localhost/"
@@ -62,7 +65,7 @@ class Config:
         self.MAX_HTTP_BUFFER_SIZE = _int("MAX_HTTP_BUFFER_SIZE", 16 * 1024)
         self.CORS_ALLOWED_ORIGINS = os.environ.get("CORS_ALLOWED_ORIGINS", "")
         self.WORKER_BATCH_SIZE = _int("WORKER_BATCH_SIZE", 500)
-        self.WORKER_BATCH_LINGER_MS = _int("WORKER_BATCH_LINGER_MS", 5)
+        self.WORKER_BATCH_LINGER_MS = _int("WORKER_BATCH_LINGER_MS", 20)
         self.WORKER_QUEUE = os.environ.get("WORKER_QUEUE", "campaign.events.worker")
         self.AMQP_HEARTBEAT = _int("AMQP_HEARTBEAT", 30)
         self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")

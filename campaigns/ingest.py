@@ -54,11 +54,17 @@ class TenantLocks:
 
     def acquire(self, tenant_ids):
         """Lock these tenants (blocking until other workers release them)."""
-        if not self.enabled:
+        if not self.enabled or not tenant_ids:
             return
-        for tenant_id in sorted(set(tenant_ids)):
-            self.session.execute(text("SELECT pg_advisory_lock(7281, hashtext(:tenant))"), {"tenant": tenant_id})
-            self.held = True
+        # One round trip; the sorted subquery fixes the order in which the locks are taken.
+        self.session.execute(
+            text(
+                "SELECT pg_advisory_lock(7281, hashtext(t)) "
+                "FROM (SELECT t FROM unnest(CAST(:tenants AS text[])) AS t ORDER BY t) AS sorted"
+            ),
+            {"tenants": sorted(set(tenant_ids))},
+        )
+        self.held = True
 
     def release(self):
         """Release every lock this connection holds."""

@@ -12,6 +12,8 @@ from worker.consumer import EventConsumer
 from worker.queues import declare_topology
 
 log = logging.getLogger(__name__)
+# How long one wait for the broker may block the loop (bounds the merged-update check when idle).
+DRAIN_TIMEOUT_SECONDS = 0.05
 
 
 def broker_connection(url, heartbeat):
@@ -30,7 +32,7 @@ def run_embedded_worker(app, emitter):
         connection = broker_connection(app.config["EVENTS_BROKER_URL"], 0)
         declare_topology(connection, app.config["WORKER_QUEUE"])
         consumer = build_consumer(app, connection, emitter)
-        consumer.run(safety_interval=app.config["WORKER_BATCH_LINGER_MS"] / 1000.0)
+        consumer.run(safety_interval=DRAIN_TIMEOUT_SECONDS)
 
 
 def main():
@@ -62,7 +64,7 @@ def main():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         log.info("[WORKER] started (batch %d, throttle %.1fs)", config["WORKER_BATCH_SIZE"], config["THROTTLE_SECONDS"])
-        consumer.run(safety_interval=config["WORKER_BATCH_LINGER_MS"] / 1000.0)
+        consumer.run(safety_interval=DRAIN_TIMEOUT_SECONDS)
         connection.release()
     log.info("[WORKER] stopped: %s", consumer.stats)
     return 0
