@@ -18,14 +18,15 @@ VENV_STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt
 PYTEST_ARGS ?=
 # What the tests need besides the virtualenv and the services: Debian's chromium for the
-# browser tests, the npm packages of the JS client test (tests/js).
-TEST_DEPS := venv services browser-deps js-deps
+# browser tests, the npm packages of the JS client test (tests/js), Debian's nginx for
+# tests/test_nginx.py.
+TEST_DEPS := venv services browser-deps js-deps nginx-deps
 JS_DIR := tests/js
 # Holds the sha256 of package.json + package-lock.json installed (tests/test_js_client.py reads it).
 JS_STAMP := $(JS_DIR)/node_modules/.lock-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run worker services lint test browser-deps js-deps bench clean
+.PHONY: help venv run worker services lint test browser-deps js-deps nginx-deps bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -68,6 +69,17 @@ browser-deps:
 		$$sudo apt-get update -q && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			chromium fonts-liberation || exit 1; \
+	fi
+
+# Debian's nginx for tests/test_nginx.py (deploy/nginx.conf in front of two servers). The test
+# starts its own instance (its own config, port and prefix); the package's service is not used.
+nginx-deps:
+	@if [ ! -x /usr/sbin/nginx ]; then \
+		echo "make nginx-deps: installing Debian's nginx for tests/test_nginx.py"; \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo="sudo -n"; fi; \
+		$$sudo apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			nginx || exit 1; \
 	fi
 
 # npm ci in tests/js when package.json or package-lock.json changed since the last install.

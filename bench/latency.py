@@ -1,0 +1,464 @@
+"""Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients.
+
+What is measured
+    One server (``python app.py``) and one worker (``python -m worker``), both LOG_LEVEL=WARNING,
+    on a fresh database and vhost. 100 python-socketio clients (websocket transport, one
+    connection each) are connected, 10 for each of 10 tenants. A background thread publishes
+    ``message_sent`` at a steady 1,000 events/s (unconfirmed) spread over 50 running campaigns
+    (5 per tenant); that is the progress traffic the worker has to apply at the same time.
+
+    Every 200 ms the script publishes one status event: ``campaign_paused`` and
+    ``campaign_resumed`` alternately on a dedicated probe campaign of one tenant, taking the
+    tenants in turn. Only this script touches a probe campaign, so the ``campaign_update``
+    it causes is known exactly by (campaign id, type, ``version``). Latency is the time
+    from just before ``publish()`` (``time.monotonic`` in this process) to the moment the
+    python-socketio handler of each of that tenant's 10 clients runs (same clock). Status
+    events are never throttled, so this is the pipeline's own delay.
+
+How to read it
+    The table gives p50/p95/p99/max/mean in ms over all (sample, client) pairs, plus two
+    legs per sample split by the update's ``timestamp`` (the wall time the worker began the
+    batch, millisecond precision): publish -> worker batch start (broker + queueing behind
+    progress traffic) and worker batch start -> client (apply, commit, emit through the
+    Socket.IO message queue, server, websocket, client). The issue's target is p99 < 50 ms.
+    "background" shows the progress rate actually published during the window and whether
+    the worker kept up (queue depth at the end of the window, time to drain). The clients
+    run as threads in this process (one Python interpreter, so at most one core): its CPU
+    use is printed; near 100 % of a core the script itself adds latency. The server,
+    worker, PostgreSQL and RabbitMQ share the machine's cores (see nproc and machine busy).
+    Results are also written to ``bench/results/latency.json``.
+
+Usage
+    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--quick]
+"""
+
+import argparse
+import contextlib
+import os
+import resource
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kombu import Connection  # noqa: E402
+
+from bench import common  # noqa: E402
+from bench.common import BenchFailure, support  # noqa: E402
+from campaigns.publisher import make_event  # noqa: E402
+from worker.queues import declare_topology  # noqa: E402
+
+PROBE_CAMPAIGN = "latency-probe"
+LATE_UPDATE_SECONDS = 10.0  # after the worker drained: longer than this counts as lost
+TARGET_P99_MS = 50.0
+WORKER_QUEUE = "campaign.events.worker"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of measurement (default 30)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of background traffic before the first sample (default 2)")
+    parser.add_argument("--tenants", type=int, default=10, help="tenants (default 10)")
+    parser.add_argument("--clients-per-tenant", type=int, default=10, help="clients of each tenant (default 10)")
+    parser.add_argument("--campaigns", type=int, default=50, help="campaigns with background traffic (default 50)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="background message_sent per second (default 1000)")
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between status samples (default 0.2)")
+    parser.add_argument("--transport", default="websocket", choices=["websocket", "polling"],
+                        help="Socket.IO transport of the clients (default websocket)")
+    parser.add_argument("--drain-timeout", type=float, default=300.0,
+                        help="seconds to wait after the window for the worker to apply its backlog (default 300)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 8 s of measurement, 1 s warm-up")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
+    parser.add_argument("--output", default="latency", help="results file name under bench/results/")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 8.0, 1.0
+    return args
+
+
+class BackgroundTraffic(threading.Thread):
+    """Publishes ``message_sent`` at a steady rate (catching up after a slow publish)."""
+
+    def __init__(self, stack, campaigns, rate):
+        super().__init__(name="background-traffic", daemon=True)
+        self.stack, self.campaigns, self.rate = stack, campaigns, rate
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.count = 0
+        self.error = None
+
+    def run(self):
+        try:
+            publisher = self.stack.publisher(confirm=False)
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        started = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                due = int((time.monotonic() - started) * self.rate)
+                while self.count < due and not self.stop_event.is_set():
+                    tenant_id, campaign_id = self.campaigns[self.count % len(self.campaigns)]
+                    publisher.publish(make_event(tenant_id, campaign_id, "message_sent",
+                                                 {"message_id": f"m-{self.count}"}))
+                    self.count += 1
+                self.stop_event.wait(0.002)
+        except Exception as exc:  # noqa: BLE001
+            self.error = exc
+        finally:
+            publisher.close()
+
+    def stop(self):
+        self.stop_event.set()
+        if self.ident is not None:
+            self.join(30)
+
+
+def connect_clients(stack, tenant_ids, per_tenant, transport):
+    """Connect ``per_tenant`` clients for each tenant; each waits for its snapshot.
+
+    The first client connects alone, the others 10 at a time: the server emits the snapshot
+    through python-socketio's KombuManager, whose one publisher connection is opened lazily
+    and shared by all greenlets; when several connects race on that first publish, one of
+    them fails ("Cannot publish to rabbitmq... giving up" in the server's log, the client
+    gets "Unexpected connection error" after ~33 s). See the report of this benchmark.
+    """
+    wanted = [tenant_id for tenant_id in tenant_ids for _ in range(per_tenant)]
+    first = stack.client(wanted[0], transports=(transport,))
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        futures = [pool.submit(stack.client, tenant_id, transports=(transport,)) for tenant_id in wanted[1:]]
+    clients, errors = [(wanted[0], first)], []
+    for tenant_id, future in zip(wanted[1:], futures):
+        try:
+            clients.append((tenant_id, future.result()))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    if errors:
+        close_clients(clients)
+        raise BenchFailure(f"{len(errors)} of {len(wanted)} clients could not connect: {errors[0]!r}")
+    return clients
+
+
+def close_clients(clients):
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda pair: pair[1].close(), clients))
+
+
+def received_index(client):
+    """(campaign id, type, version) -> (monotonic receive time, update timestamp) of a client's updates."""
+    with client.lock:
+        updates = list(client.updates)
+    index = {}
+    for update in updates:
+        campaign = update["campaign"]
+        if campaign["id"] == PROBE_CAMPAIGN:
+            index.setdefault((campaign["id"], update["type"], campaign["version"]), (update["at"], update["timestamp"]))
+    return index
+
+
+def match(samples, clients_by_tenant):
+    """Pairs (sample, client receive) found so far, and how many are still missing."""
+    indexes = {id(client): received_index(client) for clients in clients_by_tenant.values() for client in clients}
+    pairs, missing = [], 0
+    for sample in samples:
+        for client in clients_by_tenant[sample["tenant"]]:
+            hit = indexes[id(client)].get(sample["key"])
+            if hit is None:
+                missing += 1
+            else:
+                pairs.append((sample, client, hit))
+    return pairs, missing
+
+
+def stats(values):
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    return {
+        "count": len(ordered),
+        "p50": common.percentile(ordered, 0.50),
+        "p95": common.percentile(ordered, 0.95),
+        "p99": common.percentile(ordered, 0.99),
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+    }
+
+
+def wall_of(timestamp):
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def measure(stack, args):
+    with Connection(stack.broker_url) as connection:
+        # Declared before anything is published: an exchange without a bound queue drops messages.
+        declare_topology(connection, WORKER_QUEUE)
+    server = stack.start_server()
+    worker = stack.start_worker(wait=False)  # its "consuming" line is INFO: readiness is checked below
+    tenant_ids = [stack.create_tenant(f"lat-t{i:02d}") for i in range(args.tenants)]
+    campaigns = [(tenant_ids[i % len(tenant_ids)], f"bg-{i:03d}") for i in range(args.campaigns)]
+    with stack.publisher() as publisher:
+        for tenant_id, campaign_id in campaigns:
+            publisher.publish(make_event(tenant_id, campaign_id, "campaign_started",
+                                         {"name": f"Background {campaign_id}", "total_messages": 10_000_000}))
+        for tenant_id in tenant_ids:
+            publisher.publish(make_event(tenant_id, PROBE_CAMPAIGN, "campaign_started",
+                                         {"name": "Latency probe", "total_messages": 0}))
+    setup_events = len(campaigns) + len(tenant_ids)
+
+    def worker_ready():
+        if not worker.alive():
+            raise BenchFailure(f"worker exited:\n{worker.log()[-3000:]}")
+        return stack.sql("SELECT count(*) FROM campaigns")[0][0] == setup_events
+
+    try:
+        support.wait_until(worker_ready, 60, 0.05, "the worker to apply the setup events")
+    except AssertionError as exc:
+        raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
+
+    clients = connect_clients(stack, tenant_ids, args.clients_per_tenant, args.transport)
+    clients_by_tenant = {}
+    for tenant_id, client in clients:
+        clients_by_tenant.setdefault(tenant_id, []).append(client)
+    background = BackgroundTraffic(stack, campaigns, args.rate)
+    probe_publisher = None
+    try:
+        background.start()
+        background.ready.wait(30)
+        if background.error:
+            raise BenchFailure(f"background publisher: {background.error!r}")
+        background.stop_event.wait(args.warmup)  # warm-up: traffic only, no samples
+
+        probe_publisher = stack.publisher(confirm=True)
+        counters = dict.fromkeys(tenant_ids, 0)
+        samples = []
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = {"server": common.process_cpu_seconds(server.pid),
+                      "worker": common.process_cpu_seconds(worker.pid)}
+        machine_before = common.machine_cpu_times()
+        background_before = background.count
+        window_start = time.monotonic()
+        k = 0
+        while True:
+            due = window_start + k * args.interval
+            if due >= window_start + args.duration:
+                break
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)  # pacing of the sample schedule, not waiting for an event
+            if background.error:
+                raise BenchFailure(f"background publisher: {background.error!r}")
+            tenant_id = tenant_ids[k % len(tenant_ids)]
+            count = counters[tenant_id]
+            kind = "campaign_paused" if count % 2 == 0 else "campaign_resumed"
+            data = {"reason": "latency probe"} if kind == "campaign_paused" else {}
+            event = make_event(tenant_id, PROBE_CAMPAIGN, kind, data)
+            published_wall = time.time()
+            published_at = time.monotonic()
+            probe_publisher.publish(event)
+            confirmed_at = time.monotonic()
+            samples.append({
+                "tenant": tenant_id, "event_id": event["event_id"], "key": (PROBE_CAMPAIGN, kind, 2 + count),
+                "published_at": published_at, "published_wall": published_wall,
+                "confirm_ms": (confirmed_at - published_at) * 1000,
+            })
+            counters[tenant_id] = count + 1
+            k += 1
+        window_end = time.monotonic()
+        window = window_end - window_start
+        usage_after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_after = {"server": common.process_cpu_seconds(server.pid),
+                     "worker": common.process_cpu_seconds(worker.pid)}
+        machine_after = common.machine_cpu_times()
+        background_in_window = background.count - background_before
+        threads = threading.active_count()
+        with Connection(stack.broker_url) as connection:
+            backlog = common.queue_depth(connection, WORKER_QUEUE)
+        background.stop()
+        if background.error:
+            raise BenchFailure(f"background publisher: {background.error!r}")
+        stopped_at = time.monotonic()
+
+        # First the worker must catch up with everything published (its backlog delays the
+        # probes), then every (sample, client) pair should have arrived.
+        expected_pairs = sum(len(clients_by_tenant[s["tenant"]]) for s in samples)
+        published_total = setup_events + background.count + len(samples)
+
+        def applied_all():
+            if not worker.alive():
+                raise BenchFailure(f"worker exited:\n{worker.log()[-3000:]}")
+            return stack.sql("SELECT count(*) FROM applied_events")[0][0] >= published_total
+
+        try:
+            support.wait_until(applied_all, args.drain_timeout, 0.05, "the worker to apply everything")
+            drained_after = time.monotonic() - stopped_at
+        except AssertionError:
+            drained_after = None
+        with contextlib.suppress(AssertionError):  # what is still missing then is reported
+            support.wait_until(lambda: match(samples, clients_by_tenant)[1] == 0, LATE_UPDATE_SECONDS, 0.1,
+                               "every client to receive every status sample")
+        pairs, missing = match(samples, clients_by_tenant)
+        applied_ids = {row[0] for row in stack.sql(
+            "SELECT event_id FROM applied_events WHERE campaign_id = %s", (PROBE_CAMPAIGN,))}
+        received_keys = {(id(sample), id(client)) for sample, client, _ in pairs}
+        lost = unapplied = 0
+        for sample in samples:
+            for client in clients_by_tenant[sample["tenant"]]:
+                if (id(sample), id(client)) not in received_keys:
+                    if sample["event_id"] in applied_ids:
+                        lost += 1
+                    else:
+                        unapplied += 1
+        applied, batches = stack.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
+        settings = common.worker_settings(stack)
+        disconnected = sum(1 for _, client in clients if not client.sio.connected)
+    finally:
+        if probe_publisher is not None:
+            probe_publisher.close()
+        background.stop()
+        close_clients(clients)
+
+    offset = time.time() - time.monotonic()  # monotonic -> wall, for the split of the legs
+    total_ms = [(hit[0] - sample["published_at"]) * 1000 for sample, _, hit in pairs]
+    to_worker, per_sample_seen = [], set()
+    from_worker = []
+    for sample, _, (received_at, timestamp) in pairs:
+        stamp = wall_of(timestamp)
+        if id(sample) not in per_sample_seen:
+            per_sample_seen.add(id(sample))
+            to_worker.append((stamp - sample["published_wall"]) * 1000)
+        from_worker.append((received_at + offset - stamp) * 1000)
+    cpu_seconds = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    return {
+        "samples": len(samples),
+        "clients": len(clients),
+        "expected_pairs": expected_pairs,
+        "received_pairs": len(pairs),
+        "missing_pairs": missing,
+        "missing_pairs_lost": lost,
+        "missing_pairs_not_applied_in_time": unapplied,
+        "disconnected_clients": disconnected,
+        "window_seconds": window,
+        "latency_ms": stats(total_ms),
+        "publish_to_worker_ms": stats(to_worker),
+        "worker_to_client_ms": stats(from_worker),
+        "probe_confirm_ms": stats([s["confirm_ms"] for s in samples]),
+        "background": {
+            "target_rate": args.rate,
+            "published_in_window": background_in_window,
+            "achieved_rate": background_in_window / window,
+            "published_total": background.count,
+            "worker_queue_depth_at_window_end": backlog,
+            "drained_seconds_after_stop": drained_after,
+            "applied_events": applied,
+            "published_events_total": published_total,
+            "worker_mean_batch": applied / batches if batches else None,
+        },
+        "worker_settings": settings,
+        "cpu": {
+            "bench_process_percent_of_one_core": 100 * cpu_seconds / window,
+            "bench_threads": threads,
+            "server_percent_of_one_core": _percent(cpu_before["server"], cpu_after["server"], window),
+            "worker_percent_of_one_core": _percent(cpu_before["worker"], cpu_after["worker"], window),
+            "machine_busy_percent": 100 * (machine_after[0] - machine_before[0])
+            / max(machine_after[1] - machine_before[1], 1),
+        },
+    }
+
+
+def _percent(before, after, seconds):
+    if before is None or after is None:
+        return None
+    return 100 * (after - before) / seconds
+
+
+def oversubscribed_note(info):
+    """A warning when other processes loaded the machine more than its cores (else None)."""
+    load = max(info["loadavg_at_start"][0], info["loadavg_at_end"][0])
+    if load <= info["nproc"]:
+        return None
+    return (f"WARNING: the machine was oversubscribed by other processes too (1-min load average up to "
+            f"{load:.1f} on {info['nproc']} cores): these numbers measure contention as much as the product")
+
+
+def fmt(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = common.machine()
+    print(f"latency benchmark: {args.tenants * args.clients_per_tenant} clients ({args.clients_per_tenant} per "
+          f"tenant, {args.transport}), {args.rate:,.0f} events/s background over {args.campaigns} campaigns, "
+          f"a status sample every {args.interval * 1000:.0f} ms for {args.duration:.0f} s; nproc {info['nproc']}",
+          flush=True)
+    with common.environment("latency", keep_logs=args.keep_logs, LOG_LEVEL="WARNING") as stack:
+        result = measure(stack, args)
+    info["loadavg_at_end"] = os.getloadavg()
+
+    rows = []
+    for label, key in (("publish -> client (all sample x client pairs)", "latency_ms"),
+                       ("  publish -> worker batch start (per sample)", "publish_to_worker_ms"),
+                       ("  worker batch start -> client", "worker_to_client_ms")):
+        s = result[key]
+        rows.append([label, s["count"], fmt(s["p50"]), fmt(s["p95"]), fmt(s["p99"]), fmt(s["max"]), fmt(s["mean"])])
+    print()
+    print(common.table(["latency (ms)", "n", "p50", "p95", "p99", "max", "mean"], rows))
+    print()
+    bg, cpu = result["background"], result["cpu"]
+    print(f"samples: {result['samples']} status events over {result['window_seconds']:.1f} s to "
+          f"{result['clients']} clients; pairs received {result['received_pairs']} of {result['expected_pairs']} "
+          f"(missing {result['missing_pairs']}: {result['missing_pairs_lost']} lost after being applied, "
+          f"{result['missing_pairs_not_applied_in_time']} never applied within --drain-timeout; "
+          f"disconnected clients {result['disconnected_clients']})")
+    if result["missing_pairs"]:
+        print("warning: the percentiles cover the received pairs only; the missing ones are not in them, "
+              "so the real figures are worse")
+    print(f"background: {bg['achieved_rate']:,.0f} message_sent/s published in the window (target "
+          f"{bg['target_rate']:,.0f}); worker queue depth at window end {bg['worker_queue_depth_at_window_end']}; "
+          f"applied {bg['applied_events']:,} of {bg['published_events_total']:,} published, drained "
+          f"{fmt(bg['drained_seconds_after_stop'], 2)} s after the traffic stopped")
+    ws = result["worker_settings"]
+    print(f"worker: 1 process, WORKER_BATCH_SIZE={ws['WORKER_BATCH_SIZE']}, "
+          f"WORKER_BATCH_LINGER_MS={ws['WORKER_BATCH_LINGER_MS']}, THROTTLE_SECONDS={ws['THROTTLE_SECONDS']:g}, "
+          f"LOG_LEVEL={ws['LOG_LEVEL']}; mean {fmt(bg['worker_mean_batch'])} events per batch")
+    print(f"CPU (% of one core, over the window): this bench process {cpu['bench_process_percent_of_one_core']:.0f}% "
+          f"({cpu['bench_threads']} threads: clients + publishers), "
+          f"server {fmt(cpu['server_percent_of_one_core'], 0)}%, "
+          f"worker {fmt(cpu['worker_percent_of_one_core'], 0)}%; whole machine {cpu['machine_busy_percent']:.0f}% busy "
+          f"of nproc {info['nproc']} (load average at start {info['loadavg_at_start'][0]:.2f}, "
+          f"at end {info['loadavg_at_end'][0]:.2f})")
+    bench_cpu = cpu["bench_process_percent_of_one_core"]
+    note = oversubscribed_note(info)
+    if bench_cpu >= 80 or note:
+        print("note: the bench process is close to one full core (the GIL) or the machine is oversubscribed: "
+              "the clients' own scheduling adds to the latency")
+    else:
+        print("note: the bench process is well below one core, so its threads are not the bottleneck "
+              "(it still competes for the machine's cores with the server, worker, PostgreSQL and RabbitMQ)")
+    if note:
+        print(note)
+    p99 = result["latency_ms"]["p99"]
+    met = p99 is not None and p99 < TARGET_P99_MS and result["missing_pairs"] == 0
+    print(f"target: p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'NOT MET'} (p99 {fmt(p99)} ms)")
+
+    path = common.write_results(args.output, {
+        "benchmark": "latency", "args": vars(args), "machine": info,
+        "target": {"p99_ms": TARGET_P99_MS, "met": met}, **result,
+    })
+    print(f"results: {path.relative_to(common.REPO)}")
+    return 0 if result["missing_pairs"] == 0 else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchFailure as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        sys.exit(1)
