@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
+from campaigns.timeutil import utcnow
 from campaigns.updates import store_updates
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def apply_batch(session, events, now, throttle_seconds, locks=None):
         return result
     if locks is not None:
         locks.acquire(known)
+        now = max(now, utcnow())  # the throttle window counts from after the wait for the lock
     inserted = _record_new_events(session, unique, now)
     result.applied = [event for event in unique if (event.tenant_id, event.event_id) in inserted]
     result.duplicates += len(unique) - len(result.applied)
@@ -186,6 +188,7 @@ def flush_due_updates(session, now, locks=None, force=False):
         return []
     if locks is not None:
         locks.acquire({tenant_id for tenant_id, _ in keys})
+        now = max(now, utcnow())
     query = (
         select(Campaign)
         .where(tuple_(Campaign.tenant_id, Campaign.id).in_([tuple(k) for k in keys]), condition)

@@ -1,0 +1,16 @@
+"""Fixtures of the fault-injection tests (the services' fixtures come from tests/conftest.py)."""
+
+import pytest
+from engineio import payload
+
+
+@pytest.fixture
+def many_packets_per_poll(monkeypatch):
+    """Let this process's Python clients decode long-polling responses of any number of packets.
+
+    python-engineio's client refuses a polling response with more than 16 packets
+    (``Payload.max_decode_packets``), and the server puts every packet queued for a client
+    into one response: a replay of 16 updates or more breaks a Python polling client. That
+    is tested on its own (test_server_restart.py); the other tests look at other faults.
+    """
+    monkeypatch.setattr(payload.Payload, "max_decode_packets", 100_000)

@@ -1,0 +1,137 @@
+"""PostgreSQL unreachable for a while under a confirmed stream: nothing acknowledged, nothing lost.
+
+The worker and the server reach PostgreSQL through a TCP proxy of the test's
+(``helpers.TcpProxy``); ``cut()`` drops their connections and refuses new ones, as a
+database that went away would. The test itself reads the database directly.
+"""
+
+import time
+
+import pytest
+
+from tests import support
+from tests.faults.helpers import (
+    Ledger,
+    SeqClient,
+    StreamPublisher,
+    TcpProxy,
+    applied_count,
+    assert_exact,
+    assert_in_order_without_gaps,
+    http_get,
+    is_applied,
+    last_seqs,
+    list_queues,
+    outcome,
+    progress_events,
+    report,
+    stored_updates,
+    wait_applied,
+)
+from tests.support import event, wait_until
+
+OUTAGE_SECONDS = 20.0  # the issue's outage length
+RATE = 50  # events per second
+QUEUE = "campaign.events.worker"
+
+
+@pytest.fixture
+def proxy():
+    proxy = TcpProxy(support.PG_HOST, support.PG_PORT).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def stack(database, vhost, tmp_path):
+    stack = support.Stack(database, vhost, tmp_path)
+    yield stack
+    stack.stop()
+
+
+def in_queue(vhost):
+    """Messages of the worker queue held by the broker: ready plus delivered but unacknowledged."""
+    ready, unacked = list_queues(vhost)[QUEUE]
+    return ready + unacked, unacked
+
+
+def test_a_database_outage_acknowledges_nothing_and_loses_nothing(stack, proxy, vhost):
+    proxied = f"postgresql://{support.PG_USER}@127.0.0.1:{proxy.port}/{stack.database}"
+    server = stack.start_server(DATABASE_URL=proxied)
+    worker = stack.start_worker(DATABASE_URL=proxied)
+    tenant = stack.create_tenant()
+    campaigns = [(tenant, f"db-{i}") for i in range(3)]
+    client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
+    assert http_get(f"{server.url}/readyz")[0] == 200
+    ledger = Ledger()
+    stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=3), RATE, ledger)
+    stream.start()
+    try:
+        wait_until(lambda: applied_count(stack) >= RATE, 30, 0.05, "events applied before the outage")
+        cut_at = time.monotonic()
+        dropped = proxy.cut()
+
+        def not_ready():
+            status, body = http_get(f"{server.url}/readyz")
+            return status == 503 and body
+
+        readiness = wait_until(not_ready, 10, 0.1, "/readyz to answer 503 during the outage")
+        assert "database" in readiness["failing"] and "broker" not in readiness["failing"], readiness
+        applied_before = applied_count(stack)
+
+        samples = []
+        for moment in (OUTAGE_SECONDS * 0.3, OUTAGE_SECONDS * 0.8):
+            # Pace the samples inside the outage; nothing to wait for.
+            time.sleep(max(cut_at + moment - time.monotonic(), 0))
+            confirmed_before = len(ledger)
+            held, unacked = in_queue(vhost)
+            samples.append((confirmed_before, held, len(ledger), unacked, applied_count(stack)))
+        time.sleep(max(cut_at + OUTAGE_SECONDS - time.monotonic(), 0))  # the rest of the outage
+        assert http_get(f"{server.url}/readyz")[0] == 503
+        proxy.restore()
+        restored_at = time.monotonic()
+        backlog = len(ledger)
+
+        wait_until(lambda: http_get(f"{server.url}/readyz")[0] == 200, 15, 0.1, "/readyz 200 after the outage")
+        ready_again = time.monotonic()
+        first_new = wait_until(lambda: stream.first_confirmed_after(restored_at), 15, 0.05, "a new publish")
+        wait_until(lambda: is_applied(stack, first_new), 30, 0.05, "the worker to apply events again")
+        worker_back = time.monotonic()
+        wait_applied(stack, backlog, 60, "the outage's backlog to be applied")
+        backlog_applied = time.monotonic()
+    finally:
+        stream.stop()
+
+    with stack.publisher() as publisher:
+        for _, campaign in campaigns:
+            done = event(tenant, campaign, "campaign_completed")
+            publisher.publish(done)
+            ledger.add(done)
+    wait_applied(stack, len(ledger), 60)
+    final_seq = last_seqs(stack)[tenant]
+    client.wait_caught_up(final_seq, 30)
+
+    result = outcome(stack, ledger)
+    report(
+        f"database outage ({OUTAGE_SECONDS:.0f} s, TCP proxy cut)",
+        published=result["published"],
+        applied=result["applied"],
+        lost=result["lost"],
+        duplicated=result["duplicated"],
+        recovery_seconds=backlog_applied - restored_at,
+        worker_recovery_seconds=worker_back - restored_at,
+        readyz_recovery_seconds=ready_again - restored_at,
+        published_during_outage=len(stream.confirmations_after(cut_at)) - len(stream.confirmations_after(restored_at)),
+        connections_cut=dropped,
+        queue_samples=[{"confirmed": s[0], "held": s[1], "unacked": s[3]} for s in samples],
+    )
+    # While the database was down the worker applied nothing and acknowledged nothing: every
+    # confirmed event not applied before the cut was still held by the broker.
+    for confirmed_before, held, confirmed_after, _, applied in samples:
+        assert applied == applied_before
+        assert confirmed_before - applied_before <= held <= confirmed_after - applied_before, samples
+    assert samples[1][1] > samples[0][1], "the queue grows while the database is down"
+    assert worker.alive() and server.alive() and stack.workers == [worker]
+    assert_exact(result)
+    assert_in_order_without_gaps(client, stored_updates(stack, tenant))
+    client.close()
