@@ -29,6 +29,7 @@ from flask import Flask, request
 from flask_babel import get_locale
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from campaigns.accounts import LogoutForm
 from campaigns.accounts import bp as accounts_bp
@@ -97,6 +98,10 @@ def create_app(config=None):
     config = config or Config()
     app = Flask(__name__)
     app.config.from_object(config)
+    if app.config["TRUSTED_PROXIES"]:
+        # Behind nginx: client addresses (per-address rate limits) come from X-Forwarded-For.
+        proxies = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     configure_logging(app.config["LOG_LEVEL"])
     for name in ("SECRET_KEY", "JWT_SECRET"):
         if not app.config[name]:

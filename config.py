@@ -71,6 +71,7 @@ class Config:
         self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")
         self.SIMULATOR = os.environ.get("SIMULATOR", "1" if self.DEMO else "0") == "1"
         self.SQLALCHEMY_TRACK_MODIFICATIONS = False
+        self.TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
         self.MAX_CONNECTIONS_PER_TENANT = _int("MAX_CONNECTIONS_PER_TENANT", 2000)
         # Client events (``replay``) per connection: a burst, then this many per second.
         self.SOCKET_EVENT_BURST = _int("SOCKET_EVENT_BURST", 10)

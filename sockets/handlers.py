@@ -93,10 +93,26 @@ def _parse_seq(value):
 
 
 def connect(auth=None):
-    """Authenticate, send the snapshot and any missed updates, then join the tenant's room."""
+    """Authenticate, send the snapshot and any missed updates, then join the tenant's room.
+
+    Any unexpected failure (database down, pool exhausted) refuses the connection with
+    ``unavailable``: an accepted connection without snapshot or room would never work.
+    """
     if request.sid in connections:
         # python-socketio also dispatches a client *event* named "connect" to this handler.
         return refuse_event("connect")
+    try:
+        return _connect(auth)
+    except ConnectionRefusedError:
+        raise
+    except Exception:
+        log.exception("[WEBSOCKET] connect of %s failed; refusing it", request.sid)
+        db.session.rollback()
+        _forget(request.sid)
+        refuse("unavailable")
+
+
+def _connect(auth):
     identity = authenticate_socket(auth)
     tenant_id = identity.tenant_id
     if per_tenant[tenant_id] >= current_app.config["MAX_CONNECTIONS_PER_TENANT"]:
@@ -126,13 +142,19 @@ def disconnect_handler(*args):
     if socketio.server.manager.is_connected(request.sid, "/"):
         # Not a real disconnect (those are pending here) but a client event named "disconnect".
         return refuse_event("disconnect")
-    identity = connections.pop(request.sid, None)
-    budgets.pop(request.sid, None)
+    identity = _forget(request.sid)
+    log.info("[WEBSOCKET] client %s disconnected (tenant %s)", request.sid, identity and identity.tenant_id)
+
+
+def _forget(sid):
+    """Drop what this process keeps about a connection; return its identity (or None)."""
+    identity = connections.pop(sid, None)
+    budgets.pop(sid, None)
     if identity is not None:
         per_tenant[identity.tenant_id] -= 1
         if per_tenant[identity.tenant_id] <= 0:
             del per_tenant[identity.tenant_id]
-    log.info("[WEBSOCKET] client %s disconnected (tenant %s)", request.sid, identity and identity.tenant_id)
+    return identity
 
 
 def _within_budget():

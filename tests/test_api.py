@@ -237,3 +237,15 @@ def test_the_admin_session_cookie_authenticates_a_socket(app, acme, store):
     assert not socket_client(app).is_connected()
     assert not socket_client(app, "garbage").is_connected()
     assert refusals("unauthorized") == before + 2
+
+
+def test_a_connect_that_fails_unexpectedly_is_refused_not_half_accepted(app, token, monkeypatch):
+    def broken(tenant_id, status=None):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr("campaigns.models.Campaign.snapshot", broken)
+    before = refusals("unavailable")
+    client = socket_client(app, token)
+    assert not client.is_connected()
+    assert refusals("unavailable") == before + 1
+    assert not any(sockets.handlers.per_tenant.get(t, 0) < 0 for t in sockets.handlers.per_tenant)
