@@ -139,6 +139,21 @@ def check_cooperative_database(app):
         raise RuntimeError("psycopg2 has no wait callback: the database would block every client")
 
 
+def declare_broker_topology(config):
+    """Declare the exchange and durable queues at start-up, so that events published before any
+    worker ever ran wait in the queue (a broker that is down now is the worker's job later)."""
+    from kombu import Connection
+
+    from worker.queues import declare_topology
+
+    try:
+        with Connection(config["BROKER_URL"], connect_timeout=5) as connection:
+            connection.ensure_connection(max_retries=2)
+            declare_topology(connection, config["WORKER_QUEUE"])
+    except Exception as exc:  # noqa: BLE001 - the server still serves; workers declare it too
+        log.warning("could not declare the broker topology at start-up: %s", exc)
+
+
 def main():
     """Run the server (and, without DATABASE_URL/BROKER_URL, the whole demo)."""
     app = create_app()
@@ -157,6 +172,8 @@ def main():
             log.error("set %s: every server and worker must share them", " and ".join(missing))
             return 2
     check_cooperative_database(app)
+    if not config["DEMO"]:
+        declare_broker_topology(config)
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",

@@ -234,3 +234,57 @@ def open_files_limit(pid):
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+class ForeignActivity:
+    """Samples, every ``interval`` seconds in a thread, the test and benchmark processes on this
+    machine that this process did not start (other people's runs share the cores and skew the
+    numbers); ``seen`` maps their pids to their command lines.
+    """
+
+    PATTERN = ("pytest", "bench/", "-m worker", "app.py", "multiprocessing")
+
+    def __init__(self, interval=2.0):
+        import threading
+
+        self.interval = interval
+        self.seen = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="foreign-activity", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(10)
+        self.sample()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self):
+        parents, commands = {}, {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+            commands[pid] = command
+        mine = os.getpid()
+        for pid, command in commands.items():
+            if not any(pattern in command for pattern in self.PATTERN):
+                continue
+            ancestor, hops = pid, 0
+            while ancestor not in (0, 1, mine) and hops < 64:
+                ancestor, hops = parents.get(ancestor, 0), hops + 1
+            if ancestor != mine:
+                self.seen.setdefault(pid, command[:160])

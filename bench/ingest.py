@@ -27,7 +27,10 @@ How to read it
     The table gives events/s and the ratio to the bare consumer. The issue's target is that
     the worker reaches at least min(10,000 events/s, half the bare rate); it is evaluated for
     both worker rows. On a small machine (see nproc) PostgreSQL, RabbitMQ and the worker share
-    the same cores, so the worker's rate is a lower bound of what a dedicated host gives.
+    the same cores, so the worker's rate is a lower bound of what a dedicated host gives;
+    a WARNING names other test or benchmark processes seen running at the same time. Also
+    printed: the worker's batches (count, mean size) and CPU use, to tell a CPU-bound worker
+    from one that waits on round trips.
     Results are also written to ``bench/results/ingest.json``.
 
 Usage
@@ -295,13 +298,13 @@ def check_exactness(stack, expected, counts):
     }
 
 
-def oversubscribed_note(info):
-    """A warning when other processes loaded the machine more than its cores (else None)."""
-    load = max(info["loadavg_at_start"][0], info["loadavg_at_end"][0])
-    if load <= info["nproc"]:
+def shared_machine_note(foreign):
+    """A warning when other people's runs shared the machine (else None)."""
+    if not foreign.seen:
         return None
-    return (f"WARNING: the machine was oversubscribed by other processes too (1-min load average up to "
-            f"{load:.1f} on {info['nproc']} cores): these numbers measure contention as much as the product")
+    commands = "; ".join(sorted(set(foreign.seen.values()))[:4])
+    return (f"WARNING: the machine was shared: {len(foreign.seen)} other test/benchmark processes ran meanwhile "
+            f"({commands}): these numbers measure contention as much as the product")
 
 
 # main ---------------------------------------------------------------------------------
@@ -317,7 +320,8 @@ def main(argv=None):
     info = common.machine()
     print(f"ingest benchmark: {args.events:,} events, {args.campaigns} campaigns of {args.tenants} tenants; "
           f"nproc {info['nproc']} ({info['cpu_model']})", flush=True)
-    with common.environment("ingest", keep_logs=args.keep_logs, **settings) as stack:
+    with common.ForeignActivity() as foreign, \
+            common.environment("ingest", keep_logs=args.keep_logs, **settings) as stack:
         tenant_ids = [stack.create_tenant(f"bench-t{i:02d}") for i in range(args.tenants)]
         events, expected, counts = build_events(args.events, tenant_ids, args.campaigns, args.seed)
         publish = publish_backlog(stack, events, args.timeout)
@@ -356,7 +360,7 @@ def main(argv=None):
           f"{info['loadavg_at_start'][0]:.2f}, at end {info['loadavg_at_end'][0]:.2f}; "
           f"PostgreSQL, RabbitMQ, the worker and this script share these cores")
     print(f"publish: {publish['publish_rate']:,.0f} events/s (unconfirmed, one connection)")
-    note = oversubscribed_note(info)
+    note = shared_machine_note(foreign)
     if note:
         print(note)
     met_e2e = worker["rate"] >= target
@@ -381,6 +385,7 @@ def main(argv=None):
         "worker_settings": config,
         "target": {"events_per_second": target, "met_end_to_end": met_e2e, "met_steady": met_steady},
         "exactness": exact,
+        "other_processes_seen": foreign.seen,
     })
     print(f"results: {path.relative_to(common.REPO)}")
     return 0 if exact["passed"] else 1

@@ -11,7 +11,7 @@ import uuid
 from kombu import Connection, Producer
 
 from campaigns.timeutil import isoformat, utcnow
-from worker.queues import events_exchange
+from worker.queues import declare_topology, events_exchange
 
 RETRY_POLICY = {"max_retries": 30, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
 
@@ -34,6 +34,8 @@ class EventPublisher:
     def __init__(self, broker_url, confirm=True, heartbeat=0):
         self.connection = Connection(broker_url, heartbeat=heartbeat, transport_options={"confirm_publish": confirm})
         self.connection.ensure_connection(max_retries=RETRY_POLICY["max_retries"])
+        # The worker queue too: events published before any worker ever ran must wait for one.
+        declare_topology(self.connection)
         self.producer = Producer(self.connection, exchange=events_exchange, auto_declare=True)
 
     def publish(self, event, routing_key=None):

@@ -101,3 +101,13 @@ def test_python_m_worker_refuses_to_run_without_broker_and_database(tmp_path):
     )
     assert result.returncode == 2
     assert "set BROKER_URL and DATABASE_URL" in result.stderr
+
+
+def test_events_published_before_any_worker_ever_ran_wait_for_one(make_stack):
+    stack = make_stack()
+    tenant = stack.create_tenant()
+    with stack.publisher() as publisher:  # nothing has declared the worker queue on this vhost yet
+        publisher.publish(event(tenant, "early", "campaign_started", name="Early", total_messages=1))
+    stack.start_worker()
+    state = wait_until(lambda: stack.campaign(tenant, "early"), 15, message="the early event applied")
+    assert state["name"] == "Early"
