@@ -229,19 +229,22 @@ def test_replay_event_resends_updates_and_refuses_bad_input(stack, tenant, publi
 
 
 def _dead_letters(stack, wanted, marker):
-    """Drain the dead-letter queue until ``wanted`` messages containing ``marker`` are found."""
+    """Consume the dead-letter queue until ``wanted`` messages containing ``marker`` arrived."""
     found = []
-    with Connection(stack.broker_url) as connection:
-        queue = dead_letter_queue(connection.default_channel)
+
+    def collect(message):
+        if marker.encode() in message.body or marker in message.headers.get("x-original-routing-key", ""):
+            found.append((message.headers[REJECTION_HEADER], message.body))
+        message.ack()
+
+    connection = Connection(stack.broker_url)
+    with connection, connection.Consumer(dead_letter_queue, on_message=collect, prefetch_count=100):
         deadline = time.monotonic() + 20
         while len(found) < wanted and time.monotonic() < deadline:
-            message = queue.get(no_ack=False)
-            if message is None:
-                time.sleep(0.05)
-                continue
-            if marker.encode() in message.body or marker in message.headers.get("x-original-routing-key", ""):
-                found.append((message.headers[REJECTION_HEADER], message.body))
-            message.ack()
+            try:
+                connection.drain_events(timeout=max(deadline - time.monotonic(), 0.01))
+            except TimeoutError:
+                break
     return found
 
 
