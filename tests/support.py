@@ -121,7 +121,7 @@ def drop_database(name):
 
 
 def _rabbitmqctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def create_vhost():
@@ -135,6 +135,19 @@ def create_vhost():
 def delete_vhost(name):
     """Delete a test vhost with everything in it."""
     _rabbitmqctl("delete_vhost", name)
+
+
+def list_queues(vhost):
+    """``{queue: (ready, unacknowledged)}`` of a vhost of the shared broker (``rabbitmqctl``)."""
+    completed = _rabbitmqctl(
+        "-p", vhost, "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"
+    )
+    result = {}
+    for line in completed.stdout.decode().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1].isdigit():
+            result[parts[0]] = (int(parts[1]), int(parts[2]))
+    return result
 
 
 def amqp_url(vhost):

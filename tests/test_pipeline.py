@@ -10,8 +10,9 @@ import socketio
 from kombu import Connection
 
 from campaigns.timeutil import isoformat
+from tests import support
 from tests.support import JWT_SECRET, LiveClient, event, wait_until
-from worker.queues import REJECTION_HEADER, dead_letter_queue
+from worker.queues import REJECTION_HEADER, dead_letter_queue, worker_queue
 
 STATUS_TYPES = ("campaign_started", "campaign_paused", "campaign_resumed", "campaign_completed")
 
@@ -280,6 +281,10 @@ def test_invalid_messages_are_dead_lettered_and_valid_ones_around_them_applied(s
     assert all(": " in reason for reason, _ in letters)
     assert {body for _, body in letters} == {body for body, _, _ in bad}
     assert stack.workers[0].alive()
+    # Every message is settled: the valid ones (acknowledged together after the commit) and the
+    # dead-lettered ones (acknowledged one by one) leave nothing delivered-but-unacknowledged.
+    queue = worker_queue().name
+    wait_until(lambda: support.list_queues(stack.vhost)[queue] == (0, 0), 15, 0.2, "no message left unacknowledged")
 
 
 def test_a_long_polling_client_gets_live_updates(stack, tenant, publisher, clients):

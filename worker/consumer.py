@@ -58,6 +58,9 @@ class EventConsumer(ConsumerProducerMixin):
         self.next_due_check = 0.0
         self.next_prune = time.monotonic() + 1.0
         self.active_connection = None
+        # Set when messages of this channel were left unacknowledged on purpose (stopping while
+        # the database is down): from then on a cumulative ack could settle them, so ack one by one.
+        self.left_unacked = False
         self.session = None
         self.locks = None
         self.stats = {"applied": 0, "duplicates": 0, "dead_lettered": 0, "emitted": 0, "merged": 0}
@@ -85,6 +88,7 @@ class EventConsumer(ConsumerProducerMixin):
         if self.batch:
             log.warning("[WORKER] dropping %d unacknowledged messages of a lost connection", len(self.batch))
         self.batch = []
+        self.left_unacked = False
 
     def on_connection_error(self, exc, interval):
         """Log broker outages; kombu retries the connection."""
@@ -231,6 +235,7 @@ class EventConsumer(ConsumerProducerMixin):
                 )
             )
         except StopRequested:
+            self.left_unacked = True
             return  # nothing acknowledged: the broker redelivers these to the next worker
         except Exception as exc:
             log.exception("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), exc)
@@ -242,8 +247,7 @@ class EventConsumer(ConsumerProducerMixin):
         for event, message in pairs:
             if event.tenant_id in unknown:
                 self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
-            else:
-                message.ack()
+        self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
         self.record(result)
         self.emit(result.updates)
         if result.updates:
@@ -257,6 +261,7 @@ class EventConsumer(ConsumerProducerMixin):
                 lambda session: apply_batch(session, [event], utcnow(), self.throttle_seconds, self.locks)
             )
         except StopRequested:
+            self.left_unacked = True
             return
         except Exception as exc:
             self.release_locks()
@@ -270,6 +275,22 @@ class EventConsumer(ConsumerProducerMixin):
         self.record(result)
         self.emit(result.updates)
         self.release_locks()
+
+    def acknowledge(self, messages):
+        """Acknowledge applied messages: on AMQP one cumulative ack up to the newest one.
+
+        Safe because every message delivered before it on this channel is settled by then:
+        the batch holds all messages received so far, and each was acknowledged or
+        dead-lettered. The in-memory transport of the demo has no cumulative ack.
+        """
+        if not messages:
+            return
+        if self.left_unacked or self.connection.transport.driver_type != "amqp":
+            for message in messages:
+                message.ack()
+            return
+        newest = max(messages, key=lambda message: message.delivery_tag)
+        newest.ack(multiple=True)
 
     def record(self, result):
         """Count what a batch did and log the throttle decisions."""

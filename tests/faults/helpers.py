@@ -306,33 +306,6 @@ def queue_ready(broker_url, name):
     return queue_state(broker_url, name)[0]
 
 
-def list_queues(vhost):
-    """``{queue: (ready, unacknowledged)}`` of a vhost of the shared broker (``rabbitmqctl``)."""
-    completed = subprocess.run(
-        [
-            "rabbitmqctl",
-            "-q",
-            "-p",
-            vhost,
-            "list_queues",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    result = {}
-    for line in completed.stdout.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3 and parts[1].isdigit():
-            result[parts[0]] = (int(parts[1]), int(parts[2]))
-    return result
-
-
 def drain_queue(broker_url, name, expected, timeout=30):
     """Take (and ack) ``expected`` messages off a queue; return ``[(headers, body)]``."""
     found = []

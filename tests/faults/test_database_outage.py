@@ -21,7 +21,6 @@ from tests.faults.helpers import (
     http_get,
     is_applied,
     last_seqs,
-    list_queues,
     outcome,
     progress_events,
     report,
@@ -51,7 +50,7 @@ def stack(database, vhost, tmp_path):
 
 def in_queue(vhost):
     """Messages of the worker queue held by the broker: ready plus delivered but unacknowledged."""
-    ready, unacked = list_queues(vhost)[QUEUE]
+    ready, unacked = support.list_queues(vhost)[QUEUE]
     return ready + unacked, unacked
 
 
