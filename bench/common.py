@@ -280,8 +280,12 @@ class ForeignActivity:
             parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
             commands[pid] = command
         mine = os.getpid()
+        launchers, pid = set(), mine  # whoever started this run (make, timeout, a shell) is not foreign
+        while pid not in (0, 1) and pid not in launchers:
+            launchers.add(pid)
+            pid = parents.get(pid, 0)
         for pid, command in commands.items():
-            if not any(pattern in command for pattern in self.PATTERN):
+            if pid in launchers or not any(pattern in command for pattern in self.PATTERN):
                 continue
             ancestor, hops = pid, 0
             while ancestor not in (0, 1, mine) and hops < 64:

@@ -3,7 +3,10 @@
 What is measured
     One server (``python app.py``) and one worker (``python -m worker``), both LOG_LEVEL=WARNING,
     on a fresh database and vhost. 100 python-socketio clients (websocket transport, one
-    connection each) are connected, 10 for each of 10 tenants. A background thread publishes
+    connection each) are connected, 10 for each of 10 tenants, spread over 4 child processes
+    (``--client-processes``): real clients sit on other machines, and 100 clients in one
+    interpreter queue a fan-out's deliveries behind each other on its GIL (with one process
+    the "spread" row below grew to a p99 of 48 ms). A background thread publishes
     ``message_sent`` at a steady 1,000 events/s (unconfirmed) spread over 50 running campaigns
     (5 per tenant); that is the progress traffic the worker has to apply at the same time.
 
@@ -26,9 +29,10 @@ How to read it
     arrive are reported as missing (lost after being applied, or never applied before
     ``--drain-timeout``), are not in the percentiles, and make the script exit 1.
     "background" shows the progress rate actually published during the window and whether
-    the worker kept up (queue depth at the end of the window, time to drain). The clients
-    run as threads in this process (one Python interpreter, so at most one core): its CPU
-    use is printed; near 100 % of a core the script itself adds latency. The server,
+    the worker kept up (queue depth at the end of the window, time to drain). The publishers
+    run as threads in this process: its CPU use is printed (near 100 % of a core the script
+    itself adds latency), and so is the client processes' use. Receive times are
+    ``time.monotonic`` in the client processes: CLOCK_MONOTONIC, shared by every process. The server,
     worker, PostgreSQL and RabbitMQ share the machine's cores (see nproc and machine busy);
     a WARNING names other test or benchmark processes seen running at the same time.
     Results are also written to ``bench/results/latency.json``.
@@ -39,6 +43,8 @@ Usage
 
 import argparse
 import contextlib
+import json
+import multiprocessing
 import os
 import resource
 import sys
@@ -50,6 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import websocket  # noqa: E402
 from kombu import Connection  # noqa: E402
 
 from bench import common  # noqa: E402
@@ -73,8 +80,13 @@ def parse_args(argv=None):
     parser.add_argument("--campaigns", type=int, default=50, help="campaigns with background traffic (default 50)")
     parser.add_argument("--rate", type=float, default=1000.0, help="background message_sent per second (default 1000)")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between status samples (default 0.2)")
+    parser.add_argument("--client-processes", type=int, default=4,
+                        help="child processes the clients are spread over (default 4)")
+    parser.add_argument("--client", default="frames", choices=["frames", "python-socketio"],
+                        help="frames: minimal websocket clients that timestamp frames on arrival (default); "
+                             "python-socketio: the library's client, handler time included")
     parser.add_argument("--transport", default="websocket", choices=["websocket", "polling"],
-                        help="Socket.IO transport of the clients (default websocket)")
+                        help="transport of the python-socketio clients (default websocket)")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="seconds to wait after the window for the worker to apply its backlog (default 300)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 s of measurement, 1 s warm-up")
@@ -126,61 +138,186 @@ class BackgroundTraffic(threading.Thread):
             self.join(30)
 
 
-def connect_clients(stack, tenant_ids, per_tenant, transport):
-    """Connect ``per_tenant`` clients for each tenant; each waits for its snapshot.
+class FrameClient(threading.Thread):
+    """A minimal Socket.IO v4 client over websocket that only timestamps frames as they arrive.
 
-    The first client connects alone (it also warms the server up), the others 10 at a time.
-    Before commit a115ee0 the server sent the snapshot through python-socketio's KombuManager,
-    whose one publisher connection is opened lazily and shared by all greenlets: when several
-    first connects raced on it, one failed ("Cannot publish to rabbitmq... giving up" in the
-    server's log, "Unexpected connection error" at the client after ~33 s). The handlers now
-    emit to their own client with ``ignore_queue=True``; connecting one client first keeps the
-    benchmark independent of that path.
+    It speaks just what the latency probe needs (Engine.IO open, Socket.IO CONNECT with the
+    ``auth`` token, pong) and decodes the frames after the run, so the time it reports is when
+    the bytes reached the client, not when a client library got round to running a handler.
     """
-    wanted = [tenant_id for tenant_id in tenant_ids for _ in range(per_tenant)]
-    first = stack.client(wanted[0], transports=(transport,))
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        futures = [pool.submit(stack.client, tenant_id, transports=(transport,)) for tenant_id in wanted[1:]]
-    clients, errors = [(wanted[0], first)], []
-    for tenant_id, future in zip(wanted[1:], futures):
+
+    def __init__(self, url, token):
+        super().__init__(name="frame-client", daemon=True)
+        self.frames, self.connected = [], False
+        ws_url = url.replace("http://", "ws://", 1).rstrip("/") + "/socket.io/?EIO=4&transport=websocket"
+        self.ws = websocket.create_connection(ws_url, timeout=10)
+        opening = self.ws.recv()
+        if not opening.startswith("0"):
+            raise BenchFailure(f"unexpected Engine.IO open packet {opening[:100]!r}")
+        self.ws.send("40" + json.dumps({"token": token}))
+        self.ws.settimeout(None)
+        self.start()
+        support.wait_until(lambda: any(text.startswith('42["campaign_snapshot"') for _, text in self.frames),
+                           10, message="campaign_snapshot")
+        self.connected = True
+
+    def run(self):
         try:
-            clients.append((tenant_id, future.result()))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-    if errors:
-        close_clients(clients)
-        raise BenchFailure(f"{len(errors)} of {len(wanted)} clients could not connect: {errors[0]!r}")
-    return clients
+            while True:
+                text = self.ws.recv()
+                arrived = time.monotonic()
+                if text == "2":  # Engine.IO ping
+                    self.ws.send("3")
+                elif text:
+                    self.frames.append((arrived, text))
+        except (websocket.WebSocketException, OSError):
+            self.connected = False
+
+    def updates(self):
+        """The ``campaign_update`` payloads received, each with its arrival time as ``at``."""
+        found = []
+        for arrived, text in list(self.frames):
+            if text.startswith('42["campaign_update"'):
+                found.append({"at": arrived, **json.loads(text[2:])[1]})
+        return found
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.ws.close()
 
 
-def close_clients(clients):
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        list(pool.map(lambda pair: pair[1].close(), clients))
+class LibraryClient:
+    """A python-socketio client (``--client python-socketio``): decodes and runs a handler per update."""
+
+    def __init__(self, url, token, transport):
+        self.live = support.LiveClient()
+        self.live.connect(url, {"token": token}, [transport])
+
+    @property
+    def connected(self):
+        return self.live.sio.connected
+
+    def updates(self):
+        with self.live.lock:
+            return list(self.live.updates)
+
+    def close(self):
+        self.live.close()
+
+
+def run_client_group(url, assignments, kind, transport, pipe):
+    """A child process holding some of the clients: ``assignments`` is ``[(tenant_id, token)]``.
+
+    Protocol on ``pipe``: it sends ``("ready", error)`` once every client has its snapshot (the
+    first one connects alone, then 10 at a time), then answers each ``"collect"`` with
+    ``[(tenant_id, index, connected)]`` per client (see ``received_index``), and on ``"close"``
+    disconnects and exits.
+    """
+    clients, error = [], None
+
+    def connect(pair):
+        tenant_id, token = pair
+        client = FrameClient(url, token) if kind == "frames" else LibraryClient(url, token, transport)
+        return tenant_id, client
+
+    try:
+        clients.append(connect(assignments[0]))
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            clients.extend(pool.map(connect, assignments[1:]))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        error = repr(exc)
+    pipe.send(("ready", error))
+    try:
+        while pipe.recv() == "collect":
+            pipe.send([(tenant_id, received_index(client), client.connected) for tenant_id, client in clients])
+    finally:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            list(pool.map(lambda pair: pair[1].close(), clients))
+
+
+class ClientGroups:
+    """The clients, spread over child processes so that one interpreter's GIL does not queue
+    the deliveries of a fan-out behind each other (real clients are on other machines).
+    """
+
+    def __init__(self, stack, tenant_ids, per_tenant, kind, transport, processes):
+        wanted = [(tenant_id, stack.token(tenant_id)) for tenant_id in tenant_ids for _ in range(per_tenant)]
+        context = multiprocessing.get_context("spawn")
+        self.groups = []
+        for i in range(max(1, min(processes, len(wanted)))):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=run_client_group,
+                args=(stack.servers[0].url, wanted[i::processes], kind, transport, child_end),
+                name=f"latency-clients-{i}",
+                daemon=True,
+            )
+            process.start()
+            self.groups.append((process, parent_end))
+        self.count = len(wanted)
+        errors = []
+        for process, pipe in self.groups:
+            if not pipe.poll(120):
+                errors.append(f"{process.name} did not connect its clients within 120 s")
+                continue
+            _, error = pipe.recv()
+            if error:
+                errors.append(f"{process.name}: {error}")
+        if errors:
+            self.close()
+            raise BenchFailure(f"clients could not connect: {errors[0]}")
+
+    @property
+    def pids(self):
+        return [process.pid for process, _ in self.groups]
+
+    def collect(self):
+        """``[(tenant_id, index, connected)]`` for every client, from every process."""
+        found = []
+        for _, pipe in self.groups:
+            pipe.send("collect")
+        for _, pipe in self.groups:
+            found.extend(pipe.recv())
+        return found
+
+    def close(self):
+        """Disconnect every client and stop the processes (by pid, after a grace period)."""
+        for _, pipe in self.groups:
+            with contextlib.suppress(OSError):
+                pipe.send("close")
+        for process, _ in self.groups:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
 
 
 def received_index(client):
     """(campaign id, type, version) -> (monotonic receive time, update timestamp) of a client's updates."""
-    with client.lock:
-        updates = list(client.updates)
     index = {}
-    for update in updates:
+    for update in client.updates():
         campaign = update["campaign"]
         if campaign["id"] == PROBE_CAMPAIGN:
             index.setdefault((campaign["id"], update["type"], campaign["version"]), (update["at"], update["timestamp"]))
     return index
 
 
-def match(samples, clients_by_tenant):
-    """Pairs (sample, client receive) found so far, and how many are still missing."""
-    indexes = {id(client): received_index(client) for clients in clients_by_tenant.values() for client in clients}
+def match(samples, received):
+    """Pairs (sample, client number, receive) found so far, and how many are still missing.
+
+    ``received`` is ``ClientGroups.collect()``; CLOCK_MONOTONIC is shared by all processes.
+    """
+    by_tenant = {}
+    for number, (tenant_id, index, _) in enumerate(received):
+        by_tenant.setdefault(tenant_id, []).append((number, index))
     pairs, missing = [], 0
     for sample in samples:
-        for client in clients_by_tenant[sample["tenant"]]:
-            hit = indexes[id(client)].get(sample["key"])
+        for number, index in by_tenant.get(sample["tenant"], []):
+            hit = index.get(sample["key"])
             if hit is None:
                 missing += 1
             else:
-                pairs.append((sample, client, hit))
+                pairs.append((sample, number, hit))
     return pairs, missing
 
 
@@ -229,10 +366,8 @@ def measure(stack, args):
     except AssertionError as exc:
         raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
 
-    clients = connect_clients(stack, tenant_ids, args.clients_per_tenant, args.transport)
-    clients_by_tenant = {}
-    for tenant_id, client in clients:
-        clients_by_tenant.setdefault(tenant_id, []).append(client)
+    clients = ClientGroups(stack, tenant_ids, args.clients_per_tenant, args.client, args.transport,
+                           args.client_processes)
     background = BackgroundTraffic(stack, campaigns, args.rate)
     probe_publisher = None
     try:
@@ -247,7 +382,8 @@ def measure(stack, args):
         samples = []
         usage_before = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = {"server": common.process_cpu_seconds(server.pid),
-                      "worker": common.process_cpu_seconds(worker.pid)}
+                      "worker": common.process_cpu_seconds(worker.pid),
+                      "clients": sum(common.process_cpu_seconds(pid) or 0 for pid in clients.pids)}
         machine_before = common.machine_cpu_times()
         background_before = background.count
         window_start = time.monotonic()
@@ -281,7 +417,8 @@ def measure(stack, args):
         window = window_end - window_start
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
         cpu_after = {"server": common.process_cpu_seconds(server.pid),
-                     "worker": common.process_cpu_seconds(worker.pid)}
+                     "worker": common.process_cpu_seconds(worker.pid),
+                     "clients": sum(common.process_cpu_seconds(pid) or 0 for pid in clients.pids)}
         machine_after = common.machine_cpu_times()
         background_in_window = background.count - background_before
         threads = threading.active_count()
@@ -294,7 +431,7 @@ def measure(stack, args):
 
         # First the worker must catch up with everything published (its backlog delays the
         # probes), then every (sample, client) pair should have arrived.
-        expected_pairs = sum(len(clients_by_tenant[s["tenant"]]) for s in samples)
+        expected_pairs = len(samples) * args.clients_per_tenant
         published_total = setup_events + background.count + len(samples)
 
         def applied_all():
@@ -308,28 +445,29 @@ def measure(stack, args):
         except AssertionError:
             drained_after = None
         with contextlib.suppress(AssertionError):  # what is still missing then is reported
-            support.wait_until(lambda: match(samples, clients_by_tenant)[1] == 0, LATE_UPDATE_SECONDS, 0.1,
+            support.wait_until(lambda: match(samples, clients.collect())[1] == 0, LATE_UPDATE_SECONDS, 0.1,
                                "every client to receive every status sample")
-        pairs, missing = match(samples, clients_by_tenant)
+        received = clients.collect()
+        pairs, missing = match(samples, received)
         applied_ids = {row[0] for row in stack.sql(
             "SELECT event_id FROM applied_events WHERE campaign_id = %s", (PROBE_CAMPAIGN,))}
-        received_keys = {(id(sample), id(client)) for sample, client, _ in pairs}
+        received_keys = {(id(sample), number) for sample, number, _ in pairs}
         lost = unapplied = 0
         for sample in samples:
-            for client in clients_by_tenant[sample["tenant"]]:
-                if (id(sample), id(client)) not in received_keys:
+            for number, (tenant_id, _, _) in enumerate(received):
+                if tenant_id == sample["tenant"] and (id(sample), number) not in received_keys:
                     if sample["event_id"] in applied_ids:
                         lost += 1
                     else:
                         unapplied += 1
         applied, batches = stack.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
         settings = common.worker_settings(stack)
-        disconnected = sum(1 for _, client in clients if not client.sio.connected)
+        disconnected = sum(1 for _, _, connected in received if not connected)
     finally:
         if probe_publisher is not None:
             probe_publisher.close()
         background.stop()
-        close_clients(clients)
+        clients.close()
 
     offset = time.time() - time.monotonic()  # monotonic -> wall, for the split of the legs
     total_ms = [(hit[0] - sample["published_at"]) * 1000 for sample, _, hit in pairs]
@@ -348,7 +486,8 @@ def measure(stack, args):
     cpu_seconds = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
     return {
         "samples": len(samples),
-        "clients": len(clients),
+        "clients": clients.count,
+        "client_processes": len(clients.groups),
         "expected_pairs": expected_pairs,
         "received_pairs": len(pairs),
         "missing_pairs": missing,
@@ -375,6 +514,7 @@ def measure(stack, args):
         "worker_settings": settings,
         "cpu": {
             "bench_process_percent_of_one_core": 100 * cpu_seconds / window,
+            "client_processes_percent_of_one_core": _percent(cpu_before["clients"], cpu_after["clients"], window),
             "bench_threads": threads,
             "server_percent_of_one_core": _percent(cpu_before["server"], cpu_after["server"], window),
             "worker_percent_of_one_core": _percent(cpu_before["worker"], cpu_after["worker"], window),
@@ -443,7 +583,8 @@ def main(argv=None):
           f"WORKER_BATCH_LINGER_MS={ws['WORKER_BATCH_LINGER_MS']}, THROTTLE_SECONDS={ws['THROTTLE_SECONDS']:g}, "
           f"LOG_LEVEL={ws['LOG_LEVEL']}; mean {fmt(bg['worker_mean_batch'])} events per batch")
     print(f"CPU (% of one core, over the window): this bench process {cpu['bench_process_percent_of_one_core']:.0f}% "
-          f"({cpu['bench_threads']} threads: clients + publishers), "
+          f"({cpu['bench_threads']} threads: publishers), {result['client_processes']} client processes "
+          f"{fmt(cpu['client_processes_percent_of_one_core'], 0)}% together, "
           f"server {fmt(cpu['server_percent_of_one_core'], 0)}%, "
           f"worker {fmt(cpu['worker_percent_of_one_core'], 0)}%; whole machine {cpu['machine_busy_percent']:.0f}% busy "
           f"of nproc {info['nproc']} (load average at start {info['loadavg_at_start'][0]:.2f}, "
@@ -452,10 +593,11 @@ def main(argv=None):
     note = shared_machine_note(foreign)
     if bench_cpu >= 80 or note:
         print("note: the bench process is close to one full core (the GIL) or the machine was shared: "
-              "the clients' own scheduling adds to the latency")
+              "its own scheduling adds to the latency")
     else:
         print("note: the bench process is well below one core, so its threads are not the bottleneck "
-              "(it still competes for the machine's cores with the server, worker, PostgreSQL and RabbitMQ)")
+              "(it and the client processes still compete for the machine's cores with the server, worker, "
+              "PostgreSQL and RabbitMQ)")
     if note:
         print(note)
     p99 = result["latency_ms"]["p99"]
