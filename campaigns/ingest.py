@@ -26,7 +26,8 @@ from campaigns.timeutil import utcnow
 from campaigns.updates import store_updates
 
 log = logging.getLogger(__name__)
-DUE_BATCH = 200
+# Merged updates emitted per transaction (see EventConsumer.emit_due_updates).
+DUE_BATCH = 20
 
 
 @dataclass
@@ -54,19 +55,26 @@ class TenantLocks:
         self.enabled = session.get_bind().dialect.name == "postgresql"
         self.held = False
 
+    # One round trip; the sorted subquery fixes the order in which the locks are taken. It also
+    # says which tenants exist, which saves the batch a query of its own.
+    ACQUIRE = text(
+        "SELECT t, pg_advisory_lock(7281, hashtext(t)) IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM tenants WHERE tenants.id = t) "
+        "FROM (SELECT t FROM unnest(CAST(:tenants AS text[])) AS t ORDER BY t) AS sorted"
+    )
+
     def acquire(self, tenant_ids):
-        """Lock these tenants (blocking until other workers release them)."""
-        if not self.enabled or not tenant_ids:
-            return
-        # One round trip; the sorted subquery fixes the order in which the locks are taken.
-        self.session.execute(
-            text(
-                "SELECT pg_advisory_lock(7281, hashtext(t)) "
-                "FROM (SELECT t FROM unnest(CAST(:tenants AS text[])) AS t ORDER BY t) AS sorted"
-            ),
-            {"tenants": sorted(set(tenant_ids))},
-        )
+        """Lock these tenants (blocking until other workers release them); return those that exist.
+
+        Without locks (SQLite) it only looks the tenants up.
+        """
+        if not tenant_ids:
+            return set()
+        if not self.enabled:
+            return known_tenants(self.session, tenant_ids)
         self.held = True
+        rows = self.session.connection().execute(self.ACQUIRE, {"tenants": sorted(set(tenant_ids))})
+        return {tenant_id for tenant_id, exists in rows if exists}
 
     def release(self):
         """Release every lock this connection holds."""
@@ -106,7 +114,8 @@ def _record_new_events(session, events, now):
             "occurred": [event.occurred_at for event in events],
             "data": [json.dumps(event.data, separators=(",", ":")) for event in events],
         }
-        return {tuple(row) for row in session.execute(RECORD_EVENTS_PG, {**columns, "applied_at": now})}
+        rows = session.connection().execute(RECORD_EVENTS_PG, {**columns, "applied_at": now})
+        return {tuple(row) for row in rows}
     rows = [
         {
             "tenant_id": event.tenant_id,
@@ -135,7 +144,7 @@ def _load_campaigns(session, keys):
         return {}
     table = Campaign.__table__
     query = select(table).where(tuple_(table.c.tenant_id, table.c.id).in_(sorted(keys))).with_for_update()
-    return {(row.tenant_id, row.id): Campaign(**row._mapping) for row in session.execute(query)}
+    return {(row.tenant_id, row.id): Campaign(**row._mapping) for row in session.connection().execute(query)}
 
 
 CAMPAIGN_KEY = ("tenant_id", "id")
@@ -147,8 +156,9 @@ CAMPAIGN_STATE = tuple(
 def _save_campaigns(session, created, changed):
     """Insert the campaigns first seen in this batch and write back the changed ones."""
     table = Campaign.__table__
+    connection = session.connection()
     if created:
-        session.execute(
+        connection.execute(
             insert(table),
             [
                 {name: getattr(campaign, name) for name in CAMPAIGN_KEY + CAMPAIGN_STATE + ("created_at",)}
@@ -164,14 +174,15 @@ def _save_campaigns(session, created, changed):
             row = {name: getattr(campaign, name) for name in CAMPAIGN_STATE}
             row["key_tenant_id"], row["key_id"] = campaign.tenant_id, campaign.id
             rows.append(row)
-        session.execute(statement, rows)
+        connection.execute(statement, rows)
 
 
 def known_tenants(session, tenant_ids):
     """The subset of ``tenant_ids`` that exist."""
     if not tenant_ids:
         return set()
-    return set(session.scalars(select(Tenant.id).where(Tenant.id.in_(sorted(tenant_ids)))))
+    tenants = Tenant.__table__
+    return set(session.connection().scalars(select(tenants.c.id).where(tenants.c.id.in_(sorted(tenant_ids)))))
 
 
 def apply_batch(session, events, now, throttle_seconds, locks=None):
@@ -185,14 +196,16 @@ def apply_batch(session, events, now, throttle_seconds, locks=None):
             continue
         seen.add(key)
         unique.append(event)
-    known = known_tenants(session, {event.tenant_id for event in unique})
+    tenant_ids = {event.tenant_id for event in unique}
+    if locks is not None:
+        known = locks.acquire(tenant_ids)
+        now = max(now, utcnow())  # the throttle window counts from after the wait for the lock
+    else:
+        known = known_tenants(session, tenant_ids)
     result.unknown_tenant = [event for event in unique if event.tenant_id not in known]
     unique = [event for event in unique if event.tenant_id in known]
     if not unique:
         return result
-    if locks is not None:
-        locks.acquire(known)
-        now = max(now, utcnow())  # the throttle window counts from after the wait for the lock
     inserted = _record_new_events(session, unique, now)
     result.applied = [event for event in unique if (event.tenant_id, event.event_id) in inserted]
     result.duplicates += len(unique) - len(result.applied)
@@ -238,28 +251,34 @@ def next_due_at(session):
 
 
 def flush_due_updates(session, now, locks=None, force=False):
-    """Emit the merged updates whose window has ended (all pending ones with ``force``)."""
-    condition = Campaign.emit_due_at.is_not(None) if force else Campaign.emit_due_at <= now
-    keys = session.execute(
-        select(Campaign.tenant_id, Campaign.id).where(condition).order_by(Campaign.emit_due_at).limit(DUE_BATCH)
+    """Emit up to ``DUE_BATCH`` merged updates whose window has ended (pending ones with ``force``)."""
+    table = Campaign.__table__
+    key = tuple_(table.c.tenant_id, table.c.id)
+    condition = table.c.emit_due_at.is_not(None) if force else table.c.emit_due_at <= now
+    connection = session.connection()
+    keys = connection.execute(
+        select(table.c.tenant_id, table.c.id).where(condition).order_by(table.c.emit_due_at).limit(DUE_BATCH)
     ).all()
     if not keys:
         return []
     if locks is not None:
         locks.acquire({tenant_id for tenant_id, _ in keys})
         now = max(now, utcnow())
-    query = (
-        select(Campaign)
-        .where(tuple_(Campaign.tenant_id, Campaign.id).in_([tuple(k) for k in keys]), condition)
-        .order_by(Campaign.tenant_id, Campaign.emit_due_at)
+    # Read again under the locks: another worker may have emitted some of them meanwhile.
+    rows = connection.execute(
+        select(table)
+        .where(key.in_([tuple(k) for k in keys]), condition)
+        .order_by(table.c.tenant_id, table.c.emit_due_at)
         .with_for_update()
+    ).all()
+    if not rows:
+        return []
+    connection.execute(
+        update(table)
+        .where(key.in_([(row.tenant_id, row.id) for row in rows]))
+        .values(emit_due_at=None, last_emitted_at=now)
     )
-    emissions = []
-    for campaign in session.scalars(query):
-        emissions.append((campaign.tenant_id, campaign.last_event_type, campaign.to_dict()))
-        campaign.emit_due_at = None
-        campaign.last_emitted_at = now
-    session.flush()
+    emissions = [(row.tenant_id, row.last_event_type, Campaign(**row._mapping).to_dict()) for row in rows]
     return store_updates(session, emissions, now)
 
 

@@ -1,8 +1,8 @@
 """The ``campaign_update`` payload, built in one place for the worker, the replay and the API."""
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, text
 
-from campaigns.models import CampaignUpdate, Tenant
+from campaigns.models import CampaignUpdate
 from campaigns.timeutil import isoformat
 
 UPDATE_EVENT = "campaign_update"
@@ -43,15 +43,7 @@ def store_updates(session, emissions, now):
     counts = {}
     for tenant_id, _, _ in emissions:
         counts[tenant_id] = counts.get(tenant_id, 0) + 1
-    next_seq = {}
-    for tenant_id in sorted(counts):
-        last = session.execute(
-            update(Tenant)
-            .where(Tenant.id == tenant_id)
-            .values(last_seq=Tenant.last_seq + counts[tenant_id])
-            .returning(Tenant.last_seq)
-        ).scalar_one()
-        next_seq[tenant_id] = last - counts[tenant_id] + 1
+    next_seq = {tenant_id: last - counts[tenant_id] + 1 for tenant_id, last in _reserve_seqs(session, counts)}
     payloads, rows = [], []
     for tenant_id, kind, campaign in emissions:
         seq = next_seq[tenant_id]
@@ -61,5 +53,23 @@ def store_updates(session, emissions, now):
         rows.append(
             {"tenant_id": tenant_id, "seq": seq, "campaign_id": campaign["id"], "payload": payload, "created_at": now}
         )
-    session.execute(insert(CampaignUpdate.__table__), rows)
+    session.connection().execute(insert(CampaignUpdate.__table__), rows)
     return payloads
+
+
+def _reserve_seqs(session, counts):
+    """Add ``counts[tenant]`` to each tenant's ``last_seq`` in one statement; yield (tenant, new last_seq).
+
+    A VALUES list in FROM, which PostgreSQL and SQLite (3.33+) both accept, with their
+    default column names ``column1``, ``column2``.
+    """
+    tenants = sorted(counts)
+    rows = ", ".join(f"(:tenant_{i}, :count_{i})" for i in range(len(tenants)))
+    params = {}
+    for i, tenant_id in enumerate(tenants):
+        params[f"tenant_{i}"], params[f"count_{i}"] = tenant_id, counts[tenant_id]
+    statement = text(
+        f"UPDATE tenants SET last_seq = tenants.last_seq + batch.column2 FROM (VALUES {rows}) AS batch "
+        "WHERE tenants.id = batch.column1 RETURNING tenants.id, tenants.last_seq"
+    )
+    return session.connection().execute(statement, params).all()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from campaigns import metrics
 from campaigns.events import InvalidEvent, parse_event
-from campaigns.ingest import TenantLocks, apply_batch, flush_due_updates, prune
+from campaigns.ingest import DUE_BATCH, TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
 from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
@@ -110,8 +110,8 @@ class EventConsumer(ConsumerProducerMixin):
         ):
             self.process_batch()
         if now >= self.next_due_check:
-            self.next_due_check = now + DUE_CHECK_SECONDS
-            self.emit_due_updates()
+            more_due = self.emit_due_updates()
+            self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
         if now >= self.next_prune:
             self.next_prune = now + self.prune_every
             self.prune_history()
@@ -345,13 +345,24 @@ class EventConsumer(ConsumerProducerMixin):
         log.warning("[WORKER] dead-lettered message (routing key %r): %s", routing_key[:100], reason)
 
     def emit_due_updates(self, force=False):
-        """Emit the merged updates whose throttle window has ended."""
-        try:
-            updates = self.in_transaction(lambda session: flush_due_updates(session, utcnow(), self.locks, force))
-        except StopRequested:
-            return
-        self.emit(updates)
-        self.release_locks()
+        """Emit merged updates whose throttle window has ended, ``DUE_BATCH`` per transaction.
+
+        Returns True when more may be due: the loop then reads the broker before the next
+        chunk, so a status event is not queued behind hundreds of merged updates that fell due
+        together (campaigns whose windows opened in one batch stay aligned). ``force`` emits
+        every pending one (at shutdown).
+        """
+        while True:
+            try:
+                updates = self.in_transaction(lambda session: flush_due_updates(session, utcnow(), self.locks, force))
+            except StopRequested:
+                return False
+            self.emit(updates)
+            self.release_locks()
+            if len(updates) < DUE_BATCH:
+                return False
+            if not force:
+                return True
 
     def prune_history(self):
         """Delete history past its retention."""
