@@ -328,10 +328,9 @@ def client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
     """Child process: connect Socket.IO clients, then answer ``mark`` with counts until ``close``."""
     import logging
 
-    import engineio
     import socketio
 
-    class TolerantEngineIO(engineio.Client):
+    class TolerantEngineIO(support.OrderedEngineIOClient):
         """python-engineio's write loop gives up after max(ping_interval, ping_timeout) + 5 s (35 s) without
         anything to send, i.e. when a server ping comes > 5 s late; the JavaScript client waits
         ping_interval + ping_timeout (50 s). On a loaded machine the stricter rule drops clients the server
@@ -344,7 +343,7 @@ def client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
 
     class BenchClient(socketio.Client):
         def _engineio_client_class(self):
-            return engineio.Client if stock_heartbeat else TolerantEngineIO
+            return support.OrderedEngineIOClient if stock_heartbeat else TolerantEngineIO
 
     log_counts = {}
 

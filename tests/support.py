@@ -18,6 +18,7 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import quote
 
+import engineio
 import psycopg2
 import socketio
 
@@ -315,11 +316,31 @@ class Stack:
         return client
 
 
+class OrderedEngineIOClient(engineio.Client):
+    """Handles messages on the reading thread, in arrival order, as the JavaScript client does.
+
+    python-engineio's client starts a thread per message, so two updates that arrive close
+    together may be handled (and recorded) out of order.
+    """
+
+    def _trigger_event(self, event, *args, **kwargs):
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class OrderedClient(socketio.Client):
+    """A python-socketio client whose event handlers run in arrival order (see ``OrderedEngineIOClient``)."""
+
+    def _engineio_client_class(self):
+        return OrderedEngineIOClient
+
+
 class LiveClient:
-    """A python-socketio client that records what it receives, for assertions."""
+    """A python-socketio client that records what it receives, in arrival order, for assertions."""
 
     def __init__(self, reconnection=False):
-        self.sio = socketio.Client(reconnection=reconnection)
+        self.sio = OrderedClient(reconnection=reconnection)
         self.snapshots, self.updates, self.resyncs, self.errors = [], [], [], []
         self.lock = threading.Lock()
         self.sio.on("campaign_snapshot", lambda data: self._record(self.snapshots, data))
