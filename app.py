@@ -21,6 +21,7 @@ if __name__ == "__main__":
 
         patch_psycopg()
 
+import gc
 import logging
 import secrets
 import sys
@@ -154,6 +155,17 @@ def declare_broker_topology(config):
         log.warning("could not declare the broker topology at start-up: %s", exc)
 
 
+def freeze_startup_objects():
+    """Keep the objects of start-up (modules, app, SQLAlchemy metadata) out of garbage collection.
+
+    A full collection of the ~120,000 objects a started process holds takes ~30 ms, and it
+    stops every client of an eventlet server (and the worker's loop) meanwhile; frozen, they
+    are never scanned again (``gc.freeze``), so a collection only looks at what came since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main():
     """Run the server (and, without DATABASE_URL/BROKER_URL, the whole demo)."""
     app = create_app()
@@ -182,6 +194,7 @@ def main():
         config["ASYNC_MODE"],
         config["PING_INTERVAL"],
     )
+    freeze_startup_objects()
     socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
     return 0
 

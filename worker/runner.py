@@ -37,7 +37,7 @@ def run_embedded_worker(app, emitter):
 
 def main():
     """Entry point of ``python -m worker``."""
-    from app import create_app
+    from app import create_app, freeze_startup_objects
 
     app = create_app()
     config = app.config
@@ -64,6 +64,7 @@ def main():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         log.info("[WORKER] started (batch %d, throttle %.1fs)", config["WORKER_BATCH_SIZE"], config["THROTTLE_SECONDS"])
+        freeze_startup_objects()
         consumer.run(safety_interval=DRAIN_TIMEOUT_SECONDS)
         connection.release()
     log.info("[WORKER] stopped: %s", consumer.stats)
