@@ -187,6 +187,7 @@ def main():
     if not config["DEMO"]:
         declare_broker_topology(config)
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
+    freeze_startup_objects()
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",
         config["HOST"],
@@ -194,7 +195,6 @@ def main():
         config["ASYNC_MODE"],
         config["PING_INTERVAL"],
     )
-    freeze_startup_objects()
     socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
     return 0
 

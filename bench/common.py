@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -234,6 +235,69 @@ def open_files_limit(pid):
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+class PacedTraffic(threading.Thread):
+    """Publishes campaign events at a steady ``rate`` per second from its own connection,
+    catching up after a slow publish. ``events(n, elapsed)`` gives what the n-th tick publishes
+    (override it); ``count`` is the number of ticks so far, ``published`` the events.
+    """
+
+    def __init__(self, stack, rate, name="traffic", wait=0.002):
+        super().__init__(name=name, daemon=True)
+        self.stack, self.rate, self.wait = stack, rate, wait
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.count = 0
+        self.published = 0
+        self.error = None
+
+    def events(self, n, elapsed):
+        """The events of tick ``n``, ``elapsed`` seconds after the start."""
+        raise NotImplementedError
+
+    def run(self):
+        try:
+            publisher = self.stack.publisher(confirm=False)
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        started = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                elapsed = time.monotonic() - started
+                due = int(elapsed * self.rate)
+                while self.count < due and not self.stop_event.is_set():
+                    for event in self.events(self.count, elapsed):
+                        publisher.publish(event)
+                        self.published += 1
+                    self.count += 1
+                self.stop_event.wait(self.wait)
+        except Exception as exc:  # noqa: BLE001
+            self.error = exc
+        finally:
+            publisher.close()
+
+    def start_and_wait(self, timeout=30):
+        """Start, and raise ``BenchFailure`` if the publisher could not connect."""
+        self.start()
+        self.ready.wait(timeout)
+        self.check()
+
+    def check(self):
+        """Raise ``BenchFailure`` if the publisher failed or stopped."""
+        if self.error is not None:
+            raise BenchFailure(f"traffic publisher: {self.error!r}")
+        if self.ready.is_set() and not self.is_alive() and not self.stop_event.is_set():
+            raise BenchFailure("traffic publisher stopped")
+
+    def stop(self):
+        """Stop publishing and wait for the thread."""
+        self.stop_event.set()
+        if self.ident is not None:
+            self.join(30)
 
 
 class ForeignActivity:

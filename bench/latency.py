@@ -98,44 +98,16 @@ def parse_args(argv=None):
     return args
 
 
-class BackgroundTraffic(threading.Thread):
-    """Publishes ``message_sent`` at a steady rate (catching up after a slow publish)."""
+class BackgroundTraffic(common.PacedTraffic):
+    """``message_sent`` round-robin over the background campaigns."""
 
     def __init__(self, stack, campaigns, rate):
-        super().__init__(name="background-traffic", daemon=True)
-        self.stack, self.campaigns, self.rate = stack, campaigns, rate
-        self.stop_event = threading.Event()
-        self.ready = threading.Event()
-        self.count = 0
-        self.error = None
+        super().__init__(stack, rate, name="background-traffic")
+        self.campaigns = campaigns
 
-    def run(self):
-        try:
-            publisher = self.stack.publisher(confirm=False)
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
-            self.error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        started = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                due = int((time.monotonic() - started) * self.rate)
-                while self.count < due and not self.stop_event.is_set():
-                    tenant_id, campaign_id = self.campaigns[self.count % len(self.campaigns)]
-                    publisher.publish(make_event(tenant_id, campaign_id, "message_sent",
-                                                 {"message_id": f"m-{self.count}"}))
-                    self.count += 1
-                self.stop_event.wait(0.002)
-        except Exception as exc:  # noqa: BLE001
-            self.error = exc
-        finally:
-            publisher.close()
-
-    def stop(self):
-        self.stop_event.set()
-        if self.ident is not None:
-            self.join(30)
+    def events(self, n, elapsed):
+        tenant_id, campaign_id = self.campaigns[n % len(self.campaigns)]
+        return [make_event(tenant_id, campaign_id, "message_sent", {"message_id": f"m-{n}"})]
 
 
 class FrameClient(threading.Thread):
@@ -371,10 +343,7 @@ def measure(stack, args):
     background = BackgroundTraffic(stack, campaigns, args.rate)
     probe_publisher = None
     try:
-        background.start()
-        background.ready.wait(30)
-        if background.error:
-            raise BenchFailure(f"background publisher: {background.error!r}")
+        background.start_and_wait()
         background.stop_event.wait(args.warmup)  # warm-up: traffic only, no samples
 
         probe_publisher = stack.publisher(confirm=True)
@@ -395,8 +364,7 @@ def measure(stack, args):
             pause = due - time.monotonic()
             if pause > 0:
                 time.sleep(pause)  # pacing of the sample schedule, not waiting for an event
-            if background.error:
-                raise BenchFailure(f"background publisher: {background.error!r}")
+            background.check()
             tenant_id = tenant_ids[k % len(tenant_ids)]
             count = counters[tenant_id]
             kind = "campaign_paused" if count % 2 == 0 else "campaign_resumed"
@@ -425,8 +393,7 @@ def measure(stack, args):
         with Connection(stack.broker_url) as connection:
             backlog = common.queue_depth(connection, WORKER_QUEUE)
         background.stop()
-        if background.error:
-            raise BenchFailure(f"background publisher: {background.error!r}")
+        background.check()
         stopped_at = time.monotonic()
 
         # First the worker must catch up with everything published (its backlog delays the

@@ -113,53 +113,20 @@ def parse_args(argv=None):
 # campaign traffic ---------------------------------------------------------------------
 
 
-class Traffic(threading.Thread):
-    """Publishes progress events round-robin over the campaigns at a steady rate (catching up)."""
+class Traffic(common.PacedTraffic):
+    """Progress events round-robin over the campaigns: ``message_sent``, every 20th ``message_failed``."""
 
     def __init__(self, stack, campaigns, rate):
-        super().__init__(name="campaign-traffic", daemon=True)
-        self.stack, self.campaigns, self.rate = stack, campaigns, rate
-        self.stop_event = threading.Event()
-        self.ready = threading.Event()
-        self.count = 0
-        self.error = None
+        super().__init__(stack, rate, name="campaign-traffic", wait=0.005)
+        self.campaigns = campaigns
 
-    def run(self):
-        try:
-            publisher = self.stack.publisher(confirm=False)
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
-            self.error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        started = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                due = int((time.monotonic() - started) * self.rate)
-                while self.count < due and not self.stop_event.is_set():
-                    tenant_id, campaign_id = self.campaigns[self.count % len(self.campaigns)]
-                    if self.count % 20 == 19:
-                        kind, data = "message_failed", {"message_id": f"m-{self.count}", "error": "bench failure"}
-                    else:
-                        kind, data = "message_sent", {"message_id": f"m-{self.count}"}
-                    publisher.publish(make_event(tenant_id, campaign_id, kind, data))
-                    self.count += 1
-                self.stop_event.wait(0.005)
-        except Exception as exc:  # noqa: BLE001
-            self.error = exc
-        finally:
-            publisher.close()
-
-    def check(self):
-        if self.error is not None:
-            raise BenchFailure(f"traffic publisher: {self.error!r}")
-        if not self.is_alive():
-            raise BenchFailure("traffic publisher stopped")
-
-    def stop(self):
-        self.stop_event.set()
-        if self.ident is not None:
-            self.join(30)
+    def events(self, n, elapsed):
+        tenant_id, campaign_id = self.campaigns[n % len(self.campaigns)]
+        if n % 20 == 19:
+            kind, data = "message_failed", {"message_id": f"m-{n}", "error": "bench failure"}
+        else:
+            kind, data = "message_sent", {"message_id": f"m-{n}"}
+        return [make_event(tenant_id, campaign_id, kind, data)]
 
 
 # measuring ----------------------------------------------------------------------------

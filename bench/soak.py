@@ -124,60 +124,31 @@ def at(offset=0.0):
     return isoformat(datetime.now(timezone.utc) + timedelta(seconds=offset))
 
 
-class Traffic(threading.Thread):
+class Traffic(common.PacedTraffic):
     """``message_sent`` at a steady rate over the campaigns, and a status event every few seconds."""
 
     def __init__(self, stack, campaigns, rate, status_interval):
-        super().__init__(name="soak-traffic", daemon=True)
-        self.stack, self.campaigns, self.rate, self.status_interval = stack, campaigns, rate, status_interval
-        self.stop_event = threading.Event()
-        self.ready = threading.Event()
-        self.sent = 0
+        super().__init__(stack, rate, name="soak-traffic")
+        self.campaigns, self.status_interval = campaigns, status_interval
         self.statuses = 0
         self.paused = set()
-        self.error = None
 
-    def run(self):
-        try:
-            publisher = self.stack.publisher(confirm=False)
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
-            self.error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        started = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                elapsed = time.monotonic() - started
-                due = int(elapsed * self.rate)
-                while self.sent < due and not self.stop_event.is_set():
-                    tenant_id, campaign_id = self.campaigns[self.sent % len(self.campaigns)]
-                    publisher.publish(
-                        make_event(tenant_id, campaign_id, "message_sent", {"message_id": f"m-{self.sent}"})
-                    )
-                    self.sent += 1
-                if elapsed >= (self.statuses + 1) * self.status_interval:
-                    key = self.campaigns[self.statuses % len(self.campaigns)]
-                    kind = "campaign_resumed" if key in self.paused else "campaign_paused"
-                    self.paused.symmetric_difference_update({key})
-                    event = make_event(*key, kind, {"reason": "soak"} if kind == "campaign_paused" else {})
-                    event["occurred_at"] = at()
-                    publisher.publish(event)
-                    self.statuses += 1
-                self.stop_event.wait(0.002)
-        except Exception as exc:  # noqa: BLE001
-            self.error = exc
-        finally:
-            publisher.close()
+    def events(self, n, elapsed):
+        tenant_id, campaign_id = self.campaigns[n % len(self.campaigns)]
+        events = [make_event(tenant_id, campaign_id, "message_sent", {"message_id": f"m-{n}"})]
+        if elapsed >= (self.statuses + 1) * self.status_interval:
+            key = self.campaigns[self.statuses % len(self.campaigns)]
+            kind = "campaign_resumed" if key in self.paused else "campaign_paused"
+            self.paused.symmetric_difference_update({key})
+            event = make_event(*key, kind, {"reason": "soak"} if kind == "campaign_paused" else {})
+            event["occurred_at"] = at()
+            events.append(event)
+            self.statuses += 1
+        return events
 
     @property
-    def published(self):
-        return self.sent + self.statuses
-
-    def stop(self):
-        self.stop_event.set()
-        if self.ident is not None:
-            self.join(30)
+    def sent(self):
+        return self.count
 
 
 # the clients (child processes) --------------------------------------------------------

@@ -198,6 +198,18 @@ class Process:
             self.popen.wait(10)
 
 
+def server_healthy(process, port):
+    """True once the server process answers ``GET /healthz`` with 200 on ``port``."""
+    if not process.alive():
+        raise AssertionError(f"server exited:\n{process.log()[-3000:]}")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return conn.recv(64).startswith(b"HTTP/1.1 200") or False
+    except OSError:
+        return False
+
+
 class Stack:
     """Servers and workers of campaign-live on one database and one vhost."""
 
@@ -235,18 +247,8 @@ class Stack:
         process.port = port
         self.processes.append(process)
         self.servers.append(process)
-        wait_until(lambda: self._healthy(process), 30, 0.05, f"server on port {port}\n{process.log()[-3000:]}")
+        wait_until(lambda: server_healthy(process, port), 30, 0.05, f"server on port {port}\n{process.log()[-3000:]}")
         return process
-
-    def _healthy(self, process):
-        if not process.alive():
-            raise AssertionError(f"server exited:\n{process.log()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", process.port), timeout=1) as conn:
-                conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                return conn.recv(64).startswith(b"HTTP/1.1 200") or False
-        except OSError:
-            return False
 
     def start_worker(self, wait=True, **extra):
         """Start ``python -m worker``; by default wait until it consumes."""

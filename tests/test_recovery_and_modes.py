@@ -83,7 +83,7 @@ def test_make_run_without_services_runs_the_embedded_demo(tmp_path):
         token = wait_until(
             lambda: re.search(r"tenant 'acme' \(24 h\):\n(\S+)", demo.log()), 60, 0.1, "the demo's token"
         ).group(1)
-        wait_until(lambda: "serving on" in demo.log(), 30, 0.1, "the demo server")
+        wait_until(lambda: support.server_healthy(demo, port), 30, 0.1, "the demo server")
         client.connect(f"http://127.0.0.1:{port}", {"token": token}, ["websocket"])
         update = client.wait_for(lambda updates: updates and updates[0], 30, "a simulated campaign update")
         assert update["campaign"]["tenant_id"] == "acme"
