@@ -42,6 +42,7 @@ from campaigns.models import User
 from campaigns.pages import bp as pages_bp
 from config import Config
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
+from sockets.compression import without_websocket_compression
 from sockets.handlers import register_handlers
 
 log = logging.getLogger("campaign_live")
@@ -119,6 +120,8 @@ def create_app(config=None):
     babel.init_app(app, locale_selector=select_locale, default_translation_directories=TRANSLATIONS)
     app.jinja_env.globals.update(logout_form=LogoutForm, get_locale=get_locale)
     socketio.init_app(app, **socketio_options(app.config))
+    if not app.config["WEBSOCKET_COMPRESSION"]:
+        app.wsgi_app = without_websocket_compression(app.wsgi_app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp, url_prefix="/api")
     csrf.exempt(api_bp)  # the API authenticates with bearer tokens; its cookie-auth routes only read

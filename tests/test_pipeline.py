@@ -1,6 +1,9 @@
 """End to end: RabbitMQ -> worker -> PostgreSQL -> Socket.IO, with real processes and clients."""
 
+import base64
 import json
+import os
+import socket
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -296,3 +299,30 @@ def test_a_long_polling_client_gets_live_updates(stack, tenant, publisher, clien
     publisher.publish(status(tenant, "lp", "campaign_completed", 1))
     done = final_update(client, "lp", "campaign_completed")
     assert done["campaign"]["sent"] == 1
+
+
+def websocket_upgrade_answer(port):
+    """The server's answer to a browser-like WebSocket upgrade that offers permessage-deflate."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n\r\n")[0].decode().lower()
+
+
+def test_websocket_compression_is_refused_unless_enabled(stack):
+    default = websocket_upgrade_answer(stack.servers[0].port)
+    assert default.startswith("http/1.1 101")
+    assert "permessage-deflate" not in default
+    enabled = stack.start_server(WEBSOCKET_COMPRESSION="1")
+    assert "permessage-deflate" in websocket_upgrade_answer(enabled.port)
