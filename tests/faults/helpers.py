@@ -244,6 +244,17 @@ def wait_applied(stack, count, timeout, message="every event to be applied", ten
     return time.monotonic()
 
 
+def complete_campaigns(stack, campaigns, ledger, timeout, tenants=None):
+    """Publish ``campaign_completed`` for each ``(tenant, campaign)``, note it in the ledger,
+    and wait until every event of the ledger is applied."""
+    with stack.publisher() as publisher:
+        for tenant, campaign in campaigns:
+            done = event(tenant, campaign, "campaign_completed")
+            publisher.publish(done)
+            ledger.add(done)
+    wait_applied(stack, len(ledger), timeout, tenants=tenants)
+
+
 def outcome(stack, ledger, tenants=None):
     """Compare the database with the ledger: counts, losses, double applies, mismatches.
 

@@ -17,15 +17,15 @@ from tests.faults.helpers import (
     StreamPublisher,
     assert_exact,
     assert_in_order_without_gaps,
+    complete_campaigns,
     is_applied,
     last_seqs,
     outcome,
     progress_events,
     report,
     stored_updates,
-    wait_applied,
 )
-from tests.support import event, wait_until
+from tests.support import wait_until
 
 OUTAGE_SECONDS = 3.0  # between stop_app returning and start_app
 RECOVERY_LIMIT = 15.0
@@ -100,12 +100,7 @@ def test_worker_and_server_recover_from_a_broker_restart_without_losing_confirme
     finally:
         stream.stop()
 
-    with stack.publisher() as publisher:
-        for _, campaign in campaigns:
-            done = event(tenant, campaign, "campaign_completed")
-            publisher.publish(done)
-            ledger.add(done)
-    wait_applied(stack, len(ledger), 60)
+    complete_campaigns(stack, campaigns, ledger, 60)
     # Each campaign ends with a status update, emitted at once: nothing is left to merge.
     assert stack.sql("SELECT count(*) FROM campaigns WHERE emit_due_at IS NOT NULL")[0][0] == 0
     final_seq = last_seqs(stack)[tenant]

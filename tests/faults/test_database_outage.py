@@ -18,6 +18,7 @@ from tests.faults.helpers import (
     applied_count,
     assert_exact,
     assert_in_order_without_gaps,
+    complete_campaigns,
     http_get,
     is_applied,
     last_seqs,
@@ -27,7 +28,7 @@ from tests.faults.helpers import (
     stored_updates,
     wait_applied,
 )
-from tests.support import event, wait_until
+from tests.support import wait_until
 
 OUTAGE_SECONDS = 20.0  # the outage length
 RATE = 50  # events per second
@@ -101,12 +102,7 @@ def test_a_database_outage_acknowledges_nothing_and_loses_nothing(stack, proxy, 
     finally:
         stream.stop()
 
-    with stack.publisher() as publisher:
-        for _, campaign in campaigns:
-            done = event(tenant, campaign, "campaign_completed")
-            publisher.publish(done)
-            ledger.add(done)
-    wait_applied(stack, len(ledger), 60)
+    complete_campaigns(stack, campaigns, ledger, 60)
     final_seq = last_seqs(stack)[tenant]
     client.wait_caught_up(final_seq, 30)
 

@@ -18,14 +18,14 @@ from tests.faults.helpers import (
     StreamPublisher,
     assert_exact,
     assert_in_order_without_gaps,
+    complete_campaigns,
     last_seqs,
     mixed_events,
     outcome,
     report,
     stored_updates,
-    wait_applied,
 )
-from tests.support import event, wait_until
+from tests.support import wait_until
 
 CLIENTS = 5
 RATE = 80  # events per second
@@ -78,12 +78,7 @@ def test_clients_of_a_killed_server_reconnect_with_last_seq_and_miss_nothing(sta
     finally:
         stream.stop()
 
-    with stack.publisher() as publisher:
-        for tenant, campaign in campaigns:
-            done = event(tenant, campaign, "campaign_completed")
-            publisher.publish(done)
-            ledger.add(done)
-    wait_applied(stack, len(ledger), 60, tenants=tenants)
+    complete_campaigns(stack, campaigns, ledger, 60, tenants=tenants)
     final = last_seqs(stack)
     for client, tenant in zip(clients, [tenants[i % 2] for i in range(CLIENTS)]):
         client.wait_caught_up(final[tenant], 30)

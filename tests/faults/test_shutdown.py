@@ -16,6 +16,7 @@ from tests.faults.helpers import (
     applied_count,
     assert_exact,
     assert_in_order_without_gaps,
+    complete_campaigns,
     last_seqs,
     outcome,
     progress_events,
@@ -91,12 +92,7 @@ def test_sigterm_to_a_worker_flushes_its_merged_update_and_loses_nothing(stack):
     started_at = time.monotonic()
     wait_applied(stack, BACKLOG, 120)
     drained_at = time.monotonic()
-    with stack.publisher() as publisher:
-        for _, campaign in campaigns:
-            done = event(tenant, campaign, "campaign_completed")
-            publisher.publish(done)
-            ledger.add(done)
-    wait_applied(stack, len(ledger), 30)
+    complete_campaigns(stack, campaigns, ledger, 30)
     client.wait_caught_up(last_seqs(stack)[tenant], 20)
     result = outcome(stack, ledger)
     report(

@@ -20,13 +20,13 @@ from tests.faults.helpers import (
     StreamPublisher,
     assert_exact,
     assert_in_order_without_gaps,
+    complete_campaigns,
     last_seqs,
     mixed_events,
     outcome,
     report,
     started,
     stored_updates,
-    wait_applied,
 )
 from tests.support import event, wait_until
 
@@ -101,12 +101,7 @@ def test_two_workers_and_two_servers_keep_order_throttle_and_counts_through_a_wo
     finally:
         stream.stop()
 
-    with stack.publisher() as publisher:
-        for tenant, campaign in [*campaigns, (burst_tenant, "burst")]:
-            done = event(tenant, campaign, "campaign_completed")
-            publisher.publish(done)
-            ledger.add(done)
-    wait_applied(stack, len(ledger), 60)
+    complete_campaigns(stack, [*campaigns, (burst_tenant, "burst")], ledger, 60)
     final = last_seqs(stack)
     for tenant, client in clients:
         client.wait_caught_up(final[tenant], 30)
