@@ -168,13 +168,35 @@ def percentile(sorted_values, fraction):
     return sorted_values[rank - 1]
 
 
-def process_cpu_seconds(pid):
-    """User + system CPU seconds a process (by pid) used so far, or None once it is gone."""
+def process_cpu_times(pid):
+    """(user, system) CPU seconds a process (by pid) used so far, or None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime
+
+
+def process_cpu_seconds(pid):
+    """User + system CPU seconds a process (by pid) used so far, or None once it is gone."""
+    times = process_cpu_times(pid)
+    return None if times is None else sum(times)
+
+
+def command_cpu_seconds(command):
+    """CPU seconds used so far by every running process whose command name is ``command``
+    (e.g. all of PostgreSQL's: ``postgres``); processes that ended meanwhile are not counted."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != command:
+                continue
+        except OSError:
+            continue
+        total += process_cpu_seconds(entry.name) or 0.0
+    return total
 
 
 def machine_cpu_times():

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from campaigns import metrics
 from campaigns.auth import AuthError, bearer_token, identity_from_request, tenant_of_api_key
 from campaigns.errors import ApiError
+from campaigns.events import CAMPAIGN_ID
 from campaigns.models import ACTIVE_STATUSES, Campaign, CampaignUpdate, Tenant
 from campaigns.stats import campaign_history
 from campaigns.timeutil import utcnow
@@ -42,8 +43,9 @@ def int_arg(name, default, maximum=None):
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise ApiError(400, "bad_request", f"{name} must be an integer >= 0")
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not raw or not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "bad_request", f"{name} must be an integer from 0 to 10^18 - 1")
     value = int(raw)
     if maximum is not None and value > maximum:
         raise ApiError(400, "bad_request", f"{name} must be at most {maximum}")
@@ -52,6 +54,8 @@ def int_arg(name, default, maximum=None):
 
 def get_campaign_or_404(tenant_id, campaign_id):
     """The tenant's campaign, or a 404 (also for other tenants' campaigns: ids do not leak)."""
+    if not CAMPAIGN_ID.fullmatch(campaign_id):  # no campaign has such an id (and NUL breaks PostgreSQL)
+        raise ApiError(404, "not_found", "no such campaign")
     campaign = db.session.get(Campaign, (tenant_id, campaign_id))
     if campaign is None:
         raise ApiError(404, "not_found", "no such campaign")
@@ -71,14 +75,16 @@ def rate_limit_key():
 @limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=lambda: request.remote_addr or "")
 def create_token():
     """Exchange a tenant API key for a JWT; an optional JSON ``{"sub": ...}`` names the holder."""
-    body = request.get_json(silent=True) if request.get_data(cache=True) else {}
+    # The contract defines no body: one that is not a JSON object with a usable "sub" is ignored.
+    # (Read first: an oversized body is a 413 whatever the credentials.)
+    body = request.get_json(silent=True, force=True) if request.get_data(cache=True) else None
     key = bearer_token()
     tenant_id = tenant_of_api_key(key) if key else None
     if tenant_id is None:
         raise ApiError(401, "unauthorized", "a valid tenant API key is required")
-    if not isinstance(body, dict) or not isinstance(body.get("sub", ""), str) or len(body.get("sub", "")) > 200:
-        raise ApiError(400, "bad_request", 'the body must be a JSON object like {"sub": "user-42"}')
-    subject = body.get("sub") or "api-key"
+    subject = body.get("sub") if isinstance(body, dict) else None
+    if not isinstance(subject, str) or not 0 < len(subject) <= 200:
+        subject = "api-key"
     ttl = current_app.config["JWT_TTL_SECONDS"]
     token = mint_token(current_app.config["JWT_SECRET"], tenant_id, subject, ttl)
     return json_response({"token": token, "expires_in": ttl, "tenant": tenant_id}, 201)

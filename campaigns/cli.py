@@ -1,6 +1,7 @@
 """CLI commands of the contract (``flask --app app <command>``)."""
 
 import logging
+import sys
 
 import click
 from flask import current_app
@@ -59,18 +60,23 @@ def create_api_key_command(tenant_id):
 @click.argument("email")
 @click.option("--tenant", "tenant_id", help="The tenant the user belongs to.")
 @click.option("--admin", is_flag=True, help="A platform admin, who may look at every tenant.")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when omitted.")
+@click.option("--password", help="Asked for when omitted (twice at a terminal, one line from a pipe).")
 @with_appcontext
 def create_user(email, tenant_id, admin, password):
     """Create a user of the admin pages."""
+    if password is None:
+        interactive = sys.stdin.isatty()
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=interactive)
     if not tenant_id and not admin:
         raise click.UsageError("--tenant is required (only --admin users may have none)")
     if tenant_id and db.session.get(Tenant, tenant_id) is None:
         raise click.ClickException(f"no tenant {tenant_id!r}")
     if "@" not in email or len(email) > 254:
         raise click.BadParameter("not an e-mail address", param_hint="EMAIL")
+    if not password:
+        raise click.BadParameter("must not be empty", param_hint="--password")
     if len(password) < 8:
-        raise click.BadParameter("use at least 8 characters", param_hint="--password")
+        click.echo("warning: a password shorter than 8 characters is easy to guess", err=True)
     email = email.strip().lower()
     if db.session.scalar(db.select(User).where(User.email == email)) is not None:
         raise click.ClickException(f"user {email} already exists")

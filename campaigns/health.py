@@ -57,4 +57,5 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     """Prometheus text format (bind the server to a private interface in production)."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    # As a header: mimetype= would append a second "charset", which strict scrapers refuse.
+    return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -88,7 +88,7 @@ class Campaign(db.Model):
         """Apply one validated event; return True when it is a status change to emit at once.
 
         A status event older than the newest applied one is kept in the history and bumps
-        ``version``, but does not roll the status back (and is throttled like progress).
+        ``version``, but does not roll the status back; it is still emitted at once.
         """
         data = event.data
         kind = event.type
@@ -112,7 +112,7 @@ class Campaign(db.Model):
                 self.started_at = event.occurred_at
         in_order = self.status_changed_at is None or event.occurred_at >= self.status_changed_at
         if not in_order:
-            return False
+            return True  # never merged away (the contract), though the status stays
         self.status_changed_at = event.occurred_at
         self.status = STATUS_BY_EVENT[kind]
         if kind == "campaign_started":
@@ -146,7 +146,7 @@ class Campaign(db.Model):
             "sent": self.sent,
             "failed": self.failed,
             "pending": self.pending,
-            "progress": round(self.progress, 6),
+            "progress": self.progress,
             "current_message": self.current_message,
             "last_error": self.last_error,
             "started_at": isoformat(self.started_at),
@@ -160,7 +160,12 @@ class Campaign(db.Model):
         """The snapshot's set: running and paused campaigns and those ended in the last 24 h."""
         query = select(cls).where(
             cls.tenant_id == tenant_id,
-            or_(cls.status.in_(ACTIVE_STATUSES), cls.updated_at >= now - SNAPSHOT_ENDED_WITHIN),
+            # Ended in the last 24 h: by the time of the status event that ended it, not by when an
+            # event (maybe a late one) was last applied.
+            or_(
+                cls.status.in_(ACTIVE_STATUSES),
+                func.coalesce(cls.status_changed_at, cls.updated_at) >= now - SNAPSHOT_ENDED_WITHIN,
+            ),
         )
         if status is not None:
             query = query.where(cls.status == status)

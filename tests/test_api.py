@@ -69,6 +69,38 @@ def test_token_minting_needs_a_valid_api_key(app, acme, header):
     assert answer.get_json()["error"] == "unauthorized"
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "subject"),
+    [
+        (b'{"sub": "u1"}', "application/x-www-form-urlencoded", "u1"),
+        (b"x", "text/plain", "api-key"),
+        (b'["not", "an", "object"]', "application/json", "api-key"),
+        (b'{"sub": 42}', "application/json", "api-key"),
+    ],
+)
+def test_token_minting_ignores_a_body_it_cannot_use(app, cli, acme, body, content_type, subject):
+    key = cli("create-api-key", "acme")
+    answer = app.test_client().post("/api/tokens", data=body, headers={**bearer(key), "Content-Type": content_type})
+    assert answer.status_code == 201
+    assert jwt.decode(answer.get_json()["token"], JWT_SECRET, algorithms=["HS256"])["sub"] == subject
+
+
+def test_a_token_minted_elsewhere_without_sub_is_accepted(app, acme):
+    claims = {"tenant": "acme", "exp": utcnow() + timedelta(minutes=5)}
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    assert app.test_client().get("/api/campaigns", headers=bearer(token)).status_code == 200
+    numeric_sub = jwt.encode({**claims, "sub": 7}, JWT_SECRET, algorithm="HS256")
+    assert app.test_client().get("/api/campaigns", headers=bearer(numeric_sub)).status_code == 200
+    no_tenant = jwt.encode({"sub": "x", "exp": claims["exp"]}, JWT_SECRET, algorithm="HS256")
+    assert app.test_client().get("/api/campaigns", headers=bearer(no_tenant)).status_code == 401
+
+
+def test_create_user_reads_one_password_line_from_a_pipe(app, acme, store):
+    result = app.test_cli_runner().invoke(args=["create-user", "pipe@acme.com", "--tenant", "acme"], input="short\n")
+    assert result.exit_code == 0, result.output
+    assert store.query(User).filter_by(email="pipe@acme.com").one().check_password("short")
+
+
 def test_keys_of_a_deleted_tenant_stop_working(app, cli, acme):
     key = cli("create-api-key", "globex")
     client = app.test_client()
@@ -107,6 +139,26 @@ def test_campaign_list_uses_etags_so_polling_is_cheap(app, token, store):
     assert client.get("/api/campaigns?status=bogus", headers=bearer(token)).status_code == 400
 
 
+def test_the_snapshot_keeps_campaigns_that_ended_within_24_hours_of_their_end(app, token, store):
+    now = utcnow()
+    long_ago, recently = now - timedelta(days=4), now - timedelta(hours=2)
+    apply_batch(
+        store,
+        [
+            started(3, campaign="old", at=long_ago),
+            ev("campaign_completed", campaign="old", at=long_ago + timedelta(days=1)),
+            started(3, campaign="recent", at=recently),
+            ev("campaign_completed", campaign="recent", at=recently + timedelta(hours=1)),
+            started(3, campaign="live", at=recently),
+        ],
+        now,  # all applied just now: the end time, not the apply time, decides
+        2.0,
+    )
+    store.commit()
+    listed = app.test_client().get("/api/campaigns", headers=bearer(token)).get_json()["campaigns"]
+    assert sorted(c["id"] for c in listed) == ["live", "recent"]
+
+
 def test_campaign_detail_is_scoped_to_the_tenant(app, token, store):
     now = utcnow()
     failure = ev("message_failed", {"message_id": "m1", "error": "no WhatsApp"}, at=now + timedelta(seconds=1))
@@ -118,13 +170,25 @@ def test_campaign_detail_is_scoped_to_the_tenant(app, token, store):
     body = mine.get_json()
     assert (body["failed"], body["recent_failures"][0]["error"]) == (1, "no WhatsApp")
     assert [entry["type"] for entry in body["timeline"]] == ["campaign_started"]
-    for path in ("/api/campaigns/theirs", "/api/campaigns/nope"):
+    for path in ("/api/campaigns/theirs", "/api/campaigns/nope", "/api/campaigns/a%00b", "/api/campaigns/%20x"):
         answer = client.get(path, headers=bearer(token))
         assert answer.status_code == 404 and answer.get_json() == {"error": "not_found", "message": "no such campaign"}
 
 
 @pytest.mark.parametrize(
-    "query", ["after_seq=abc", "after_seq=-1", "after_seq=1.5", "limit=100000", "limit=-3", "limit=", "after_seq=1e3"]
+    "query",
+    [
+        "after_seq=abc",
+        "after_seq=-1",
+        "after_seq=1.5",
+        "limit=100000",
+        "limit=-3",
+        "limit=",
+        "after_seq=1e3",
+        "after_seq=%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "limit=%D9%A3",  # an Arabic-Indic digit
+        "after_seq=99999999999999999999999",
+    ],
 )
 def test_events_query_is_validated(app, token, query):
     answer = app.test_client().get(f"/api/events?{query}", headers=bearer(token))
@@ -171,7 +235,9 @@ def test_health_ready_and_metrics(app, token):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     client.get("/api/campaigns", headers=bearer(token))
-    text = client.get("/metrics").get_data(as_text=True)
+    scrape = client.get("/metrics")
+    assert scrape.headers["Content-Type"].count("charset") == 1  # Prometheus refuses a repeated parameter
+    text = scrape.get_data(as_text=True)
     assert 'campaign_live_http_requests_total{method="GET",route="/api/campaigns",status="200"}' in text
     assert "campaign_live_connected_clients" in text
 

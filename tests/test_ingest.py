@@ -130,6 +130,16 @@ def test_an_older_status_event_never_rolls_the_status_back(db_session, tenants):
     assert state.status == "completed"
     assert state.version == 3
     assert len(result.applied) == 1
+    # Still a status event: emitted at once with its own type, never merged away.
+    assert [(u["type"], u["campaign"]["status"], u["campaign"]["version"]) for u in result.updates] == [
+        ("campaign_paused", "completed", 3)
+    ]
+    assert campaign(db_session).emit_due_at is None
+
+
+def test_progress_is_the_exact_share_of_messages_done(db_session, tenants):
+    result = apply(db_session, [started(3), sent(1)])
+    assert result.updates[-1]["campaign"]["progress"] == 1 / 3
 
 
 def test_unknown_tenants_are_reported_and_not_applied(db_session, tenants):
