@@ -58,9 +58,9 @@ class EventConsumer(ConsumerProducerMixin):
         self.next_due_check = 0.0
         self.next_prune = time.monotonic() + 1.0
         self.active_connection = None
-        # Set when messages of this channel were left unacknowledged on purpose (stopping while
-        # the database is down): from then on a cumulative ack could settle them, so ack one by one.
-        self.left_unacked = False
+        # Delivery tags received on this channel and not yet acknowledged, dead-lettered or
+        # rejected: a cumulative ack is only used when none of them lies below it.
+        self.unsettled = set()
         self.session = None
         self.locks = None
         self.stats = {"applied": 0, "duplicates": 0, "dead_lettered": 0, "emitted": 0, "merged": 0}
@@ -88,7 +88,7 @@ class EventConsumer(ConsumerProducerMixin):
         if self.batch:
             log.warning("[WORKER] dropping %d unacknowledged messages of a lost connection", len(self.batch))
         self.batch = []
-        self.left_unacked = False
+        self.unsettled = set()  # a new channel numbers its deliveries from 1 again
 
     def on_connection_error(self, exc, interval):
         """Log broker outages; kombu retries the connection."""
@@ -99,6 +99,7 @@ class EventConsumer(ConsumerProducerMixin):
         if not self.batch:
             self.batch_started = time.monotonic()
         self.batch.append(message)
+        self.unsettled.add(message.delivery_tag)
 
     def on_iteration(self):
         """Apply a batch once it is full, the broker has nothing more ready, or it waited too long."""
@@ -235,7 +236,6 @@ class EventConsumer(ConsumerProducerMixin):
                 )
             )
         except StopRequested:
-            self.left_unacked = True
             return  # nothing acknowledged: the broker redelivers these to the next worker
         except Exception as exc:
             log.exception("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), exc)
@@ -249,10 +249,12 @@ class EventConsumer(ConsumerProducerMixin):
                 self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
         self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
         self.record(result)
-        self.emit(result.updates)
+        try:
+            self.emit(result.updates)
+        finally:
+            self.release_locks()  # even when the emit fails: other workers wait on these tenants
         if result.updates:
             metrics.receive_to_emit.observe(metrics.since(received))
-        self.release_locks()
 
     def process_alone(self, event, message):
         """Apply one event in its own transaction; dead-letter it if it cannot be applied."""
@@ -261,7 +263,6 @@ class EventConsumer(ConsumerProducerMixin):
                 lambda session: apply_batch(session, [event], utcnow(), self.throttle_seconds, self.locks)
             )
         except StopRequested:
-            self.left_unacked = True
             return
         except Exception as exc:
             self.release_locks()
@@ -271,26 +272,31 @@ class EventConsumer(ConsumerProducerMixin):
         if result.unknown_tenant:
             self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
         else:
-            message.ack()
+            self.acknowledge([message])
         self.record(result)
-        self.emit(result.updates)
-        self.release_locks()
+        try:
+            self.emit(result.updates)
+        finally:
+            self.release_locks()
 
     def acknowledge(self, messages):
         """Acknowledge applied messages: on AMQP one cumulative ack up to the newest one.
 
-        Safe because every message delivered before it on this channel is settled by then:
-        the batch holds all messages received so far, and each was acknowledged or
-        dead-lettered. The in-memory transport of the demo has no cumulative ack.
+        It is used only when no other unsettled delivery of this channel has a lower tag
+        (normally the batch holds everything received so far); otherwise, and on the demo's
+        in-memory transport, which has no cumulative ack, each message is acked alone.
         """
         if not messages:
             return
-        if self.left_unacked or self.connection.transport.driver_type != "amqp":
+        tags = {message.delivery_tag for message in messages}
+        newest = max(messages, key=lambda message: message.delivery_tag)
+        others = self.unsettled - tags
+        if self.connection.transport.driver_type == "amqp" and not any(t < newest.delivery_tag for t in others):
+            newest.ack(multiple=True)
+        else:
             for message in messages:
                 message.ack()
-            return
-        newest = max(messages, key=lambda message: message.delivery_tag)
-        newest.ack(multiple=True)
+        self.unsettled -= tags
 
     def record(self, result):
         """Count what a batch did and log the throttle decisions."""
@@ -340,6 +346,7 @@ class EventConsumer(ConsumerProducerMixin):
             message.reject(requeue=False)
         else:
             message.ack()
+        self.unsettled.discard(message.delivery_tag)
         self.stats["dead_lettered"] += 1
         metrics.dead_lettered.labels(metrics.reason_code(reason)).inc()
         log.warning("[WORKER] dead-lettered message (routing key %r): %s", routing_key[:100], reason)
@@ -347,21 +354,29 @@ class EventConsumer(ConsumerProducerMixin):
     def emit_due_updates(self, force=False):
         """Emit merged updates whose throttle window has ended, ``DUE_BATCH`` per transaction.
 
-        Returns True when more may be due: the loop then reads the broker before the next
-        chunk, so a status event is not queued behind hundreds of merged updates that fell due
-        together (campaigns whose windows opened in one batch stay aligned). ``force`` emits
-        every pending one (at shutdown).
+        Between two chunks, when the broker has bytes waiting, it returns True (more may be
+        due) so that the loop reads them first: a status event is not queued behind hundreds of
+        merged updates that fell due together (campaigns whose windows opened in one batch stay
+        aligned). ``force`` (at shutdown) emits every pending one, for at most
+        ``THROTTLE_SECONDS``: while other workers keep applying events, windows keep opening,
+        and what is left is theirs to deliver (the state is in the database).
         """
+        deadline = time.monotonic() + self.throttle_seconds
         while True:
             try:
                 updates = self.in_transaction(lambda session: flush_due_updates(session, utcnow(), self.locks, force))
             except StopRequested:
                 return False
-            self.emit(updates)
-            self.release_locks()
+            try:
+                self.emit(updates)
+            finally:
+                self.release_locks()
             if len(updates) < DUE_BATCH:
                 return False
-            if not force:
+            if force:
+                if time.monotonic() >= deadline:
+                    return False
+            elif self.more_ready():
                 return True
 
     def prune_history(self):
