@@ -1,14 +1,17 @@
 """Applying events to PostgreSQL: effects, idempotency, status order, throttle, seq."""
 
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import func, select
 
 from campaigns.events import validate_event
-from campaigns.ingest import apply_batch, flush_due_updates, prune
+from campaigns.ingest import TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.models import Campaign, CampaignUpdate, Tenant
-from campaigns.timeutil import isoformat
+from campaigns.timeutil import isoformat, utcnow
+from tests.support import wait_until
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
@@ -256,3 +259,47 @@ def test_snapshot_holds_active_and_recently_ended_campaigns_newest_first(db_sess
     assert [c["id"] for c in snapshot["campaigns"]] == ["live", "done"]
     assert snapshot["seq"] == 5
     assert [c["id"] for c in Campaign.snapshot("acme", status="completed")["campaigns"]] == ["done"]
+
+
+def test_the_shutdown_flush_ends_while_other_workers_keep_applying(app, db_session, tenants):
+    """Under load, every forced chunk lets new windows open: the flush must still end."""
+    from kombu import Connection
+    from sqlalchemy.orm import Session
+
+    from extensions import db
+    from worker.consumer import EventConsumer
+
+    stop, emitted, engine = threading.Event(), [], db.engine
+
+    def other_worker():
+        session = Session(bind=engine.connect(), expire_on_commit=False)
+        locks, i = TenantLocks(session), 0
+        while not stop.is_set():
+            batch = [sent(i * 100 + k, campaign=f"c{k % 200}") for k in range(100)]
+            apply_batch(session, batch, utcnow(), 1.0, locks)
+            session.commit()
+            locks.release()
+            i += 1
+        session.close()
+
+    class Recorder:
+        def emit(self, event, payload, to=None):
+            emitted.append(payload)
+
+    others = [threading.Thread(target=other_worker, daemon=True) for _ in range(2)]
+    for thread in others:
+        thread.start()
+    try:
+        wait_until(lambda: db_session.scalar(select(func.count()).where(Campaign.emit_due_at.is_not(None))), 30)
+        settings = {**app.config, "THROTTLE_SECONDS": 1.0}
+        consumer = EventConsumer(Connection("memory://"), engine, Recorder(), settings)
+        flush = threading.Thread(target=consumer.emit_due_updates, kwargs={"force": True}, daemon=True)
+        flush.start()
+        flush.join(30)
+        assert not flush.is_alive(), "the shutdown flush did not end"
+        consumer.close_database()
+    finally:
+        stop.set()
+        for thread in others:
+            thread.join(30)
+    assert emitted
