@@ -106,7 +106,8 @@ def _validate_data(kind, data):
         total = data.get("total_messages")
         if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= 2**31 - 1:
             raise InvalidEvent("invalid_field", "data.total_messages must be an integer >= 0")
-        return {"name": _required_string(data, "name", SHORT_TEXT, "data."), "total_messages": total}
+        # A long name is cut to what the dashboard shows rather than losing the campaign's start.
+        return {"name": _required_string(data, "name", LONG_TEXT, "data.")[:SHORT_TEXT], "total_messages": total}
     if kind == "campaign_paused":
         reason = data.get("reason")
         if reason is None:

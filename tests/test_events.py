@@ -99,6 +99,11 @@ def test_routing_key_must_match_the_body():
             {"name": "Black Friday", "total_messages": 10, "x": 1},
             {"name": "Black Friday", "total_messages": 10},
         ),
+        (
+            "campaign_started",
+            {"name": "N" * 300, "total_messages": 1},
+            {"name": "N" * 200, "total_messages": 1},
+        ),
         ("campaign_paused", {}, {}),
         ("campaign_paused", {"reason": "night"}, {"reason": "night"}),
         ("campaign_resumed", {"anything": 1}, {}),
