@@ -36,7 +36,7 @@ from campaigns.accounts import LogoutForm
 from campaigns.accounts import bp as accounts_bp
 from campaigns.api import bp as api_bp
 from campaigns.cli import register_commands
-from campaigns.errors import register_error_handlers
+from campaigns.errors import register_error_handlers, retry_after_only_when_limited
 from campaigns.health import bp as health_bp
 from campaigns.models import User
 from campaigns.pages import bp as pages_bp
@@ -115,6 +115,8 @@ def create_app(config=None):
     login.init_app(app)
     login.login_view = "accounts.login"
     login.user_loader(lambda user_id: db.session.get(User, int(user_id)) if user_id.isdigit() else None)
+    # Registered before the limiter's own hook, so it runs after it (Flask runs them in reverse).
+    app.after_request(retry_after_only_when_limited)
     limiter.init_app(app)
     csrf.init_app(app)
     babel.init_app(app, locale_selector=select_locale, default_translation_directories=TRANSLATIONS)

@@ -27,6 +27,13 @@ def error_response(status, code, message, headers=None):
     return response
 
 
+def retry_after_only_when_limited(response):
+    """Flask-Limiter puts ``Retry-After`` on every answer; keep it where it means something (429, 503)."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 def wants_json():
     """API paths, and clients that do not ask for HTML, get JSON errors."""
     if request.path.startswith("/api/"):

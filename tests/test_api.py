@@ -222,8 +222,9 @@ def test_errors_are_json(app, token):
 def test_rest_requests_are_rate_limited_per_token(app, token):
     app.config["API_RATE_LIMIT"] = "3 per minute"
     client = app.test_client()
-    codes = [client.get("/api/campaigns", headers=bearer(token)).status_code for _ in range(4)]
-    assert codes == [200, 200, 200, 429]
+    answers = [client.get("/api/campaigns", headers=bearer(token)) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    assert [("Retry-After" in answer.headers) for answer in answers] == [False, False, False, True]
     limited = client.get("/api/campaigns", headers=bearer(token))
     assert limited.get_json()["error"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) > 0
