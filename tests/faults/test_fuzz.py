@@ -286,7 +286,8 @@ def _bad_data(document, message):
     elif choice == 2:
         document.update(type="message_sent", data={"message_id": [1, {}, [], "m" * 129][pick % 4]})
     elif choice == 3:
-        document.update(type="campaign_started", data={"name": "n" * 201, "total_messages": 1})
+        # An empty or non-string name (a long one is cut to 200 characters, not refused).
+        document.update(type="campaign_started", data={"name": ["", 7, {}][pick % 3], "total_messages": 1})
     else:
         document.update(type="campaign_paused", data={"reason": ["x\x00", 5][pick % 2]})
     return dumps(document).encode(), f"{document['tenant_id']}.{document['type']}"
