@@ -243,23 +243,16 @@ class Probe:
         return lags, gaps
 
 
-def run_handlers_inline(client, state, probe):
-    """Run a client's event handlers in its read thread instead of one new thread per message.
+def record_pings(client, state, probe):
+    """Record when the server's PINGs reach a client (gaps show a load generator falling behind).
 
-    python-engineio's client starts a thread for every received message (``run_async=True``);
-    with thousands of clients that is thousands of threads a second per process, the load
-    generator starves, stops answering the server's pings in time and gets disconnected. Run
-    inline, handlers see the messages in wire order (so "out of order" measures the server) and
-    the per-message cost is the parsing only. The handlers here only record, so they never block
-    the read loop; ``call()`` is made from other threads. Also records when PINGs arrive.
+    The clients are ``support.OrderedClient``: python-engineio's client would start a thread for
+    every received message, and with thousands of clients the load generator starves, stops
+    answering the server's pings in time and gets disconnected. Run inline, handlers see the
+    messages in wire order (so "out of order" measures the server) and cost only the parsing.
+    The handlers here only record, so they never block the read loop.
     """
-    trigger = client.eio._trigger_event
     receive = client.eio._receive_packet
-
-    def inline(event, *args, **kwargs):
-        if event == "message":
-            kwargs["run_async"] = False
-        return trigger(event, *args, **kwargs)
 
     def receive_packet(pkt):
         if pkt.packet_type == engineio_packet.PING:
@@ -269,7 +262,6 @@ def run_handlers_inline(client, state, probe):
             state.last_ping = now
         return receive(pkt)
 
-    client.eio._trigger_event = inline
     client.eio._receive_packet = receive_packet
 
 
@@ -303,7 +295,6 @@ def watch_holes(states, stop):
 
 def client_process(pipe, url, share, connect_threads, strict_pings):
     """Child: connect ``share`` ((tenant, token) pairs); answer ``mark``/``verify``/``close``."""
-    import socketio
 
     common.raise_open_files_limit()
     probe = Probe()
@@ -316,8 +307,8 @@ def client_process(pipe, url, share, connect_threads, strict_pings):
         for attempt in range(3):
             # websocket-client validates every text frame's UTF-8 in pure Python (~0.3 ms for one
             # update) unless wsaccel is installed: most of a client's CPU. The server is trusted here.
-            client = socketio.Client(reconnection=False, websocket_extra_options={"skip_utf8_validation": True})
-            run_handlers_inline(client, state, probe)
+            client = support.OrderedClient(reconnection=False, websocket_extra_options={"skip_utf8_validation": True})
+            record_pings(client, state, probe)
             if not strict_pings:
                 tolerate_late_pings(client)
             client.on("campaign_snapshot", state.on_snapshot)
