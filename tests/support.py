@@ -21,6 +21,7 @@ from urllib.parse import quote
 import engineio
 import psycopg2
 import socketio
+from kombu import Connection
 
 from campaigns.publisher import EventPublisher, make_event
 from campaigns.tokens import mint_token
@@ -149,6 +150,35 @@ def list_queues(vhost):
         if len(parts) == 3 and parts[1].isdigit():
             result[parts[0]] = (int(parts[1]), int(parts[2]))
     return result
+
+
+def consume(broker_url, queue, wanted, timeout, accept=None):
+    """Await ``wanted`` messages of a kombu ``queue`` with a consumer; return ``[(headers, body)]``.
+
+    ``accept(headers, body)`` says which messages count (the others are acknowledged and
+    dropped). Messages past ``wanted`` are not acknowledged: they go back to the queue.
+    Returns what arrived by the deadline (possibly fewer than ``wanted``).
+    """
+    found = []
+
+    def collect(message):
+        if len(found) >= wanted:
+            return
+        body = message.body.encode() if isinstance(message.body, str) else bytes(message.body)
+        headers = dict(message.headers or {})
+        if accept is None or accept(headers, body):
+            found.append((headers, body))
+        message.ack()
+
+    connection = Connection(broker_url)
+    with connection, connection.Consumer(queue, on_message=collect, prefetch_count=100):
+        deadline = time.monotonic() + timeout
+        while len(found) < wanted and time.monotonic() < deadline:
+            try:
+                connection.drain_events(timeout=max(deadline - time.monotonic(), 0.01))
+            except TimeoutError:
+                break
+    return found
 
 
 def amqp_url(vhost):

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 import jwt
 import pytest
 import socketio
-from kombu import Connection
 
 from campaigns.timeutil import isoformat
 from tests import support
@@ -234,22 +233,12 @@ def test_replay_event_resends_updates_and_refuses_bad_input(stack, tenant, publi
 
 def _dead_letters(stack, wanted, marker):
     """Consume the dead-letter queue until ``wanted`` messages containing ``marker`` arrived."""
-    found = []
 
-    def collect(message):
-        if marker.encode() in message.body or marker in message.headers.get("x-original-routing-key", ""):
-            found.append((message.headers[REJECTION_HEADER], message.body))
-        message.ack()
+    def mine(headers, body):
+        return marker.encode() in body or marker in headers.get("x-original-routing-key", "")
 
-    connection = Connection(stack.broker_url)
-    with connection, connection.Consumer(dead_letter_queue, on_message=collect, prefetch_count=100):
-        deadline = time.monotonic() + 20
-        while len(found) < wanted and time.monotonic() < deadline:
-            try:
-                connection.drain_events(timeout=max(deadline - time.monotonic(), 0.01))
-            except TimeoutError:
-                break
-    return found
+    letters = support.consume(stack.broker_url, dead_letter_queue, wanted, 20, accept=mine)
+    return [(headers[REJECTION_HEADER], body) for headers, body in letters]
 
 
 def test_invalid_messages_are_dead_lettered_and_valid_ones_around_them_applied(stack, tenant, publisher):

@@ -177,23 +177,25 @@ class StreamPublisher(threading.Thread):
                     publisher.close()
 
     def _publish(self, publisher, item):
-        """Publish one event until the broker confirms it (a minute at most)."""
-        deadline = time.monotonic() + 60
-        while True:
+        """Publish one event until the broker confirms it (a minute at most); return the publisher."""
+        held = [publisher]
+
+        def confirmed():
             try:
-                if publisher is None:
-                    publisher = EventPublisher(self.broker_url, confirm=True)
-                publisher.publish(item)
-                return publisher
-            except Exception as exc:  # noqa: BLE001 - any failure: retry the same event
+                if held[0] is None:
+                    held[0] = EventPublisher(self.broker_url, confirm=True)
+                held[0].publish(item)
+                return True
+            except Exception as exc:  # noqa: BLE001 - any failure: retry the same event on a new connection
                 self.errors.append(f"{exc.__class__.__name__}: {str(exc)[:120]}")
-                if publisher is not None:
+                if held[0] is not None:
                     with contextlib.suppress(Exception):
-                        publisher.close()
-                publisher = None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)  # backoff between two attempts at the broker
+                        held[0].close()
+                held[0] = None
+                return False
+
+        wait_until(confirmed, 60, 0.2, "the broker to confirm an event")
+        return held[0]
 
     def confirmations_after(self, moment):
         """Keys of the events confirmed after ``moment``, in order."""
@@ -317,26 +319,6 @@ def queue_ready(broker_url, name):
     return queue_state(broker_url, name)[0]
 
 
-def drain_queue(broker_url, name, expected, timeout=30):
-    """Take (and ack) ``expected`` messages off a queue; return ``[(headers, body)]``."""
-    found = []
-    with Connection(broker_url) as connection:
-        channel = connection.channel()
-        channel.auto_decode = False  # the bodies exactly as they were published
-        deadline = time.monotonic() + timeout
-        while len(found) < expected and time.monotonic() < deadline:
-            message = channel.basic_get(queue=name, no_ack=False)
-            if message is None:
-                time.sleep(0.05)  # nothing there yet: poll again until the deadline
-                continue
-            body = message.body  # py-amqp gives an empty body as ""
-            body = body.encode() if isinstance(body, str) else bytes(body)
-            found.append((dict(message.properties.get("application_headers") or {}), body))
-            channel.basic_ack(message.delivery_tag)
-        channel.close()
-    return found
-
-
 # HTTP ---------------------------------------------------------------------------------
 
 
@@ -385,16 +367,19 @@ class TcpProxy:
     def _listen(self):
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def bound():
             try:
                 listener.bind(("127.0.0.1", self.port))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    listener.close()
-                    raise
-                time.sleep(0.05)  # the old socket of this port is still closing
+                return True
+            except OSError:  # the old socket of this port is still closing
+                return False
+
+        try:
+            wait_until(bound, 10, 0.05, f"port {self.port} to be free")
+        except AssertionError:
+            listener.close()
+            raise
         listener.listen(128)
         self.port = listener.getsockname()[1]
         self.listener = listener
@@ -671,7 +656,7 @@ class SeqClient:
         self.duplicates = 0
         self.replay_requests = 0
         self.last_request = 0.0
-        self.closing = False
+        self.closing = threading.Event()  # set by close(): ends the reconnect backoff at once
         self.reconnector = None
         self.abandoned = 0
         self.sio = self._new_sio()
@@ -752,7 +737,7 @@ class SeqClient:
         return self
 
     def close(self):
-        self.closing = True
+        self.closing.set()
         with contextlib.suppress(Exception):
             self.sio.disconnect()
         if self.reconnector is not None:
@@ -773,15 +758,15 @@ class SeqClient:
             if sio is not self.sio:
                 return
             self.disconnects.append(time.monotonic())
-            if self.closing or (self.reconnector is not None and self.reconnector.is_alive()):
+            if self.closing.is_set() or (self.reconnector is not None and self.reconnector.is_alive()):
                 return
             self.reconnector = threading.Thread(target=self._reconnect, name=f"{self.name}-reconnect", daemon=True)
             self.reconnector.start()
 
     def _reconnect(self):
         delay = 0.2
-        while not self.closing:
-            time.sleep(delay)  # backoff between attempts, as every client does
+        # Backoff between attempts, as every client does; close() ends it at once.
+        while not self.closing.wait(delay):
             delay = min(delay * 2, 1.0)
             if self.sio.connected:
                 return

@@ -18,13 +18,12 @@ from hypothesis import strategies as st
 from tests import support
 from tests.faults.helpers import (
     applied_count,
-    drain_queue,
     queue_ready,
     queue_state,
     report,
 )
 from tests.support import wait_until
-from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER
+from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue
 
 MESSAGES = 2000
 VARIANTS = 2  # messages built from each Hypothesis example (Hypothesis's own cost is per example)
@@ -350,7 +349,7 @@ def test_hostile_messages_are_dead_lettered_and_valid_ones_applied_without_stopp
     )
     wait_until(lambda: queue_state(stack.broker_url, QUEUE)[0] == 0, 30, 0.1, "an empty worker queue")
     dead_count = queue_ready(stack.broker_url, DEAD_LETTER_QUEUE)
-    letters = drain_queue(stack.broker_url, DEAD_LETTER_QUEUE, dead_count)
+    letters = support.consume(stack.broker_url, dead_letter_queue, dead_count, 30)
     processed_seconds = time.monotonic() - published_at
     found = Counter((body, str(headers.get(REJECTION_HEADER, "")).split(":")[0]) for headers, body in letters)
     wanted = Counter((body, code) for body, _, code, _ in bad)

@@ -146,6 +146,26 @@ def test_two_workers_and_two_servers_keep_order_throttle_and_counts_through_a_wo
         client.close()
 
 
+def progress_window_open(stack, tenant, campaign):
+    """True when the campaign's next progress update would be emitted at once."""
+    rows = stack.sql(
+        "SELECT last_emitted_at IS NULL OR now() - last_emitted_at >= make_interval(secs => %s) "
+        "FROM campaigns WHERE tenant_id = %s AND id = %s",
+        (THROTTLE_SECONDS, tenant, campaign),
+    )
+    return bool(rows and rows[0][0])
+
+
+def lock_waited(stack):
+    """Seconds the longest waiter for an advisory lock of this database has waited (0 when none)."""
+    rows = stack.sql(
+        "SELECT coalesce(max(extract(epoch FROM now() - a.query_start)), 0) FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND NOT l.granted "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    return float(rows[0][0])
+
+
 def test_a_worker_that_waits_for_the_tenant_lock_still_keeps_the_throttle_window(stack):
     """The burst above, made deterministic: the test holds the tenant's lock as a second worker would."""
     server = stack.start_server()
@@ -155,13 +175,15 @@ def test_a_worker_that_waits_for_the_tenant_lock_still_keeps_the_throttle_window
     with stack.publisher() as publisher:
         publisher.publish(started(tenant, "locked", 100))
         wait_until(lambda: client.latest("locked"), 10, 0.05, "the campaign_started update")
-        time.sleep(THROTTLE_SECONDS + 0.2)  # let that update's window pass: the next progress goes at once
+        # The next progress update must go at once: its window is open (a status update opens none).
+        wait_until(lambda: progress_window_open(stack, tenant, "locked"), 10, 0.05, "an open progress window")
         with closing(psycopg2.connect(stack.database_url)) as connection, connection.cursor() as cursor:
             connection.autocommit = True
             # The worker's per-tenant lock (campaigns/ingest.py TenantLocks), held as another worker holds it.
             cursor.execute("SELECT pg_advisory_lock(7281, hashtext(%s))", (tenant,))
             publisher.publish(event(tenant, "locked", "message_sent", message_id="m-0"))
-            time.sleep(LOCK_HELD)  # the other worker's store-commit-emit
+            # The other worker's store-commit-emit: the worker must have waited LOCK_HELD for the lock.
+            wait_until(lambda: lock_waited(stack) >= LOCK_HELD, 15, 0.02, f"the worker to wait {LOCK_HELD} s")
             cursor.execute("SELECT pg_advisory_unlock(7281, hashtext(%s))", (tenant,))
         for i in range(1, 20):
             publisher.publish(event(tenant, "locked", "message_sent", message_id=f"m-{i}"))
