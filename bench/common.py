@@ -259,6 +259,42 @@ def open_files_limit(pid):
     return None
 
 
+def add_run_options(parser, name):
+    """The options every benchmark has: ``--keep-logs`` and ``--output``."""
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
+    parser.add_argument("--output", default=name, help=f"results file name under bench/results/ (default {name})")
+
+
+def run(main):
+    """Run a benchmark's ``main`` as a script: exit with its status, or 1 on ``BenchFailure``."""
+    try:
+        sys.exit(main())
+    except BenchFailure as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def wait_for_campaigns(stack, worker, count, what, timeout=60):
+    """Wait until the worker has applied the set-up events: ``count`` campaigns exist."""
+
+    def applied():
+        if not worker.alive():
+            raise BenchFailure(f"worker exited:\n{worker.log()[-3000:]}")
+        return stack.sql("SELECT count(*) FROM campaigns")[0][0] == count
+
+    try:
+        support.wait_until(applied, timeout, 0.05, what)
+    except AssertionError as exc:
+        raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
+
+
+def percent_of_core(before, after, seconds):
+    """CPU seconds between two readings as % of one core over ``seconds`` (None if a reading is missing)."""
+    if before is None or after is None:
+        return None
+    return 100 * (after - before) / seconds
+
+
 class PacedTraffic(threading.Thread):
     """Publishes campaign events at a steady ``rate`` per second from its own connection,
     catching up after a slow publish. ``events(n, elapsed)`` gives what the n-th tick publishes
@@ -351,6 +387,14 @@ class ForeignActivity:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
+
+    def note(self):
+        """A warning when other people's runs shared the machine (else None)."""
+        if not self.seen:
+            return None
+        commands = "; ".join(sorted(set(self.seen.values()))[:4])
+        return (f"WARNING: the machine was shared: {len(self.seen)} other test/benchmark processes ran meanwhile "
+                f"({commands}): these numbers measure contention as much as the product")
 
     def sample(self):
         parents, commands = {}, {}

@@ -75,8 +75,7 @@ def parse_args(argv=None):
                         help="give up when one phase takes longer than this many seconds (default 900)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the event mix")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 events")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the worker's log directory")
-    parser.add_argument("--output", default="ingest", help="results file name under bench/results/")
+    common.add_run_options(parser, "ingest")
     args = parser.parse_args(argv)
     if args.quick:
         args.events = 5_000
@@ -298,15 +297,6 @@ def check_exactness(stack, expected, counts):
     }
 
 
-def shared_machine_note(foreign):
-    """A warning when other people's runs shared the machine (else None)."""
-    if not foreign.seen:
-        return None
-    commands = "; ".join(sorted(set(foreign.seen.values()))[:4])
-    return (f"WARNING: the machine was shared: {len(foreign.seen)} other test/benchmark processes ran meanwhile "
-            f"({commands}): these numbers measure contention as much as the product")
-
-
 # main ---------------------------------------------------------------------------------
 
 
@@ -360,7 +350,7 @@ def main(argv=None):
           f"{info['loadavg_at_start'][0]:.2f}, at end {info['loadavg_at_end'][0]:.2f}; "
           f"PostgreSQL, RabbitMQ, the worker and this script share these cores")
     print(f"publish: {publish['publish_rate']:,.0f} events/s (unconfirmed, one connection)")
-    note = shared_machine_note(foreign)
+    note = foreign.note()
     if note:
         print(note)
     met_e2e = worker["rate"] >= target
@@ -392,8 +382,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchFailure as exc:
-        print(f"FAIL: {exc}", file=sys.stderr)
-        sys.exit(1)
+    common.run(main)

@@ -90,8 +90,7 @@ def parse_args(argv=None):
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="seconds to wait after the window for the worker to apply its backlog (default 300)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 s of measurement, 1 s warm-up")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
-    parser.add_argument("--output", default="latency", help="results file name under bench/results/")
+    common.add_run_options(parser, "latency")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 8.0, 1.0
@@ -328,15 +327,7 @@ def measure(stack, args):
                                          {"name": "Latency probe", "total_messages": 0}))
     setup_events = len(campaigns) + len(tenant_ids)
 
-    def worker_ready():
-        if not worker.alive():
-            raise BenchFailure(f"worker exited:\n{worker.log()[-3000:]}")
-        return stack.sql("SELECT count(*) FROM campaigns")[0][0] == setup_events
-
-    try:
-        support.wait_until(worker_ready, 60, 0.05, "the worker to apply the setup events")
-    except AssertionError as exc:
-        raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
+    common.wait_for_campaigns(stack, worker, setup_events, "the worker to apply the setup events")
 
     clients = ClientGroups(stack, tenant_ids, args.clients_per_tenant, args.client, args.transport,
                            args.client_processes)
@@ -481,29 +472,16 @@ def measure(stack, args):
         "worker_settings": settings,
         "cpu": {
             "bench_process_percent_of_one_core": 100 * cpu_seconds / window,
-            "client_processes_percent_of_one_core": _percent(cpu_before["clients"], cpu_after["clients"], window),
+            "client_processes_percent_of_one_core": common.percent_of_core(
+                cpu_before["clients"], cpu_after["clients"], window
+            ),
             "bench_threads": threads,
-            "server_percent_of_one_core": _percent(cpu_before["server"], cpu_after["server"], window),
-            "worker_percent_of_one_core": _percent(cpu_before["worker"], cpu_after["worker"], window),
+            "server_percent_of_one_core": common.percent_of_core(cpu_before["server"], cpu_after["server"], window),
+            "worker_percent_of_one_core": common.percent_of_core(cpu_before["worker"], cpu_after["worker"], window),
             "machine_busy_percent": 100 * (machine_after[0] - machine_before[0])
             / max(machine_after[1] - machine_before[1], 1),
         },
     }
-
-
-def _percent(before, after, seconds):
-    if before is None or after is None:
-        return None
-    return 100 * (after - before) / seconds
-
-
-def shared_machine_note(foreign):
-    """A warning when other people's runs shared the machine (else None)."""
-    if not foreign.seen:
-        return None
-    commands = "; ".join(sorted(set(foreign.seen.values()))[:4])
-    return (f"WARNING: the machine was shared: {len(foreign.seen)} other test/benchmark processes ran meanwhile "
-            f"({commands}): these numbers measure contention as much as the product")
 
 
 def fmt(value, digits=1):
@@ -557,7 +535,7 @@ def main(argv=None):
           f"of nproc {info['nproc']} (load average at start {info['loadavg_at_start'][0]:.2f}, "
           f"at end {info['loadavg_at_end'][0]:.2f})")
     bench_cpu = cpu["bench_process_percent_of_one_core"]
-    note = shared_machine_note(foreign)
+    note = foreign.note()
     if bench_cpu >= 80 or note:
         print("note: the bench process is close to one full core (the GIL) or the machine was shared: "
               "its own scheduling adds to the latency")
@@ -581,8 +559,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchFailure as exc:
-        print(f"FAIL: {exc}", file=sys.stderr)
-        sys.exit(1)
+    common.run(main)

@@ -100,8 +100,7 @@ def parse_args(argv=None):
     parser.add_argument("--stock-heartbeat", action="store_true",
                         help="keep python-engineio's 35 s write-loop timeout instead of the JavaScript client's 50 s")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 dashboards, 15 s windows, 5 s idle")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
-    parser.add_argument("--output", default="polling_vs_socket", help="results file name under bench/results/")
+    common.add_run_options(parser, "polling_vs_socket")
     args = parser.parse_args(argv)
     if args.quick:
         args.dashboards, args.duration, args.idle = 200, 15.0, 5.0
@@ -548,15 +547,7 @@ def measure(stack, args):
             publisher.publish(make_event(tenant_id, campaign_id, "campaign_started",
                                          {"name": f"Campaign {campaign_id}", "total_messages": 10_000_000}))
 
-    def worker_ready():
-        if not worker.alive():
-            raise BenchFailure(f"worker exited:\n{worker.log()[-3000:]}")
-        return stack.sql("SELECT count(*) FROM campaigns")[0][0] == len(campaigns)
-
-    try:
-        support.wait_until(worker_ready, 60, 0.05, "the worker to apply the campaign_started events")
-    except AssertionError as exc:
-        raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
+    common.wait_for_campaigns(stack, worker, len(campaigns), "the worker to apply the campaign_started events")
 
     dashboards = [(tenant_ids[i % TENANTS], stack.token(tenant_ids[i % TENANTS], subject=f"dashboard-{i}"))
                   for i in range(args.dashboards)]
@@ -754,8 +745,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchFailure as exc:
-        print(f"FAIL: {exc}", file=sys.stderr)
-        sys.exit(1)
+    common.run(main)

@@ -111,8 +111,7 @@ def parse_args(argv=None):
         help="keep python-engineio's own rule (give up when a PING is 5 s late) instead of the JS client's",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 clients for 60 s")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
-    parser.add_argument("--output", default="soak", help="results file name under bench/results/")
+    common.add_run_options(parser, "soak")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.duration = 200, 60.0
@@ -585,15 +584,7 @@ def measure(stack, args):
             event["occurred_at"] = at(-1)
             publisher.publish(event)
 
-    def setup_applied():
-        if not worker.alive():
-            raise BenchFailure(f"worker exited:\n{worker.log()[-3000:]}")
-        return stack.sql("SELECT count(*) FROM campaigns")[0][0] == len(campaigns)
-
-    try:
-        support.wait_until(setup_applied, 60, 0.05, "the worker to apply the setup events")
-    except AssertionError as exc:
-        raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
+    common.wait_for_campaigns(stack, worker, len(campaigns), "the worker to apply the setup events")
 
     # The server opens its message-queue publisher lazily on the first emit; one client first
     # (see bench/latency.py connect_clients), then the crowd.
@@ -1003,8 +994,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchFailure as exc:
-        print(f"FAIL: {exc}", file=sys.stderr)
-        sys.exit(1)
+    common.run(main)
