@@ -288,6 +288,17 @@ def wait_for_campaigns(stack, worker, count, what, timeout=60):
         raise BenchFailure(f"{exc}\n{worker.log()[-3000:]}") from None
 
 
+def receive_from_child(process, pipe, timeout):
+    """The next message a child process sends on ``pipe``; ``BenchFailure`` if it dies or stays silent."""
+    deadline = time.monotonic() + timeout
+    while not pipe.poll(0.5):
+        if not process.is_alive():
+            raise BenchFailure(f"{process.name} exited with {process.exitcode}")
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"{process.name} did not answer within {timeout} s")
+    return pipe.recv()
+
+
 def percent_of_core(before, after, seconds):
     """CPU seconds between two readings as % of one core over ``seconds`` (None if a reading is missing)."""
     if before is None or after is None:

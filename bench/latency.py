@@ -228,10 +228,10 @@ class ClientGroups:
         self.count = len(wanted)
         errors = []
         for process, pipe in self.groups:
-            if not pipe.poll(120):
-                errors.append(f"{process.name} did not connect its clients within 120 s")
-                continue
-            _, error = pipe.recv()
+            try:
+                _, error = common.receive_from_child(process, pipe, 120)
+            except BenchFailure as exc:
+                error = str(exc)
             if error:
                 errors.append(f"{process.name}: {error}")
         if errors:

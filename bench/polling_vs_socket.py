@@ -441,7 +441,7 @@ def run_socket(url, meter, dashboards, args):
             children.append((process, parent_end, share))
         ready = []
         for process, pipe, _ in children:
-            ready.append(_receive(process, pipe, 600))
+            ready.append(common.receive_from_child(process, pipe, 600))
         setup_after = meter.read()
         connected = sum(r["connected"] for r in ready)
         connect_errors = [e for r in ready for e in r["errors"]]
@@ -459,7 +459,7 @@ def run_socket(url, meter, dashboards, args):
         marks_after = [_mark(process, pipe) for process, pipe, _ in children]
         for process, pipe, _ in children:
             pipe.send("close")
-            _receive(process, pipe, 120)
+            common.receive_from_child(process, pipe, 120)
     finally:
         for process, _, _ in children:
             process.join(10)
@@ -509,19 +509,9 @@ def run_socket(url, meter, dashboards, args):
     }
 
 
-def _receive(process, pipe, timeout):
-    deadline = time.monotonic() + timeout
-    while not pipe.poll(0.5):
-        if not process.is_alive():
-            raise BenchFailure(f"{process.name} exited with {process.exitcode}")
-        if time.monotonic() > deadline:
-            raise BenchFailure(f"{process.name} did not answer within {timeout} s")
-    return pipe.recv()
-
-
 def _mark(process, pipe):
     pipe.send("mark")
-    return _receive(process, pipe, 60)
+    return common.receive_from_child(process, pipe, 60)
 
 
 # the run ------------------------------------------------------------------------------

@@ -484,26 +484,16 @@ class Clients:
     def ask(self, command, timeout):
         for _, pipe in self.children:
             pipe.send(command)
-        return [self._receive(process, pipe, timeout) for process, pipe in self.children]
+        return [common.receive_from_child(process, pipe, timeout) for process, pipe in self.children]
 
     def ready(self, timeout):
-        return [self._receive(process, pipe, timeout) for process, pipe in self.children]
+        return [common.receive_from_child(process, pipe, timeout) for process, pipe in self.children]
 
     def rss_mb(self):
         return sum(common.rss_mb(process.pid) or 0 for process, _ in self.children)
 
     def cpu_seconds(self):
         return sum(common.process_cpu_seconds(process.pid) or 0 for process, _ in self.children)
-
-    @staticmethod
-    def _receive(process, pipe, timeout):
-        deadline = time.monotonic() + timeout
-        while not pipe.poll(0.5):
-            if not process.is_alive():
-                raise BenchFailure(f"{process.name} exited with {process.exitcode}")
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"{process.name} did not answer within {timeout} s")
-        return pipe.recv()
 
     def close(self):
         with contextlib.suppress(Exception):

@@ -106,13 +106,10 @@ def store(app):
 @pytest.fixture(scope="module")
 def stack(module_database, module_vhost, tmp_path_factory):
     """One server and one worker on the module's database and vhost (THROTTLE_SECONDS=2)."""
-    stack = support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs"))
-    try:
+    with support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs")) as stack:
         stack.start_server()
         stack.start_worker()
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

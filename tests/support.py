@@ -294,6 +294,12 @@ class Stack:
             raise AssertionError(f"worker exited:\n{process.log()[-3000:]}")
         return "[WORKER] consuming from" in process.log()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
     def stop(self):
         """Stop every process this stack started."""
         for process in reversed(self.processes):

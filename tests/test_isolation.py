@@ -15,14 +15,11 @@ from tests.test_pipeline import final_update, started, status
 @pytest.fixture(scope="module")
 def stack(module_database, module_vhost, tmp_path_factory):
     """A server and a worker that exposes its metrics on a port of its own."""
-    stack = support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs"))
-    stack.worker_metrics_port = support.free_port()
-    try:
+    with support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs")) as stack:
+        stack.worker_metrics_port = support.free_port()
         stack.start_server()
         stack.start_worker(WORKER_METRICS_PORT=stack.worker_metrics_port)
         yield stack
-    finally:
-        stack.stop()
 
 
 def get(stack, path, token=None, **headers):

@@ -142,14 +142,11 @@ def connect(url, token, transports, origin=None):
 @pytest.fixture(scope="module")
 def two_servers(module_database, module_vhost, tmp_path_factory):
     """Two servers and one worker on the module's database and vhost."""
-    stack = support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs"))
-    try:
+    with support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs")) as stack:
         stack.start_server()
         stack.start_server()
         stack.start_worker()
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

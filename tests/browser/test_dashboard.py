@@ -168,9 +168,8 @@ def test_pages_speak_brazilian_portuguese(stack, browser):
 @pytest.fixture
 def own_stack(database, vhost, tmp_path):
     """A stack this test may stop and restart."""
-    stack = support.Stack(database, vhost, tmp_path)
-    yield stack
-    stack.stop()
+    with support.Stack(database, vhost, tmp_path) as stack:
+        yield stack
 
 
 def test_a_restarted_server_brings_the_page_back_with_the_missed_updates(own_stack, page):

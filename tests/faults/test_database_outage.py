@@ -44,9 +44,8 @@ def proxy():
 
 @pytest.fixture
 def stack(database, vhost, tmp_path):
-    stack = support.Stack(database, vhost, tmp_path)
-    yield stack
-    stack.stop()
+    with support.Stack(database, vhost, tmp_path) as stack:
+        yield stack
 
 
 def in_queue(vhost):

@@ -308,9 +308,8 @@ def _missing_data(document, message):
 
 @pytest.fixture
 def stack(database, vhost, tmp_path):
-    stack = support.Stack(database, vhost, tmp_path, LOG_LEVEL="WARNING")
-    yield stack
-    stack.stop()
+    with support.Stack(database, vhost, tmp_path, LOG_LEVEL="WARNING") as stack:
+        yield stack
 
 
 def test_hostile_messages_are_dead_lettered_and_valid_ones_applied_without_stopping_the_worker(stack):

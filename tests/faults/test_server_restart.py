@@ -37,12 +37,9 @@ AT_ONCE = 25
 @pytest.fixture(scope="module")
 def stack(module_database, module_vhost, tmp_path_factory):
     """One worker on the module's database and vhost; each test starts its servers, with tenants of its own."""
-    stack = support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs"))
-    try:
+    with support.Stack(module_database, module_vhost, tmp_path_factory.mktemp("logs")) as stack:
         stack.start_worker()
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_clients_of_a_killed_server_reconnect_with_last_seq_and_miss_nothing(stack, many_packets_per_poll):

@@ -36,9 +36,8 @@ QUEUE = "campaign.events.worker"
 
 @pytest.fixture
 def stack(database, vhost, tmp_path):
-    stack = support.Stack(database, vhost, tmp_path)
-    yield stack
-    stack.stop()
+    with support.Stack(database, vhost, tmp_path) as stack:
+        yield stack
 
 
 def stop_with_sigterm(process, limit):

@@ -42,9 +42,8 @@ LOCK_HELD = 0.6  # seconds another worker keeps a tenant's lock, in the targeted
 
 @pytest.fixture
 def stack(database, vhost, tmp_path):
-    stack = support.Stack(database, vhost, tmp_path)
-    yield stack
-    stack.stop()
+    with support.Stack(database, vhost, tmp_path) as stack:
+        yield stack
 
 
 def progress_gaps(updates, campaign_id, moment):

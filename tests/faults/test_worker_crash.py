@@ -35,9 +35,8 @@ LINGER_MS = 100
 
 @pytest.fixture
 def stack(database, vhost, tmp_path):
-    stack = support.Stack(database, vhost, tmp_path, WORKER_BATCH_LINGER_MS=LINGER_MS)
-    yield stack
-    stack.stop()
+    with support.Stack(database, vhost, tmp_path, WORKER_BATCH_LINGER_MS=LINGER_MS) as stack:
+        yield stack
 
 
 def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(stack):
