@@ -43,6 +43,7 @@ from campaigns.pages import bp as pages_bp
 from config import Config
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
+from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
 
 log = logging.getLogger("campaign_live")
@@ -122,6 +123,7 @@ def create_app(config=None):
     babel.init_app(app, locale_selector=select_locale, default_translation_directories=TRANSLATIONS)
     app.jinja_env.globals.update(logout_form=LogoutForm, get_locale=get_locale)
     socketio.init_app(app, **socketio_options(app.config))
+    install_direct_writes(socketio.server.eio, enabled=app.config["DIRECT_WEBSOCKET_WRITES"])
     if not app.config["WEBSOCKET_COMPRESSION"]:
         app.wsgi_app = without_websocket_compression(app.wsgi_app)
     app.register_blueprint(health_bp)

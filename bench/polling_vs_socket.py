@@ -58,6 +58,7 @@ import multiprocessing
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,6 +100,8 @@ def parse_args(argv=None):
                         help="clients each child process connects at a time (default 4)")
     parser.add_argument("--stock-heartbeat", action="store_true",
                         help="keep python-engineio's 35 s write-loop timeout instead of the JavaScript client's 50 s")
+    parser.add_argument("--stock-writes", action="store_true",
+                        help="DIRECT_WEBSOCKET_WRITES=0: every packet through python-engineio's writer")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 dashboards, 15 s windows, 5 s idle")
     common.add_run_options(parser, "polling_vs_socket")
     args = parser.parse_args(argv)
@@ -153,7 +156,15 @@ class Meter:
             "loadavg": float(Path("/proc/loadavg").read_text().split()[0]),
             "published": self.traffic.count,
             "last_seq": dict(self.stack.sql("SELECT id, last_seq FROM tenants")),
+            "packets": self.packets_sent(),
         }
+
+    def packets_sent(self):
+        """The server's Engine.IO packets sent so far, by path (sockets/fanout.py)."""
+        with urllib.request.urlopen(f"{self.server.url}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        return {path: support.metric(text, "campaign_live_socketio_packets_sent_total", path=path)
+                for path in ("direct", "queued")}
 
     @staticmethod
     def delta(before, after):
@@ -163,6 +174,7 @@ class Meter:
         return {
             "seconds": seconds,
             "server_cpu": after["server"] - before["server"],
+            "packets_sent": {path: after["packets"][path] - before["packets"][path] for path in after["packets"]},
             "server_user_cpu": after["server_split"][0] - before["server_split"][0],
             "server_system_cpu": after["server_split"][1] - before["server_split"][1],
             "worker_cpu": after["worker"] - before["worker"],
@@ -657,6 +669,10 @@ def report(result, args, info):
           f"replayed {socket_['replayed_in_window']}, seq gaps {socket_['seq_gaps_in_window']:,}); "
           f"connected: {socket_['connected_at_start']:,} of {socket_['dashboards']:,} at the window's start, "
           f"{socket_['connected_at_end']:,} at its end")
+    packets = socket_["window"]["packets_sent"]
+    print(f"  Engine.IO packets sent in the window: {packets['direct']:,.0f} written straight to the websocket, "
+          f"{packets['queued']:,.0f} through python-engineio's writer (sockets/fanout.py; "
+          f"DIRECT_WEBSOCKET_WRITES={0 if args.stock_writes else 1})")
     if socket_["connect_failures"]:
         print(f"  WARNING: {socket_['connect_failures']} clients could not connect after {CONNECT_ATTEMPTS} attempts "
               f"{socket_['connect_failure_reasons'][:3]}; CPU per dashboard-minute uses the connected ones")
@@ -722,11 +738,12 @@ def main(argv=None):
     print(f"polling vs socket: {args.dashboards} dashboards over {TENANTS} tenants, {args.duration:.0f} s windows, "
           f"polls every {args.interval:.0f} s, {args.rate:.0f} events/s over {CAMPAIGNS} campaigns; "
           f"nproc {info['nproc']}", flush=True)
-    with common.environment("polling-vs-socket", keep_logs=args.keep_logs, **SETTINGS) as stack:
+    settings = dict(SETTINGS, DIRECT_WEBSOCKET_WRITES="0" if args.stock_writes else "1")
+    with common.environment("polling-vs-socket", keep_logs=args.keep_logs, **settings) as stack:
         result = measure(stack, args)
     ratio, met, verdict = report(result, args, info)
     path = common.write_results(args.output, {
-        "benchmark": "polling_vs_socket", "args": vars(args), "machine": info, "settings": SETTINGS,
+        "benchmark": "polling_vs_socket", "args": vars(args), "machine": info, "settings": settings,
         "ratio_polling_over_socket": ratio,
         "target": {"ratio_at_least": TARGET_RATIO, "met": met, "verdict": verdict}, **result,
     })

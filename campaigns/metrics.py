@@ -8,7 +8,7 @@ HTTP status and route rule). Per-tenant numbers come from the database (REST API
 import time
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 
 PREFIX = "campaign_live"
@@ -53,17 +53,46 @@ class ConnectionsCollector:
         yield gauge
 
 
-_collector = None
+_collectors = {}
+
+
+def _register_once(collector):
+    """Register one collector of its class per process; a later one (a new app in the same
+    process, as in tests) only hands its sources to the registered one."""
+    registered = _collectors.get(type(collector))
+    if registered is None:
+        _collectors[type(collector)] = collector
+        REGISTRY.register(collector)
+    else:
+        registered.__dict__.update(collector.__dict__)
 
 
 def watch_connections(connections, transport_of):
-    """Register the connections gauge once per process."""
-    global _collector
-    if _collector is None:
-        _collector = ConnectionsCollector(connections, transport_of)
-        REGISTRY.register(_collector)
-    else:
-        _collector.connections, _collector.transport_of = connections, transport_of
+    """Count connected clients by transport at scrape time."""
+    _register_once(ConnectionsCollector(connections, transport_of))
+
+
+class PacketWritesCollector:
+    """Engine.IO packets sent to clients, by path: written straight to the websocket or queued
+    for python-engineio's writer (sockets/fanout.py). Plain ints on the hot path, read here.
+    Exported only while direct writes are on."""
+
+    def __init__(self, writes):
+        self.writes = writes
+
+    def collect(self):
+        """Yield the counter."""
+        counter = CounterMetricFamily(
+            f"{PREFIX}_socketio_packets_sent", "Engine.IO packets sent to clients", labels=["path"]
+        )
+        counter.add_metric(["direct"], self.writes.direct)
+        counter.add_metric(["queued"], self.writes.queued)
+        yield counter
+
+
+def watch_packet_writes(writes):
+    """Count the packets of a ``sockets.fanout.DirectWrites`` by path at scrape time."""
+    _register_once(PacketWritesCollector(writes))
 
 
 def reason_code(reason):

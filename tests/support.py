@@ -7,6 +7,7 @@ Nothing here mocks the database or the broker.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,14 @@ def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def metric(text, name, **labels):
+    """The value of one sample in a Prometheus text scrape (0.0 when the sample is absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = re.escape(f"{name}{{{wanted}}}" if labels else name) + r" ([0-9.e+]+)"
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
 
 
 def require_services():

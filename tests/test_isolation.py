@@ -8,7 +8,7 @@ import requests
 import socketio
 
 from tests import support
-from tests.support import event, wait_until
+from tests.support import event, metric, wait_until
 from tests.test_pipeline import final_update, started, status
 
 
@@ -108,13 +108,6 @@ def test_polling_gets_304_until_a_campaign_changes(stack, publisher):
     answer = wait_until(changed, 10, 0.1, "a 200 after the campaign changed")
     assert answer.json()["campaigns"][0]["status"] == "paused"
     assert answer.headers["ETag"] != etag
-
-
-def metric(text, name, **labels):
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = re.escape(f"{name}{{{wanted}}}" if labels else name) + r" ([0-9.e+]+)"
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_metrics_move_when_events_flow(stack, publisher, clients):

@@ -1,0 +1,199 @@
+"""Direct websocket writes: the fan-out of one update to a room costs one frame build and one
+``send()`` per recipient.
+
+Why
+    python-engineio hands every packet to a per-connection writer greenlet: a queue put, a
+    wake-up of that greenlet, a queue get armed with a timeout (a hub timer), and eventlet's
+    framing of the same text once per recipient. Measured under eventlet with 1,000 dashboards
+    (bench/polling_vs_socket.py), that work was about three quarters of the server's CPU per
+    delivered update; the ``send()`` system call itself is the rest.
+
+What it does
+    ``install`` wraps the Engine.IO server's ``send_packet`` (the call python-socketio makes once
+    per recipient of an emit, with the same packet object for every recipient). The websocket
+    frame of a packet is built once; for each recipient it is written with one non-blocking
+    ``send()`` on the connection's socket, when all of these hold:
+
+    - the connection is an eventlet RFC 6455 websocket over plain TCP, without compression
+      (compressed frames differ per connection);
+    - it has finished upgrading and is not closing;
+    - nothing waits in its Engine.IO queue (so no earlier packet is overtaken);
+    - no other frame is being written on it (eventlet's own per-websocket send lock is free).
+
+    Otherwise the packet takes python-engineio's own path, unchanged. Frame order per
+    connection is kept: a frame is written directly only when nothing is queued or in flight
+    before it, and both paths write under the same lock.
+
+A slow client never blocks the emitter: when the kernel takes only part of a frame, the rest is
+written by a background task that keeps holding the send lock, so that every later frame for
+that connection waits behind it (they go through the queue meanwhile).
+
+Only eventlet (the default ``ASYNC_MODE``) gets direct writes; other modes keep the stock path.
+``DIRECT_WEBSOCKET_WRITES=0`` turns them off.
+"""
+
+import logging
+import struct
+
+from campaigns import metrics
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTE = "campaign_live_direct_websocket"
+
+
+def websocket_text_frame(text):
+    """One final, unmasked RFC 6455 text frame (a server's frames are never masked)."""
+    payload = text.encode("utf-8")
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+class DirectWebsocket:
+    """What direct writes need of one eventlet websocket: its send lock and its raw socket."""
+
+    __slots__ = ("lock", "raw", "green")
+
+    def __init__(self, ws):
+        self.lock = ws._sendlock
+        self.green = ws.socket
+        self.raw = ws.socket.fd
+
+    @classmethod
+    def of(cls, ws):
+        """A ``DirectWebsocket`` for ``ws``, or None when its frames cannot be written directly."""
+        from eventlet import patcher
+        from eventlet.greenio import GreenSocket
+        from eventlet.websocket import RFC6455WebSocket
+
+        if type(ws) is not RFC6455WebSocket or ws.extensions or type(getattr(ws, "socket", None)) is not GreenSocket:
+            return None
+        raw = getattr(ws.socket, "fd", None)
+        # Plain TCP only (TLS sockets are another class), already non-blocking (eventlet sets it so).
+        if type(raw) is not patcher.original("socket").socket or raw.gettimeout() != 0.0:
+            return None
+        if not hasattr(ws, "_sendlock"):
+            return None
+        return cls(ws)
+
+
+class DirectWrites:
+    """``send_packet`` for an Engine.IO server: direct frame writes where safe, else the stock path."""
+
+    def __init__(self, eio_server):
+        self.eio = eio_server
+        self.stock_send_packet = eio_server.send_packet
+        self.frames_of = (None, None)  # (packet, frame) of the packet being fanned out
+        self.direct = 0
+        self.queued = 0
+        self.partial = 0  # direct writes the kernel took only part of (finished in the background)
+
+    def send_packet(self, sid, pkt):
+        """Send an Engine.IO packet to one client (same signature as ``engineio.Server.send_packet``)."""
+        eio_socket = self.eio.sockets.get(sid)
+        if eio_socket is not None and self.write(eio_socket, pkt):
+            self.direct += 1
+            return
+        self.queued += 1
+        self.stock_send_packet(sid, pkt)
+
+    def frame(self, pkt):
+        """The websocket frame of ``pkt``, built once for all recipients; None if not a text packet."""
+        cached_pkt, frame = self.frames_of
+        if cached_pkt is not pkt:
+            encoded = pkt.encode()
+            frame = websocket_text_frame(encoded) if isinstance(encoded, str) else None
+            self.frames_of = (pkt, frame)
+        return frame
+
+    def write(self, eio_socket, pkt):
+        """Write ``pkt`` straight to the socket's websocket if nothing can be overtaken; True if done."""
+        direct = eio_socket.__dict__.get(ATTRIBUTE)
+        if (
+            direct is None
+            or not eio_socket.upgraded
+            or eio_socket.upgrading
+            or eio_socket.closing
+            or eio_socket.closed
+            or eio_socket.queue.qsize()
+        ):
+            return False
+        frame = self.frame(pkt)
+        if frame is None or not eio_socket.check_ping_timeout():
+            # check_ping_timeout closes a client that stopped answering pings (as the stock path does).
+            return False
+        if not direct.lock.acquire(blocking=False):
+            return False
+        try:
+            sent = direct.raw.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The connection broke: the stock path queues the packet; the reader sees the close.
+            direct.lock.release()
+            return False
+        if sent == len(frame):
+            direct.lock.release()
+        else:
+            self.partial += 1
+            self.eio.start_background_task(finish_frame, direct, memoryview(frame)[sent:])
+        return True
+
+
+def finish_frame(direct, rest):
+    """Write the rest of a partly sent frame, then free the connection's send lock."""
+    try:
+        direct.green.sendall(rest)
+    except OSError as exc:
+        log.info("[WEBSOCKET] client gone during a frame: %s", exc)
+    finally:
+        direct.lock.release()
+
+
+def recording_websocket_class(base):
+    """A subclass of the eventlet driver's websocket WSGI app that records, on each Engine.IO
+    socket, the ``DirectWebsocket`` of its connection for as long as the connection lasts."""
+
+    class RecordingWebSocketWSGI(base):
+        def __init__(self, handler, server):
+            eio_socket = getattr(handler, "__self__", None)
+            if eio_socket is None:  # not python-engineio's bound Socket._websocket_handler: leave it
+                super().__init__(handler, server)
+                return
+
+            def recording_handler(ws):
+                setattr(eio_socket, ATTRIBUTE, DirectWebsocket.of(ws))
+                try:
+                    return handler(ws)
+                finally:
+                    setattr(eio_socket, ATTRIBUTE, None)
+
+            super().__init__(recording_handler, server)
+
+    return RecordingWebSocketWSGI
+
+
+def install(eio_server, enabled=True):
+    """Turn on direct websocket writes for an Engine.IO server when its async mode allows it.
+
+    Returns the ``DirectWrites`` in use, or None (logged with the reason) when off.
+    """
+    if not enabled:
+        log.info("[WEBSOCKET] direct websocket writes off (DIRECT_WEBSOCKET_WRITES=0)")
+        return None
+    if eio_server.async_mode != "eventlet":
+        log.info("[WEBSOCKET] direct websocket writes off: async mode %s keeps the stock path", eio_server.async_mode)
+        return None
+    writes = DirectWrites(eio_server)
+    # A copy: the driver's dict is shared by every Engine.IO server of the process.
+    eio_server._async = dict(eio_server._async, websocket=recording_websocket_class(eio_server._async["websocket"]))
+    eio_server.send_packet = writes.send_packet
+    metrics.watch_packet_writes(writes)
+    log.info("[WEBSOCKET] direct websocket writes on")
+    return writes

@@ -1,0 +1,92 @@
+"""Direct websocket writes (sockets/fanout.py): every frame arrives, whole and in order, on both
+paths; a client that stops reading never blocks the emitter; the switch turns them off."""
+
+import json
+import subprocess
+
+import pytest
+import requests
+
+from tests import support
+from tests.support import metric
+from tests.test_pipeline import started, status
+
+PACKETS = "campaign_live_socketio_packets_sent_total"
+
+
+def test_frames_stay_whole_and_in_order_when_the_client_stops_reading():
+    """A real python-engineio socket and writer over a real eventlet websocket with 4 KB buffers."""
+    run = subprocess.run(
+        [support.PYTHON, "-m", "tests.fanout_child", "400"],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["emitter_sent_before_peer_read"] == 400, "the emitter blocked on a client that does not read"
+    assert found["frames"] == 400
+    assert found["all_final_text_frames"]
+    assert found["in_order"], f"frame {found['first_out_of_place']} out of place"
+    # Both paths and the background finish of a partly written frame were exercised.
+    assert found["direct"] > 0 and found["queued"] > 0 and found["partial"] > 0, found
+    assert not found["compressed_websocket_is_direct"]
+
+
+def packets_sent(server):
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return {path: metric(text, PACKETS, path=path) for path in ("direct", "queued")}
+
+
+def room_traffic(stack, tenant, publisher, server, clients_count=4, changes=10):
+    """Connect clients to ``server``, publish status changes (each emitted at once), and return
+    the clients once each has every update, with the server's packet counts before and after."""
+    clients = [stack.client(tenant, server=server) for _ in range(clients_count)]
+    polling = stack.client(tenant, server=server, transports=["polling"])
+    try:
+        before = packets_sent(server)
+        publisher.publish(started(tenant, "fan", 100))
+        for i in range(changes):
+            kind = "campaign_paused" if i % 2 == 0 else "campaign_resumed"
+            publisher.publish(status(tenant, "fan", kind, i + 1))
+        for client in [*clients, polling]:
+            client.wait_for(lambda updates: len(updates) >= changes + 1, 15, f"{changes + 1} updates")
+        after = packets_sent(server)
+        return [*clients, polling], before, after
+    finally:
+        for client in [*clients, polling]:
+            client.close()
+
+
+def assert_every_update_in_order(clients, changes):
+    for client in clients:
+        seqs = client.seqs()
+        assert len(seqs) == changes + 1
+        assert seqs == list(range(seqs[0], seqs[0] + changes + 1)), seqs
+
+
+def test_room_updates_are_written_straight_to_the_websockets(stack, tenant, publisher):
+    changes = 10
+    clients, before, after = room_traffic(stack, tenant, publisher, stack.servers[0], changes=changes)
+    assert_every_update_in_order(clients, changes)
+    # 4 websocket clients x 11 updates went direct; the long-polling client's 11 were queued.
+    assert after["direct"] - before["direct"] >= 4 * (changes + 1)
+    assert after["queued"] - before["queued"] >= changes + 1
+
+
+@pytest.fixture
+def stock_server(stack):
+    server = stack.start_server(DIRECT_WEBSOCKET_WRITES="0")
+    yield server
+    server.stop()
+    stack.servers.remove(server)
+
+
+def test_direct_writes_off_sends_everything_through_python_engineio(stack, tenant, publisher, stock_server):
+    changes = 6
+    clients, before, after = room_traffic(stack, tenant, publisher, stock_server, changes=changes)
+    assert_every_update_in_order(clients, changes)
+    # Nothing goes around python-engineio, so nothing is counted (the counter is not exported).
+    assert before == after == {"direct": 0, "queued": 0}
+    assert "direct websocket writes off (DIRECT_WEBSOCKET_WRITES=0)" in stock_server.log()
