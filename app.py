@@ -45,6 +45,7 @@ from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
+from sockets.sweeper import start_sweeper
 
 log = logging.getLogger("campaign_live")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
@@ -86,6 +87,8 @@ def socketio_options(config):
         "ping_interval": config["PING_INTERVAL"],
         "ping_timeout": config["PING_TIMEOUT"],
         "max_http_buffer_size": config["MAX_HTTP_BUFFER_SIZE"],
+        # sockets/sweeper.py checks the sockets instead (started by main).
+        "monitor_clients": False,
         "cors_allowed_origins": (origins if origins == "*" else origins.split(",")) if origins else None,
         "logger": logging.getLogger("socketio"),
         "engineio_logger": logging.getLogger("engineio"),
@@ -194,6 +197,7 @@ def main():
     if not config["DEMO"]:
         declare_broker_topology(config)
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
+    start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     freeze_startup_objects()
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",

@@ -100,6 +100,8 @@ def parse_args(argv=None):
                         help="clients each child process connects at a time (default 4)")
     parser.add_argument("--stock-heartbeat", action="store_true",
                         help="keep python-engineio's 35 s write-loop timeout instead of the JavaScript client's 50 s")
+    parser.add_argument("--client", choices=sorted(CLIENT_PROCESSES), default="selector",
+                        help="Socket.IO clients of phase B (default selector: see bench/selector_clients.py)")
     parser.add_argument("--stock-writes", action="store_true",
                         help="DIRECT_WEBSOCKET_WRITES=0: every packet through python-engineio's writer")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 dashboards, 15 s windows, 5 s idle")
@@ -430,6 +432,33 @@ def client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
             return
 
 
+def selector_client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
+    """Child process with ``bench/selector_clients.py`` clients; the same protocol as ``client_process``."""
+    from bench.selector_clients import SelectorClients
+
+    group = SelectorClients(url, credentials, concurrency=connect_threads, attempts=CONNECT_ATTEMPTS)
+    started = time.monotonic()
+    group.connect_all()
+    pipe.send({"connected": group.mark()["connected"], "errors": group.errors[:3], "error_count": len(group.errors),
+               "retries": group.retries, "connect_seconds": time.monotonic() - started,
+               "durations": group.durations, "cpu": common.process_cpu_seconds("self")})
+    while True:
+        command = pipe.recv()
+        if command == "mark":
+            pipe.send({**group.mark(), "cpu": common.process_cpu_seconds("self")})
+        elif command == "close":
+            group.close()
+            pipe.send({"closed": True})
+            return
+
+
+CLIENT_PROCESSES = {"selector": selector_client_process, "python-socketio": client_process}
+CLIENT_DESCRIPTIONS = {
+    "selector": "bench/selector_clients.py: one selector thread per process reads all its websockets",
+    "python-socketio": "python-socketio Client, a reader thread per connection",
+}
+
+
 def _per_tenant(credentials, updates):
     totals = {}
     for (tenant_id, _), n in zip(credentials, updates):
@@ -447,7 +476,7 @@ def run_socket(url, meter, dashboards, args):
         for p in range(n_procs):
             share = dashboards[p::n_procs]
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=client_process, name=f"socket-clients-{p}", daemon=True,
+            process = context.Process(target=CLIENT_PROCESSES[args.client], name=f"socket-clients-{p}", daemon=True,
                                       args=(child_end, url, share, args.connect_threads, args.stock_heartbeat))
             process.start()
             children.append((process, parent_end, share))
@@ -682,9 +711,12 @@ def report(result, args, info):
               f"in the window {lost['in_window']}")
     if socket_["client_log_messages"]:
         print(f"  client library messages: {socket_['client_log_messages']}")
+    heartbeat = ""
+    if args.client == "python-socketio":
+        heartbeat = ", heartbeat tolerance " + ("python-engineio stock 35 s" if args.stock_heartbeat
+                                                 else "as the JavaScript client, 50 s")
     print(f"  clients in {socket_['client_processes']} child processes of <= {socket_['clients_per_process']} "
-          f"(python-socketio Client, websocket, heartbeat tolerance "
-          f"{'python-engineio stock 35 s' if args.stock_heartbeat else 'as the JavaScript client, 50 s'}); "
+          f"({CLIENT_DESCRIPTIONS[args.client]}; websocket{heartbeat}); "
           f"their CPU in the window "
           f"{100 * socket_['client_processes_cpu'] / socket_['window']['seconds']:.0f}% of one core in total")
     setup = socket_["setup"]
