@@ -433,3 +433,33 @@ class ForeignActivity:
                 ancestor, hops = parents.get(ancestor, 0), hops + 1
             if ancestor != mine:
                 self.seen.setdefault(pid, command[:160])
+
+
+class SeqTally:
+    """What one dashboard received: updates, replayed ones, and seq gaps (updates of its tenant it
+    never got), counted from the snapshot's ``seq`` on."""
+
+    __slots__ = ("updates", "replayed", "gaps", "last_seq")
+
+    def __init__(self):
+        self.updates = self.replayed = self.gaps = 0
+        self.last_seq = None
+
+    def snapshot(self, data):
+        """Start from a ``campaign_snapshot``."""
+        self.last_seq = data["seq"]
+
+    def update(self, data):
+        """Count one ``campaign_update``."""
+        self.updates += 1
+        if data.get("replayed"):
+            self.replayed += 1
+        seq, last = data["seq"], self.last_seq
+        if last is not None and seq > last + 1:
+            self.gaps += seq - last - 1
+        self.last_seq = seq if last is None else max(seq, last)
+
+
+def sum_tallies(tallies):
+    """Totals of ``SeqTally``s, as a child process reports them."""
+    return {name: sum(getattr(t, name) for t in tallies) for name in ("updates", "replayed", "gaps")}

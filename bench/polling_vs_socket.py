@@ -346,10 +346,7 @@ def client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
     count = len(credentials)
     disconnects = []  # (monotonic time, reason) of every disconnection the bench did not ask for
     closing = threading.Event()
-    updates = [0] * count
-    replayed = [0] * count
-    gaps = [0] * count
-    last_seq = [None] * count
+    tallies = [common.SeqTally() for _ in range(count)]
     snapshots = [threading.Event() for _ in range(count)]
     clients = [None] * count
     errors = []
@@ -360,24 +357,15 @@ def client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
         client = BenchClient(reconnection=False)
         client.bench_closing = False
 
-        def on_update(data):
-            updates[index] += 1
-            if data.get("replayed"):
-                replayed[index] += 1
-            seq, last = data["seq"], last_seq[index]
-            if last is not None and seq > last + 1:
-                gaps[index] += seq - last - 1  # updates of the tenant this client never got (at most once)
-            last_seq[index] = seq if last is None else max(seq, last)
-
         def on_snapshot(data):
-            last_seq[index] = data["seq"]
+            tallies[index].snapshot(data)
             snapshots[index].set()
 
         def on_disconnect(reason=None):
             if not closing.is_set() and not client.bench_closing:
                 disconnects.append((time.monotonic(), str(reason)))
 
-        client.on("campaign_update", on_update)
+        client.on("campaign_update", tallies[index].update)
         client.on("campaign_snapshot", on_snapshot)
         client.on("disconnect", on_disconnect)
         return client
@@ -418,7 +406,7 @@ def client_process(pipe, url, credentials, connect_threads, stock_heartbeat):
     while True:
         command = pipe.recv()
         if command == "mark":
-            pipe.send({"updates": sum(updates), "replayed": sum(replayed), "gaps": sum(gaps), "cpu": cpu(),
+            pipe.send({**common.sum_tallies(tallies), "cpu": cpu(),
                        "connected": sum(1 for c in clients if c is not None and c.connected),
                        "connected_per_tenant": _per_tenant(
                            credentials, [1 if c is not None and c.connected else 0 for c in clients]),

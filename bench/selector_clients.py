@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
+from bench.common import SeqTally, sum_tallies
+
 PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
@@ -39,8 +41,7 @@ class SelectorClient:
         self.closed = False
         self.close_reason = "no snapshot within 30 s"
         self.started_at = None
-        self.updates = self.replayed = self.gaps = 0
-        self.last_seq = None
+        self.tally = SeqTally()
 
     def open(self, host, port):
         """Connect the TCP socket and send the websocket upgrade request."""
@@ -92,20 +93,11 @@ class SelectorClient:
         elif text.startswith("42"):
             name, data = json.loads(text[2:])[:2]
             if name == "campaign_update":
-                self.update(data)
+                self.tally.update(data)
             elif name == "campaign_snapshot":
-                self.last_seq = data["seq"]
+                self.tally.snapshot(data)
                 self.connected = True
         return None
-
-    def update(self, data):
-        self.updates += 1
-        if data.get("replayed"):
-            self.replayed += 1
-        seq, last = data["seq"], self.last_seq
-        if last is not None and seq > last + 1:
-            self.gaps += seq - last - 1  # updates of the tenant this client never got (at most once)
-        self.last_seq = seq if last is None else max(seq, last)
 
     def close(self):
         """Close the socket (no close handshake: the server sees the connection end)."""
@@ -125,6 +117,7 @@ class SelectorClients:
         # Registered from the connecting thread while the reading thread selects: epoll allows it.
         self.selector = selectors.DefaultSelector()
         self.closing = False
+        self.changed = threading.Event()
         self.disconnects = []  # (monotonic time, reason) of every connection ended without being asked
         self.errors, self.retries, self.durations = [], [], []
         self.thread = threading.Thread(target=self.loop, name="selector-clients", daemon=True)
@@ -147,7 +140,9 @@ class SelectorClients:
                     continue
                 self.selector.register(client.sock, selectors.EVENT_READ, client)
                 in_flight.append(client)
-            time.sleep(0.005)
+            # The reading thread sets ``changed`` when a client got its snapshot or ended.
+            self.changed.wait(0.5)
+            self.changed.clear()
             for client in list(in_flight):
                 if client.connected:
                     in_flight.remove(client)
@@ -175,17 +170,18 @@ class SelectorClients:
     def loop(self):
         """Read every registered connection as data arrives."""
         while not self.closing:
-            if not self.selector.get_map():
-                time.sleep(0.01)
-                continue
             for key, _ in self.selector.select(timeout=0.1):
                 client = key.data
+                was_connected = client.connected
                 try:
                     data = client.sock.recv(65536)
                     error = client.receive(data)
                 except (OSError, ValueError) as exc:
                     error = f"{exc!r}"
+                if client.connected != was_connected:
+                    self.changed.set()
                 if error:
+                    self.changed.set()
                     client.close_reason = error
                     if client.connected and not self.closing:
                         self.disconnects.append((time.monotonic(), error))
@@ -198,9 +194,7 @@ class SelectorClients:
         for client in live:
             per_tenant[client.tenant_id] = per_tenant.get(client.tenant_id, 0) + 1
         return {
-            "updates": sum(c.updates for c in self.clients),
-            "replayed": sum(c.replayed for c in self.clients),
-            "gaps": sum(c.gaps for c in self.clients),
+            **sum_tallies([c.tally for c in self.clients]),
             "connected": len(live),
             "connected_per_tenant": per_tenant,
             "disconnects": list(self.disconnects),

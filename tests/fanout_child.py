@@ -23,6 +23,7 @@ from engineio import socket as eio_socket_module  # noqa: E402
 from eventlet import websocket  # noqa: E402
 
 from sockets import fanout  # noqa: E402
+from tests.support import wait_until  # noqa: E402
 
 PACKETS = int(sys.argv[1]) if len(sys.argv) > 1 else 400
 PAD = "x" * 900  # ~1 KB frames: the 4 KB buffers fill after a few
@@ -74,7 +75,7 @@ def main():
     server.sockets["sid-1"] = sock
     setattr(sock, fanout.ATTRIBUTE, fanout.DirectWebsocket.of(ws))
     handler = eventlet.spawn(sock._websocket_handler, ws)  # python-engineio's handler: reader + writer
-    eventlet.sleep(0)
+    wait_until(lambda: sock.upgraded, 5, 0.001, "python-engineio's websocket handler to start")
 
     sent_before_peer_read = 0
     with eventlet.Timeout(10, False):
@@ -86,7 +87,9 @@ def main():
                 server.send_packet("sid-1", pkt)
             sent_before_peer_read += 1
             if i % 5 == 4:
-                eventlet.sleep(0)  # between two emits the hub runs: writers and finishers move on
+                # Not a wait but a yield: between two emits the hub runs once (writers and
+                # finishers move on), as it does between two messages of the Socket.IO queue.
+                eventlet.sleep(0)
     frames = read_frames(far, PACKETS)
     numbers = [json.loads(text[1:])["i"] if text.startswith("4{") else None for _, _, text in frames]
     print(
