@@ -45,7 +45,9 @@ from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
+from sockets.stream import UpdateStreamManager
 from sockets.sweeper import start_sweeper
+from sockets.tenants import tenant_states
 
 log = logging.getLogger("campaign_live")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
@@ -94,8 +96,8 @@ def socketio_options(config):
         "engineio_logger": logging.getLogger("engineio"),
     }
     if config["BROKER_URL"]:
-        options["message_queue"] = config["BROKER_URL"]
-        options["channel"] = config["SOCKETIO_CHANNEL"]
+        # Updates from the message queue go through this server's tenant states (sockets/tenants.py).
+        options["client_manager"] = UpdateStreamManager(config["BROKER_URL"], config["SOCKETIO_CHANNEL"], tenant_states)
     return options
 
 
@@ -126,6 +128,7 @@ def create_app(config=None):
     babel.init_app(app, locale_selector=select_locale, default_translation_directories=TRANSLATIONS)
     app.jinja_env.globals.update(logout_form=LogoutForm, get_locale=get_locale)
     socketio.init_app(app, **socketio_options(app.config))
+    tenant_states.init_app(app)
     install_direct_writes(socketio.server.eio, enabled=app.config["DIRECT_WEBSOCKET_WRITES"])
     if not app.config["WEBSOCKET_COMPRESSION"]:
         app.wsgi_app = without_websocket_compression(app.wsgi_app)
@@ -134,7 +137,7 @@ def create_app(config=None):
     csrf.exempt(api_bp)  # the API authenticates with bearer tokens; its cookie-auth routes only read
     app.register_blueprint(accounts_bp)
     app.register_blueprint(pages_bp)
-    register_handlers()
+    register_handlers(app.config)
     register_error_handlers(app)
     register_commands(app)
     return app
@@ -198,6 +201,7 @@ def main():
         declare_broker_topology(config)
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
+    socketio.start_background_task(tenant_states.run_reconciliation)
     freeze_startup_objects()
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",

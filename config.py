@@ -78,6 +78,20 @@ class Config:
         # Client events (``replay``) per connection: a burst, then this many per second.
         self.SOCKET_EVENT_BURST = _int("SOCKET_EVENT_BURST", 10)
         self.SOCKET_EVENT_RATE = _float("SOCKET_EVENT_RATE", 1.0)
+        # Recovery (CONTRACT.md section 2): a client further behind than this gets resync + snapshot.
+        self.REPLAY_MAX_UPDATES = _int("REPLAY_MAX_UPDATES", 1000)
+        # Newest updates each server keeps in memory per tenant it has clients for (replay without a query).
+        self.REPLAY_RING_SIZE = _int("REPLAY_RING_SIZE", 256)
+        # Every client has every stored update within this long of its commit, even when the queue lost it.
+        self.RECONCILE_SECONDS = _float("RECONCILE_SECONDS", 5.0)
+        # A connect that cannot be served from memory within this long is refused with "unavailable".
+        self.CONNECT_WAIT_SECONDS = _float("CONNECT_WAIT_SECONDS", 5.0)
+        # Database queries of the connect path (tenant loads, replays) running at once.
+        self.STATE_LOAD_CONCURRENCY = _int("STATE_LOAD_CONCURRENCY", 4)
+        # Connect attempts per token (or logged-in user): a burst, then a rate; slowed up to a delay, then refused.
+        self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 10)
+        self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 2.0)
+        self.CONNECT_MAX_DELAY_SECONDS = _float("CONNECT_MAX_DELAY_SECONDS", 3.0)
         self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
         self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")

@@ -19,6 +19,12 @@ updates_emitted = Counter(f"{PREFIX}_updates_emitted_total", "campaign_update ev
 updates_merged = Counter(f"{PREFIX}_updates_merged_total", "Progress events merged into a later update by the throttle")
 dead_lettered = Counter(f"{PREFIX}_dead_lettered_total", "Messages moved to campaign.events.dead", ["reason"])
 replayed_updates = Counter(f"{PREFIX}_replayed_updates_total", "Stored updates sent again for recovery", ["via"])
+resyncs_sent = Counter(f"{PREFIX}_resyncs_sent_total", "resync events sent to clients", ["reason"])
+reconciled_updates = Counter(
+    f"{PREFIX}_reconciled_updates_total",
+    "Stored updates a server read from PostgreSQL and delivered itself (the message queue lost or delayed them)",
+    ["cause"],
+)
 connections_refused = Counter(f"{PREFIX}_connections_refused_total", "Socket.IO connections refused", ["reason"])
 http_requests = Counter(f"{PREFIX}_http_requests_total", "HTTP requests served", ["method", "route", "status"])
 receive_to_emit = Histogram(
