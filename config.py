@@ -89,13 +89,15 @@ class Config:
         # Database queries of the connect path (tenant loads, replays) running at once.
         self.STATE_LOAD_CONCURRENCY = _int("STATE_LOAD_CONCURRENCY", 4)
         # Connect attempts per token (or logged-in user): a burst, then a rate; slowed up to a delay, then refused.
-        self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 10)
-        self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 2.0)
+        self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 20)
+        self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 5.0)
         self.CONNECT_MAX_DELAY_SECONDS = _float("CONNECT_MAX_DELAY_SECONDS", 3.0)
         self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
         self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_HEADERS_ENABLED = True
+        # Test-only fault point of the worker: "exit_before_emit" (tests/test_reconciliation.py).
+        self.WORKER_FAULT = os.environ.get("WORKER_FAULT", "")
         self.WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 0)
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"

@@ -105,10 +105,6 @@ def _connect(auth):
     )
     tenant_states.acquire(tenant_id)
     holding[request.sid] = tenant_id
-    if not _engineio_session_open():
-        # python-socketio drops an Engine.IO disconnect while the connect is pending: it never
-        # calls the disconnect handler for this client, so its slot would stay taken.
-        refuse("unavailable")
     tenant_states.serve(tenant_id, last_seq, epoch, _send, lambda: join_room(tenant_room(tenant_id)))
     log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq)
 
@@ -121,14 +117,6 @@ def _slow_down(token, identity):
         refuse("rate_limited")
     if wait:
         socketio.sleep(wait)
-
-
-def _engineio_session_open():
-    """Whether the Engine.IO connection of the client being connected is still there."""
-    server = socketio.server
-    eio_sid = server.manager.eio_sid_from_sid(request.sid, "/")
-    sock = server.eio.sockets.get(eio_sid) if eio_sid else None
-    return sock is not None and not sock.closed
 
 
 def disconnect_handler(*args):

@@ -117,6 +117,8 @@ class TenantStates:
         self.connect_wait = config["CONNECT_WAIT_SECONDS"]
         self.retention = config["EVENT_RETENTION_SECONDS"]
         self._db_slots = threading.BoundedSemaphore(config["STATE_LOAD_CONCURRENCY"])
+        self.states.clear()  # an app of its own starts with nothing held (tests build several)
+        self.clients.clear()
 
     # clients -----------------------------------------------------------------------------
 
@@ -325,7 +327,7 @@ class TenantStates:
                 return
             if state is None:
                 # Deleted: its clients get an empty snapshot, and a new epoch if it comes back.
-                state = TenantState(tenant_id, None, 0, self.ring_size)
+                state = TenantState(tenant_id, "", 0, self.ring_size)
             self.states[tenant_id] = state
             room = tenant_room(tenant_id)
             socketio.emit(RESYNC_EVENT, {"reason": reason}, to=room, ignore_queue=True)
@@ -361,7 +363,7 @@ class TenantStates:
         positions = self._read(lambda: Tenant.positions(held))
         behind = {}
         for tenant_id, state in held.items():
-            last_seq, epoch = positions.get(tenant_id, (0, None))
+            last_seq, epoch = positions.get(tenant_id, (0, ""))
             if epoch != state.epoch or last_seq < state.seq:
                 self.reset(tenant_id, "epoch_changed")
             elif last_seq > state.seq:

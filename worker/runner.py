@@ -1,6 +1,7 @@
 """Starting the consumer: as its own process (``python -m worker``) or inside the demo server."""
 
 import logging
+import os
 import signal
 
 from flask_socketio import SocketIO
@@ -19,6 +20,16 @@ DRAIN_TIMEOUT_SECONDS = 0.05
 def broker_connection(url, heartbeat):
     """A kombu connection for consuming; its clones publish dead letters with confirms."""
     return Connection(url, heartbeat=heartbeat, transport_options={"confirm_publish": True})
+
+
+class ExitBeforeEmit:
+    """A fault point for tests (``WORKER_FAULT=exit_before_emit``): the worker dies after its
+    first commit, before the emit, as when it is killed there. Servers must still converge."""
+
+    def emit(self, *args, **kwargs):
+        """Exit at once, without cleaning up."""
+        log.error("[WORKER] WORKER_FAULT=exit_before_emit: exiting between commit and emit")
+        os._exit(70)
 
 
 def build_consumer(app, connection, emitter):
@@ -45,6 +56,8 @@ def main():
         log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
         return 2
     emitter = SocketIO(message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading")
+    if config["WORKER_FAULT"] == "exit_before_emit":
+        emitter = ExitBeforeEmit()
     if config["WORKER_METRICS_PORT"]:
         start_http_server(config["WORKER_METRICS_PORT"], addr=config["HOST"])
         log.info("[WORKER] metrics on http://%s:%s/metrics", config["HOST"], config["WORKER_METRICS_PORT"])

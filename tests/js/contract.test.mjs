@@ -187,8 +187,9 @@ for (const [name, transports] of Object.entries(TRANSPORTS)) {
         assert.ok(client.socket.connected);
         assert.equal(client.socket.io.engine.transport.name, name);
         const [snapshot] = client.snapshots;
-        assert.deepEqual(Object.keys(snapshot).sort(), ["campaigns", "seq"]);
+        assert.deepEqual(Object.keys(snapshot).sort(), ["campaigns", "epoch", "seq"]);
         assert.ok(Number.isInteger(snapshot.seq) && snapshot.seq >= 0, `seq ${snapshot.seq}`);
+        assert.ok(typeof snapshot.epoch === "string" && snapshot.epoch.length > 0, `epoch ${snapshot.epoch}`);
         assert.ok(Array.isArray(snapshot.campaigns));
         snapshot.campaigns.forEach(assertCampaign);
         assert.ok(snapshot.campaigns.every((c) => c.tenant_id === TENANT));
@@ -236,6 +237,24 @@ for (const [name, transports] of Object.entries(TRANSPORTS)) {
       assert.equal(await refusal(transports, { token: "not-a-jwt" }), "unauthorized");
       assert.equal(await refusal(transports, {}), "unauthorized");
       assert.equal(await refusal(transports, { token: EXPIRED_TOKEN }), "token_expired");
+    });
+
+    test("a client from another epoch gets resync epoch_changed, then the snapshot", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const first = await connect(transports, { token: TOKEN });
+      const { epoch, seq } = first.snapshots[0];
+      close(first);
+      const same = await connect(transports, { token: TOKEN, epoch, last_seq: seq });
+      const other = await connect(transports, { token: TOKEN, epoch: "an-epoch-gone-by", last_seq: seq });
+      try {
+        assert.deepEqual(same.resyncs, []);
+        await waitFor(() => other.resyncs.length === 1 && other.snapshots.length === 1, "resync and snapshot");
+        assert.deepEqual(other.resyncs[0], { reason: "epoch_changed" });
+        assert.equal(other.snapshots[0].epoch, epoch);
+        assert.ok(other.updates.every((u) => !u.replayed), "nothing replayed across epochs");
+      } finally {
+        close(same);
+        close(other);
+      }
     });
 
     test("reconnecting with auth.last_seq replays the missed updates", { timeout: TEST_TIMEOUT_MS }, async () => {
