@@ -237,7 +237,13 @@
   CampaignLive.prototype.snapshot = function (snapshot) {
     // After a resync, or in another epoch (the tenant's seq started again from 1), the snapshot
     // is the truth: its campaigns replace ours whatever their version, and seq restarts from it.
-    var replace = this.resyncPending || (this.epoch && snapshot.epoch && snapshot.epoch !== this.epoch);
+    var newEpoch = this.resyncReason === "epoch_changed" ||
+      Boolean(this.epoch && snapshot.epoch && snapshot.epoch !== this.epoch);
+    var replace = this.resyncPending || newEpoch;
+    if (newEpoch) {
+      // Versions of another epoch mean nothing here: forget them (the rows stay until updated).
+      this.campaigns = {};
+    }
     snapshot.campaigns.forEach(function (campaign) { this.apply(campaign, null, replace); }, this);
     this.snapshotSeq = snapshot.seq;
     if (replace) {
@@ -254,6 +260,7 @@
       this.epoch = snapshot.epoch;
     }
     this.resyncPending = false;
+    this.resyncReason = null;
     this.sentLastSeq = false;
   };
 
@@ -262,6 +269,7 @@
     console.log(LOG, "resync: " + (data && data.reason));
     this.ahead = {};
     this.resyncPending = true;
+    this.resyncReason = data && data.reason;
   };
 
   CampaignLive.prototype.receive = function (update) {
