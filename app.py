@@ -43,6 +43,7 @@ from campaigns.pages import bp as pages_bp
 from config import Config
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
+from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
 from sockets.stream import UpdateStreamManager
@@ -91,6 +92,8 @@ def socketio_options(config):
         "max_http_buffer_size": config["MAX_HTTP_BUFFER_SIZE"],
         # sockets/sweeper.py checks the sockets instead (started by main).
         "monitor_clients": False,
+        # A snapshot sent to many clients is encoded once (sockets/encoding.py).
+        "json": PacketJSON,
         "cors_allowed_origins": (origins if origins == "*" else origins.split(",")) if origins else None,
         "logger": logging.getLogger("socketio"),
         "engineio_logger": logging.getLogger("engineio"),

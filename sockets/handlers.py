@@ -17,7 +17,7 @@ from campaigns.auth import AuthError, identity_from_session, identity_from_token
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, tenant_room
 from extensions import db, socketio
 from sockets.limits import ConnectThrottle, TokenBucket
-from sockets.tenants import Unavailable, tenant_states
+from sockets.tenants import Unavailable, UnknownTenant, tenant_states
 
 log = logging.getLogger(__name__)
 DISCONNECT_AFTER_REFUSALS = 20
@@ -42,7 +42,8 @@ def authenticate_socket(auth):
     token = auth.get("token") if isinstance(auth, dict) else None
     try:
         if token is not None:
-            return identity_from_token(token)
+            # Existence is checked by loading the tenant (tenant_states.acquire), not once per connect.
+            return identity_from_token(token, tenant_exists=lambda tenant_id: True)
         identity = identity_from_session()
     except AuthError as exc:
         refuse(exc.code)
@@ -103,7 +104,10 @@ def _connect(auth):
     budgets[request.sid] = TokenBucket(
         current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
     )
-    tenant_states.acquire(tenant_id)
+    try:
+        tenant_states.acquire(tenant_id)
+    except UnknownTenant:
+        refuse("unauthorized")
     holding[request.sid] = tenant_id
     tenant_states.serve(tenant_id, last_seq, epoch, _send, lambda: join_room(tenant_room(tenant_id)))
     log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq)
@@ -171,7 +175,7 @@ def replay(data=None):
     if reason is not None:
         metrics.resyncs_sent.labels(reason).inc()
         _send(RESYNC_EVENT, {"reason": reason})
-        _send(SNAPSHOT_EVENT, tenant_states.snapshot(identity.tenant_id))
+        _send(SNAPSHOT_EVENT, tenant_states.encoded_snapshot(identity.tenant_id))
         return {"ok": True, "resync": True}
     for payload in replayed:
         _send(UPDATE_EVENT, payload)

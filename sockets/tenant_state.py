@@ -19,6 +19,7 @@ from itertools import islice
 
 from campaigns.models import ACTIVE_STATUSES, SNAPSHOT_ENDED_WITHIN, SNAPSHOT_LIMIT
 from campaigns.updates import as_replayed
+from sockets.encoding import PreEncoded
 
 # A quiet tenant's snapshot is rebuilt after this long all the same, so ended campaigns leave it.
 SNAPSHOT_REUSE = timedelta(seconds=60)
@@ -55,6 +56,7 @@ class TenantState:
         self.ahead = {}
         self._snapshot = None
         self._snapshot_built = None
+        self._encoded = None
 
     # feeding -----------------------------------------------------------------------------
 
@@ -128,6 +130,13 @@ class TenantState:
         return [entry.campaign["id"] for entry in self.campaigns.values() if entry.provisional]
 
     # serving -----------------------------------------------------------------------------
+
+    def encoded_snapshot(self, now):
+        """The snapshot as ``PreEncoded`` JSON: encoded once per ``seq`` for every client it goes to."""
+        snapshot = self.snapshot(now)
+        if self._encoded is None or self._encoded[0] is not snapshot:
+            self._encoded = (snapshot, PreEncoded(snapshot))
+        return self._encoded[1]
 
     def snapshot(self, now):
         """The ``campaign_snapshot`` payload at ``seq``, built once per ``seq`` and reused."""

@@ -46,6 +46,10 @@ class Unavailable(Exception):
     """What a client needs could not be read in time (database slow, down, or busy)."""
 
 
+class UnknownTenant(Exception):
+    """The tenant does not exist (or no longer does)."""
+
+
 @dataclass
 class _Call:
     done: object
@@ -125,21 +129,22 @@ class TenantStates:
     def acquire(self, tenant_id):
         """Count one more client of ``tenant_id``, loading the tenant first if it is not held.
 
-        Raises ``Unavailable`` (and counts nothing) when the load fails or takes too long.
+        Raises ``Unavailable`` (and counts nothing) when the load fails or takes too long, and
+        ``UnknownTenant`` when the tenant does not exist.
         """
         with self.lock:
             self.clients[tenant_id] += 1
-            if tenant_id in self.states:
-                return
-        try:
-            self.flights.run(("load", tenant_id), lambda: self._load(tenant_id), self.connect_wait)
-        except Unavailable:
-            self.release(tenant_id)
-            raise
-        with self.lock:
-            if tenant_id not in self.states:  # dropped meanwhile by a reset that failed
+            state = self.states.get(tenant_id)
+        if state is None:
+            try:
+                self.flights.run(("load", tenant_id), lambda: self._load(tenant_id), self.connect_wait)
+            except Unavailable:
                 self.release(tenant_id)
-                raise Unavailable(f"tenant {tenant_id} could not be loaded")
+                raise
+            state = self.states.get(tenant_id)
+        if state is None or not state.epoch:  # no such tenant, or deleted since it was loaded
+            self.release(tenant_id)
+            raise UnknownTenant(tenant_id)
 
     def release(self, tenant_id):
         """Count one client less; the tenant's state goes with its last client."""
@@ -161,8 +166,7 @@ class TenantStates:
             if reason:
                 metrics.resyncs_sent.labels(reason).inc()
                 send(RESYNC_EVENT, {"reason": reason})
-            snapshot = state.snapshot(utcnow())
-            send(SNAPSHOT_EVENT, snapshot)
+            send(SNAPSHOT_EVENT, state.encoded_snapshot(utcnow()))
             if replayed is not None:
                 sent = replayed[-1]["seq"] if replayed else last_seq
                 # What came in while the replay was read from the database, if anything.
@@ -204,10 +208,10 @@ class TenantStates:
             return "history_expired", None
         return None, [as_replayed(payload) for payload in stored]
 
-    def snapshot(self, tenant_id):
-        """The tenant's current snapshot (the tenant must be held)."""
+    def encoded_snapshot(self, tenant_id):
+        """The tenant's current snapshot, encoded once (the tenant must be held)."""
         with self.lock:
-            return self.states[tenant_id].snapshot(utcnow())
+            return self.states[tenant_id].encoded_snapshot(utcnow())
 
     def not_before(self):
         """The oldest time of the kept history."""
@@ -331,7 +335,7 @@ class TenantStates:
             self.states[tenant_id] = state
             room = tenant_room(tenant_id)
             socketio.emit(RESYNC_EVENT, {"reason": reason}, to=room, ignore_queue=True)
-            socketio.emit(SNAPSHOT_EVENT, state.snapshot(utcnow()), to=room, ignore_queue=True)
+            socketio.emit(SNAPSHOT_EVENT, state.encoded_snapshot(utcnow()), to=room, ignore_queue=True)
             metrics.resyncs_sent.labels(reason).inc()
         log.warning("[WEBSOCKET] tenant %s reloaded at seq %s: clients resync (%s)", tenant_id, state.seq, reason)
 

@@ -1,8 +1,10 @@
 """The per-tenant state a server keeps (sockets/tenant_state.py): plain rules, no database."""
 
+import json
 from datetime import timedelta
 
 from campaigns.timeutil import isoformat, utcnow
+from sockets.encoding import PacketJSON
 from sockets.tenant_state import CampaignEntry, TenantState
 
 NOW = utcnow()
@@ -101,3 +103,13 @@ def test_loading_keeps_the_recent_updates_only_when_they_end_at_the_loaded_seq()
     recent = [update(seq, campaign("a", seq)) for seq in (3, 4, 5)]
     assert [u["seq"] for u in loaded(seq=5, recent=recent).recent] == [3, 4, 5]
     assert list(loaded(seq=6, recent=recent).recent) == []
+
+
+def test_the_snapshot_is_encoded_once_per_seq_and_sent_as_that_json():
+    state = loaded(seq=1, entries=[CampaignEntry(campaign("a", 1), NOW, None)])
+    encoded = state.encoded_snapshot(NOW)
+    assert state.encoded_snapshot(NOW) is encoded
+    packet = PacketJSON.dumps(["campaign_snapshot", encoded], separators=(",", ":"))
+    assert json.loads(packet) == ["campaign_snapshot", state.snapshot(NOW)]
+    state.apply(update(2, campaign("a", 2)))
+    assert json.loads(state.encoded_snapshot(NOW).text)["seq"] == 2
