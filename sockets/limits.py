@@ -28,15 +28,22 @@ class ConnectThrottle:
     """Connect attempts per credential: ``burst`` at once, then ``rate`` per second.
 
     An attempt over the budget is slowed (told how long to wait) as long as its wait stays within
-    ``max_wait`` seconds, and refused beyond. Idle credentials are forgotten by ``prune``.
+    ``max_wait`` seconds, and refused beyond. Credentials whose budget refilled are forgotten
+    every ``PRUNE_EVERY`` attempts, so memory follows the credentials seen recently.
     """
+
+    PRUNE_EVERY = 1024
 
     def __init__(self, burst, rate, max_wait):
         self.burst, self.rate, self.max_wait = burst, rate, max_wait
         self._tokens = {}
+        self._reserved = 0
 
     def reserve(self, key):
         """Seconds to wait before this attempt may go on (0 for none), or None to refuse it."""
+        self._reserved += 1
+        if self._reserved % self.PRUNE_EVERY == 0:
+            self.prune()
         now = time.monotonic()
         tokens, updated = self._tokens.get(key, (float(self.burst), now))
         tokens = min(self.burst, tokens + (now - updated) * self.rate) - 1
