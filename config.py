@@ -78,6 +78,11 @@ class Config:
         # Client events (``replay``) per connection: a burst, then this many per second.
         self.SOCKET_EVENT_BURST = _int("SOCKET_EVENT_BURST", 10)
         self.SOCKET_EVENT_RATE = _float("SOCKET_EVENT_RATE", 1.0)
+        # Failure alert (campaigns/rules.py): a running campaign failing at least this share of
+        # at least that many messages over the window.
+        self.FAILURE_ALERT_RATE = _float("FAILURE_ALERT_RATE", 0.2)
+        self.FAILURE_ALERT_WINDOW_SECONDS = _float("FAILURE_ALERT_WINDOW_SECONDS", 60.0)
+        self.FAILURE_ALERT_MIN_MESSAGES = _int("FAILURE_ALERT_MIN_MESSAGES", 20)
         # Recovery (CONTRACT.md section 2): a client further behind than this gets resync + snapshot.
         self.REPLAY_MAX_UPDATES = _int("REPLAY_MAX_UPDATES", 1000)
         # Newest updates each server keeps in memory per tenant it has clients for (replay without a query).

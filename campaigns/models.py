@@ -91,6 +91,9 @@ class Campaign(db.Model):
     # Throttle state, kept here so that any worker can deliver a merged update after a crash.
     last_emitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     emit_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # campaigns/rules.py: the alert the clients see, and the message counts it is decided on.
+    failure_alert: Mapped[dict | None] = mapped_column(JSONType)
+    failure_window: Mapped[list | None] = mapped_column(JSONType)
 
     @classmethod
     def new(cls, tenant_id, campaign_id):
@@ -175,6 +178,7 @@ class Campaign(db.Model):
             "updated_at": isoformat(self.updated_at),
             "completed_at": isoformat(self.completed_at),
             "version": self.version,
+            "failure_alert": self.failure_alert,
         }
 
     @classmethod

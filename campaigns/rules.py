@@ -51,3 +51,29 @@ class FailureAlertRule:
 def alert_changed(before, after):
     """True when an update sets or clears the alert: it is then emitted at once."""
     return (before is None) != (after is None)
+
+
+# The window is kept as a few buckets of counts in the campaign's row: ``[[bucket, sent, failed]]``,
+# ``bucket`` being the index of a slice of window_seconds / WINDOW_BUCKETS since the epoch.
+WINDOW_BUCKETS = 12
+
+
+def _bucket(rule, now):
+    return int(now.timestamp() // (rule.window_seconds / WINDOW_BUCKETS))
+
+
+def record_message(rule, window, kind, now):
+    """The window after one ``message_sent`` or ``message_failed`` applied at ``now``."""
+    current = _bucket(rule, now)
+    kept = [list(entry) for entry in (window or []) if entry[0] > current - WINDOW_BUCKETS]
+    if not kept or kept[-1][0] != current:
+        kept.append([current, 0, 0])
+    kept[-1][1 if kind == "message_sent" else 2] += 1
+    return kept
+
+
+def window_counts(rule, window, now):
+    """``(sent, failed)`` over the window ending at ``now`` (to one bucket's precision)."""
+    current = _bucket(rule, now)
+    recent = [entry for entry in (window or []) if entry[0] > current - WINDOW_BUCKETS]
+    return sum(entry[1] for entry in recent), sum(entry[2] for entry in recent)

@@ -1,8 +1,8 @@
 """The campaign rules of campaigns/rules.py, without a database."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from campaigns.rules import FailureAlertRule, alert_changed
+from campaigns.rules import FailureAlertRule, alert_changed, record_message, window_counts
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 RULE = FailureAlertRule(rate=0.2, window_seconds=60, min_messages=20)
@@ -33,3 +33,16 @@ def test_setting_and_clearing_are_changes_but_a_new_rate_is_not():
     alert = {"rate": 0.5, "window_seconds": 60, "since": "x"}
     assert alert_changed(None, alert) and alert_changed(alert, None)
     assert not alert_changed(alert, {**alert, "rate": 0.4}) and not alert_changed(None, None)
+
+
+def test_the_window_counts_the_last_window_seconds_of_messages():
+    window = None
+    for second in range(0, 60):
+        kind = "message_failed" if second % 4 == 0 else "message_sent"
+        window = record_message(RULE, window, kind, NOW + timedelta(seconds=second))
+    assert window_counts(RULE, window, NOW + timedelta(seconds=59)) == (45, 15)
+    # 30 s later the first half of them has left the window (one bucket of 5 s is the precision).
+    sent, failed = window_counts(RULE, window, NOW + timedelta(seconds=89))
+    assert (sent, failed) == (23, 7)  # the messages of seconds 30-59
+    assert window_counts(RULE, window, NOW + timedelta(seconds=200)) == (0, 0)
+    assert len(window) <= 12
