@@ -69,6 +69,8 @@ def client_strings():
         "eta_done": _("done"),
         "sent": _("sent"),
         "failed_label": _("failed"),
+        "failure_alert": _("Failing: %(rate)s of the messages of the last %(window)s s, since %(since)s"),
+        "failure_alert_toast": _("%(name)s is failing: %(rate)s of its recent messages"),
     }
 
 

@@ -374,7 +374,25 @@
     setTimeout(function () { element.remove(); }, TOAST_MS);
   };
 
+  // The failure alert's banner text (the pages' template says the same: _macros.html).
+  CampaignLive.prototype.alertText = function (campaign) {
+    var alert = campaign.failure_alert;
+    if (!alert) {
+      return "";
+    }
+    return format(this.strings.failure_alert || "%(rate)s", {
+      rate: Math.round(alert.rate * 100) + "%",
+      window: Math.round(alert.window_seconds),
+      since: String(alert.since).slice(11, 19) + " UTC"
+    });
+  };
+
   CampaignLive.prototype.toastFor = function (update, campaign, previous) {
+    if (campaign.failure_alert && !(previous && previous.failure_alert)) {
+      this.toast("error", format(this.strings.failure_alert_toast || "%(name)s", {
+        name: campaign.name, rate: Math.round(campaign.failure_alert.rate * 100) + "%"
+      }));
+    }
     var key = STATUS_TOASTS[update.type];
     if (key && (!previous || previous.status !== campaign.status || update.type === "campaign_started")) {
       var kind = key === "failed" ? "error" : key === "completed" ? "success" : "info";

@@ -230,3 +230,24 @@ def test_an_open_page_resyncs_when_its_tenant_is_created_again(stack, page, publ
     wait_until(lambda: cell(page, "c1", "sent").inner_text().strip() == "1", 10, message="the new life's count")
     assert console_has(page, "resync: epoch_changed")
     assert page.locator("#connection").get_attribute("data-state") == "live"
+
+
+def test_a_failing_campaign_shows_its_alert_on_the_dashboard_and_its_page(stack, page, publisher):
+    tenant = stack.create_tenant(name="Failing Co")
+    log_in(page, stack.servers[0], create_user(stack, tenant))
+    page.wait_for_selector(LIVE, timeout=15000)
+    publisher.publish(started(tenant, "promo", 500, name="Promo"))
+    for number in range(15):
+        publisher.publish(event(tenant, "promo", "message_sent", message_id=f"s{number}"))
+    for number in range(10):
+        publisher.publish(event(tenant, "promo", "message_failed", message_id=f"f{number}", error="number banned"))
+    banner = row(page, "promo").locator('[data-field="failure_alert"]')
+    banner.wait_for(state="visible", timeout=10000)
+    assert re.search(r"Failing: 40% of the messages of the last 60 s, since \d\d:\d\d:\d\d UTC", banner.inner_text())
+    wait_until(lambda: page.locator("#toasts").inner_text().count("Promo is failing: 40%") == 1, 5, message="toast")
+
+    page.goto(stack.servers[0].url + "/campaigns/promo")
+    page.wait_for_selector(LIVE, timeout=15000)
+    assert "Failing: 40%" in page.locator('#campaign [data-field="failure_alert"]').inner_text()
+    publisher.publish(event(tenant, "promo", "campaign_paused", reason="provider outage"))
+    page.locator('#campaign [data-field="failure_alert"]').wait_for(state="hidden", timeout=10000)
