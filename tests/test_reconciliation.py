@@ -194,7 +194,7 @@ def insert_stored_updates(stack, tenant, count):
             'campaign', jsonb_build_object('id', 'bulk', 'tenant_id', %(tenant)s, 'name', 'Bulk', 'status', 'running',
                 'total', %(count)s, 'sent', n, 'failed', 0, 'pending', %(count)s - n, 'progress', n::float / %(count)s,
                 'current_message', null, 'last_error', null, 'started_at', null, 'updated_at', null,
-                'completed_at', null, 'version', n)), now()
+                'completed_at', null, 'version', n, 'failure_alert', null)), now()
         FROM generate_series(1, %(count)s) AS n;
         UPDATE tenants SET last_seq = %(count)s WHERE id = %(tenant)s;
         """,

@@ -38,7 +38,7 @@ const WAIT_MS = 15_000;
 const TEST_TIMEOUT_MS = 60_000;
 const CAMPAIGN_KEYS = [
   "id", "tenant_id", "name", "status", "total", "sent", "failed", "pending", "progress",
-  "current_message", "last_error", "started_at", "updated_at", "completed_at", "version",
+  "current_message", "last_error", "started_at", "updated_at", "completed_at", "version", "failure_alert",
 ].sort();
 const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
 
@@ -156,6 +156,7 @@ function assertCampaign(campaign) {
     assert.ok(Number.isInteger(campaign[key]), `${key} is an integer: ${campaign[key]}`);
   }
   assert.equal(typeof campaign.progress, "number");
+  assert.ok(campaign.failure_alert === null || typeof campaign.failure_alert.rate === "number", "failure_alert");
   assert.ok(campaign.progress >= 0 && campaign.progress <= 1, `progress ${campaign.progress}`);
   assert.equal(campaign.pending, Math.max(campaign.total - campaign.sent - campaign.failed, 0));
   for (const key of ["started_at", "updated_at", "completed_at"]) {
@@ -214,7 +215,7 @@ for (const [name, transports] of Object.entries(TRANSPORTS)) {
           {
             id: id("live"), tenant_id: TENANT, name: "JS live", status: "running", total: 4, sent: 0, failed: 0,
             pending: 4, progress: 0, current_message: null, last_error: null, started_at: null, updated_at: null,
-            completed_at: null, version: 1,
+            completed_at: null, version: 1, failure_alert: null,
           },
         );
         assert.match(started.campaign.started_at, RFC3339);
