@@ -26,6 +26,11 @@ receive_to_emit = Histogram(
     "From the worker receiving a batch's first message to emitting its immediate updates",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+worker_retries = Counter(
+    f"{PREFIX}_worker_retries_total",
+    "Worker attempts that failed for a reason other than the event (nothing acknowledged; tried again)",
+    ["reason"],
+)
 batch_size = Histogram(
     f"{PREFIX}_worker_batch_size", "Messages per applied batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000)
 )
@@ -93,6 +98,27 @@ class PacketWritesCollector:
 def watch_packet_writes(writes):
     """Count the packets of a ``sockets.fanout.DirectWrites`` by path at scrape time."""
     _register_once(PacketWritesCollector(writes))
+
+
+class WorkerReadyCollector:
+    """1 while the worker can apply events, 0 while it retries the database or reconnects to the
+    broker (worker/health.py). Exported by workers only: a server has no such state."""
+
+    def __init__(self, health):
+        self.health = health
+
+    def collect(self):
+        """Yield the gauge."""
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_worker_ready", "1 while the worker can apply events, 0 while it retries or reconnects"
+        )
+        gauge.add_metric([], 1 if self.health.readiness()[0] else 0)
+        yield gauge
+
+
+def watch_worker_health(health):
+    """Export a ``worker.health.WorkerHealth`` as ``campaign_live_worker_ready``."""
+    _register_once(WorkerReadyCollector(health))
 
 
 def reason_code(reason):

@@ -4,6 +4,12 @@ One loop (kombu's ``ConsumerMixin``) does everything in order, so there is no lo
 inside the process: messages are collected by ``on_message``; ``on_iteration`` turns a
 full (or lingering) batch into one database transaction, emits merged updates whose
 throttle window has ended, and prunes old history from time to time.
+
+Failures (worker/failures.py): a database error that the event cannot have caused is
+retried with backoff, acknowledging nothing, for as long as it lasts; only an event that
+fails alone with an error of its own is dead-lettered. Whatever fails after a commit (the
+ack, a dead letter, the emit), the batch's updates are emitted and the tenant locks given
+back before the error goes on to kombu's reconnection.
 """
 
 import contextlib
@@ -12,7 +18,6 @@ import select
 import time
 
 from kombu.mixins import ConsumerProducerMixin
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from campaigns import metrics
@@ -20,19 +25,17 @@ from campaigns.events import InvalidEvent, parse_event
 from campaigns.ingest import DUE_BATCH, TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
+from worker.failures import caused_by_event, describe, retry_reason
+from worker.health import WorkerHealth
 from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
 
 log = logging.getLogger(__name__)
 DUE_CHECK_SECONDS = 0.1
 PRUNE_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 10.0
-
-
-def is_transient(exc):
-    """True for database errors that a retry may cure (server down, connection lost)."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+# A flush of merged updates or a prune that fails for another reason than the database
+# (which in_transaction retries) is tried again this much later, not in a tight loop.
+TASK_RETRY_SECONDS = 5.0
 
 
 class StopRequested(Exception):
@@ -42,8 +45,13 @@ class StopRequested(Exception):
 class EventConsumer(ConsumerProducerMixin):
     """Consumes ``campaign.events``; see the module docstring for the loop."""
 
-    def __init__(self, connection, engine, emitter, settings):
+    def __init__(self, connection, engine, emitter, settings, health=None):
         self.connection = connection
+        self.health = health or WorkerHealth()
+        self.session_settings = {
+            "lock_timeout": int(settings.get("WORKER_LOCK_TIMEOUT_SECONDS", 10.0) * 1000),
+            "statement_timeout": int(settings.get("WORKER_STATEMENT_TIMEOUT_SECONDS", 30.0) * 1000),
+        }
         self.engine = engine
         self.emitter = emitter
         self.queue = worker_queue(settings["WORKER_QUEUE"])
@@ -81,6 +89,7 @@ class EventConsumer(ConsumerProducerMixin):
     def on_consume_ready(self, connection, channel, consumers, **kwargs):
         """Remember the live connection (for heartbeats while waiting on the database)."""
         self.active_connection = connection
+        self.health.ok("broker")
         log.info("[WORKER] consuming from %s", self.queue.name)
 
     def on_connection_revived(self):
@@ -93,6 +102,8 @@ class EventConsumer(ConsumerProducerMixin):
     def on_connection_error(self, exc, interval):
         """Log broker outages; kombu retries the connection."""
         log.warning("[WORKER] broker unavailable (%s); retrying in %.1fs", exc, interval)
+        self.health.fail("broker", f"{exc.__class__.__name__}: {str(exc)[:200]}")
+        metrics.worker_retries.labels("broker_unavailable").inc()
 
     def on_message(self, message):
         """Collect a message; ``on_iteration`` applies the batch."""
@@ -105,17 +116,36 @@ class EventConsumer(ConsumerProducerMixin):
         """Apply a batch once it is full, the broker has nothing more ready, or it waited too long."""
         now = time.monotonic()
         if self.batch and (
-            len(self.batch) >= self.batch_size
-            or now - self.batch_started >= self.linger
-            or not self.more_ready()
+            len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger or not self.more_ready()
         ):
             self.process_batch()
         if now >= self.next_due_check:
-            more_due = self.emit_due_updates()
+            more_due = self.run_task("emit_due_updates", self.emit_due_updates)
             self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
         if now >= self.next_prune:
             self.next_prune = now + self.prune_every
-            self.prune_history()
+            self.run_task("prune_history", self.prune_history)
+
+    def run_task(self, name, task):
+        """Run a periodic task; an error it raises is logged and the task tried again later.
+
+        The database's own failures are retried inside (``in_transaction``); what reaches
+        here is anything else (a bug, a row PostgreSQL refuses). It must not stop the worker:
+        the loop goes on applying events. A lost broker connection still goes to kombu.
+        """
+        try:
+            return task()
+        except self.connection.connection_errors:
+            raise
+        except StopRequested:
+            return False
+        except Exception as exc:
+            log.exception("[WORKER] %s failed (%s); trying again in %.0fs", name, describe(exc), TASK_RETRY_SECONDS)
+            metrics.worker_retries.labels("task_failed").inc()
+            later = time.monotonic() + TASK_RETRY_SECONDS
+            if name == "emit_due_updates":
+                self.next_due_check = later
+            return False
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
@@ -146,9 +176,23 @@ class EventConsumer(ConsumerProducerMixin):
     # database ------------------------------------------------------------------
 
     def open_database(self):
-        """A dedicated connection: advisory locks must be released on the one that took them."""
+        """A dedicated connection: advisory locks must be released on the one that took them.
+
+        On PostgreSQL it gets ``lock_timeout`` (a tenant lock another worker does not give
+        back) and ``statement_timeout`` (a statement that hangs): either ends in an error the
+        worker backs off from and retries, instead of waiting forever.
+        """
         if self.session is None:
             connection = self.engine.connect()
+            try:
+                if connection.dialect.name == "postgresql":
+                    for name, milliseconds in self.session_settings.items():
+                        connection.exec_driver_sql(f"SET SESSION {name} = {int(milliseconds)}")
+                    connection.commit()  # a SET in a transaction that rolls back would be undone
+            except Exception:
+                connection.invalidate()
+                connection.close()
+                raise
             self.session = Session(bind=connection, expire_on_commit=False)
             self.locks = TenantLocks(self.session)
         return self.session
@@ -168,21 +212,36 @@ class EventConsumer(ConsumerProducerMixin):
         self.session = None
         self.locks = None
 
-    def in_transaction(self, work):
-        """Run ``work(session)`` and commit, retrying with backoff while the database is down."""
+    def in_transaction(self, work, retry=True):
+        """Run ``work(session)`` and commit; on a failure the event cannot have caused, back off and retry.
+
+        Nothing is acknowledged meanwhile: a database that is down, read-only, behind the
+        code's schema or slow costs time, never an event. The connection is dropped on every
+        failure (with it any advisory lock, and a session setting such as a read-only default
+        that a failover left). An error that may be the event's is raised to the caller, as
+        is every error when ``retry`` is False.
+        """
         delay = 0.25
         while True:
             try:
                 session = self.open_database()
                 result = work(session)
                 session.commit()
+                self.health.ok("database")
                 return result
             except Exception as exc:
-                if not is_transient(exc):
-                    self.close_database()
-                    raise
                 self.close_database()
-                log.warning("[WORKER] database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                if caused_by_event(exc) or not retry:
+                    raise
+                reason = retry_reason(exc)
+                metrics.worker_retries.labels(reason).inc()
+                self.health.fail("database", f"{reason}: {describe(exc)}")
+                log.warning(
+                    "[WORKER] database failed (%s: %s); nothing acknowledged, retrying in %.1fs",
+                    reason,
+                    describe(exc),
+                    delay,
+                )
                 self.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
@@ -238,26 +297,17 @@ class EventConsumer(ConsumerProducerMixin):
         except StopRequested:
             return  # nothing acknowledged: the broker redelivers these to the next worker
         except Exception as exc:
-            log.exception("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), exc)
+            log.warning("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), describe(exc))
             self.release_locks()
             for pair in pairs:
                 self.process_alone(*pair)
             return
-        unknown = {event.tenant_id for event in result.unknown_tenant}
-        for event, message in pairs:
-            if event.tenant_id in unknown:
-                self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
-        self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
-        self.record(result)
-        try:
-            self.emit(result.updates)
-        finally:
-            self.release_locks()  # even when the emit fails: other workers wait on these tenants
+        self.after_commit(pairs, result)
         if result.updates:
             metrics.receive_to_emit.observe(metrics.since(received))
 
     def process_alone(self, event, message):
-        """Apply one event in its own transaction; dead-letter it if it cannot be applied."""
+        """Apply one event in its own transaction; dead-letter it only if it fails by its own fault."""
         try:
             result = self.in_transaction(
                 lambda session: apply_batch(session, [event], utcnow(), self.throttle_seconds, self.locks)
@@ -269,15 +319,37 @@ class EventConsumer(ConsumerProducerMixin):
             log.exception("[WORKER] event %s cannot be applied", event.event_id)
             self.dead_letter(message, f"apply_failed: {exc.__class__.__name__}")
             return
-        if result.unknown_tenant:
-            self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
-        else:
-            self.acknowledge([message])
-        self.record(result)
+        self.after_commit([(event, message)], result)
+
+    def after_commit(self, pairs, result):
+        """Settle the messages of a committed batch, emit its updates, give the tenant locks back.
+
+        The emit and the release happen whatever fails before them: a broker connection
+        lost at the ack leaves the locks held on our database session otherwise (other
+        workers would wait on those tenants for good) and the committed updates unsent. The
+        messages come back by redelivery and are then counted as duplicates.
+        """
+        unknown = {event.tenant_id for event in result.unknown_tenant}
         try:
-            self.emit(result.updates)
+            for event, message in pairs:
+                if event.tenant_id in unknown:
+                    self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
+            self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
+        except Exception as exc:
+            log.warning(
+                "[WORKER] broker connection lost after committing %d events (%s); emitting, releasing the "
+                "tenant locks, reconnecting (the broker redelivers them: duplicates, applied once)",
+                len(result.applied),
+                describe(exc),
+            )
+            metrics.worker_retries.labels("broker_lost_after_commit").inc()
+            raise
         finally:
-            self.release_locks()
+            self.record(result)
+            try:
+                self.emit(result.updates)
+            finally:
+                self.release_locks()
 
     def acknowledge(self, messages):
         """Acknowledge applied messages: on AMQP one cumulative ack up to the newest one.
@@ -380,10 +452,10 @@ class EventConsumer(ConsumerProducerMixin):
                 return True
 
     def prune_history(self):
-        """Delete history past its retention."""
+        """Delete history past its retention (a failure is tried again at the next prune)."""
         try:
             counts = self.in_transaction(
-                lambda session: prune(session, utcnow(), self.update_retention, self.event_retention)
+                lambda session: prune(session, utcnow(), self.update_retention, self.event_retention), retry=False
             )
         except StopRequested:
             return
@@ -402,6 +474,10 @@ class EventConsumer(ConsumerProducerMixin):
                 campaign["name"],
                 payload["seq"],
             )
-            self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
+            try:
+                self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
+            except Exception:  # noqa: BLE001 - stored, so clients replay it; the loop must go on
+                log.exception("[WORKER] could not emit seq %d", payload["seq"])
+                continue
             metrics.updates_emitted.labels(payload["type"]).inc()
         self.stats["emitted"] += len(updates)
