@@ -166,7 +166,7 @@ class EventConsumer(ConsumerProducerMixin):
         try:
             if self.batch:
                 self.process_batch()
-            self.emit_due_updates(force=True)
+            self.run_task("emit_due_updates", lambda: self.emit_due_updates(force=True))
         except StopRequested:
             pass
         finally:
