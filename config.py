@@ -87,6 +87,8 @@ class Config:
         # holds, and how long one statement may run, before it backs off and tries again.
         self.WORKER_LOCK_TIMEOUT_SECONDS = _float("WORKER_LOCK_TIMEOUT_SECONDS", 10.0)
         self.WORKER_STATEMENT_TIMEOUT_SECONDS = _float("WORKER_STATEMENT_TIMEOUT_SECONDS", 30.0)
+        # PostgreSQL ends a worker session idle this long (with its tenant locks): a frozen worker.
+        self.WORKER_IDLE_SESSION_TIMEOUT_SECONDS = _float("WORKER_IDLE_SESSION_TIMEOUT_SECONDS", 60.0)
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
