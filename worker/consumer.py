@@ -18,6 +18,7 @@ import select
 import time
 
 from kombu.mixins import ConsumerProducerMixin
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from campaigns import metrics
@@ -355,9 +356,33 @@ class EventConsumer(ConsumerProducerMixin):
         finally:
             self.record(result)
             try:
-                self.emit(result.updates)
+                self.emit_under_locks(result.updates)
             finally:
                 self.release_locks()
+
+    def emit_under_locks(self, updates):
+        """Emit updates only while our session, and so the tenant locks, still exists.
+
+        A worker frozen or cut off after its commit may have lost its session (PostgreSQL's
+        ``idle_session_timeout``, an operator): another worker has then taken the tenants
+        over and emitted later ``seq`` numbers. Emitting ours now would send a tenant's live
+        updates out of order; they are stored, so clients get them by replay instead. One
+        round trip, only when there is something to emit.
+        """
+        if not updates:
+            return
+        if self.locks is not None and self.locks.enabled and self.locks.held:
+            try:
+                self.session.execute(text("SELECT 1"))
+            except Exception as exc:  # noqa: BLE001 - any failure: the session, and the locks, may be gone
+                log.warning(
+                    "[WORKER] database session lost before emitting %d updates (%s); not emitting them out of "
+                    "order: they are stored, clients replay them",
+                    len(updates),
+                    describe(exc),
+                )
+                return
+        self.emit(updates)
 
     def acknowledge(self, messages):
         """Acknowledge applied messages: on AMQP one cumulative ack up to the newest one.
@@ -448,7 +473,7 @@ class EventConsumer(ConsumerProducerMixin):
             except StopRequested:
                 return False
             try:
-                self.emit(updates)
+                self.emit_under_locks(updates)
             finally:
                 self.release_locks()
             if len(updates) < DUE_BATCH:

@@ -3,8 +3,9 @@
 A frozen (or cut-off) worker cannot release anything itself. PostgreSQL ends its idle
 session after ``WORKER_IDLE_SESSION_TIMEOUT_SECONDS`` and the session's advisory locks go
 with it, so the other worker takes the tenant over; when the frozen one wakes up it finishes
-its batch (ack, emit) on a session that is gone, reconnects, and nothing is lost or applied
-twice.
+its batch on a session that is gone: it must not emit that batch's updates then (the other
+worker has emitted later ``seq`` since), so clients still get the tenant's live updates in
+``seq`` order; nothing is lost or applied twice.
 """
 
 import os
@@ -17,14 +18,18 @@ from tests import support
 from tests.faults.helpers import (
     CommitTrigger,
     Ledger,
+    SeqClient,
     StreamPublisher,
     TcpProxy,
     applied_count,
     assert_exact,
+    assert_in_order_without_gaps,
     complete_campaigns,
+    last_seqs,
     outcome,
     progress_events,
     report,
+    stored_updates,
 )
 from tests.support import wait_until
 
@@ -35,21 +40,25 @@ TAKE_OVER_LIMIT = IDLE_SESSION_TIMEOUT + 7.0
 
 @pytest.fixture
 def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path, WORKER_IDLE_SESSION_TIMEOUT_SECONDS=IDLE_SESSION_TIMEOUT) as stack:
+    # No throttle: every batch has updates to emit, the frozen worker's too.
+    settings = {"WORKER_IDLE_SESSION_TIMEOUT_SECONDS": IDLE_SESSION_TIMEOUT, "THROTTLE_SECONDS": 0}
+    with support.Stack(database, vhost, tmp_path, **settings) as stack:
         yield stack
 
 
-def test_a_worker_frozen_while_holding_a_tenant_lock_loses_it_and_the_other_takes_over(stack):
+def test_a_worker_frozen_while_holding_a_tenant_lock_loses_it_and_the_other_takes_over(stack, many_packets_per_poll):
     frozen = {}
     trigger = CommitTrigger(lambda: os.kill(frozen["worker"].pid, signal.SIGSTOP))
     proxy = TcpProxy(support.PG_HOST, support.PG_PORT, on_client_data=trigger.inspect).start()
     stopped = False
     try:
+        server = stack.start_server()
         proxied = f"postgresql://{support.PG_USER}@127.0.0.1:{proxy.port}/{stack.database}"
         frozen["worker"] = worker = stack.start_worker(DATABASE_URL=proxied)
         other = stack.start_worker()
         tenant = stack.create_tenant()
         campaigns = [(tenant, f"frozen-{i}") for i in range(3)]
+        client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
         ledger = Ledger()
         stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=31), RATE, ledger)
         stream.start()
@@ -84,6 +93,7 @@ def test_a_worker_frozen_while_holding_a_tenant_lock_loses_it_and_the_other_take
         finally:
             stream.stop()
         complete_campaigns(stack, campaigns, ledger, 60)
+        client.wait_caught_up(last_seqs(stack)[tenant], 30)
     finally:
         if stopped:
             os.kill(frozen["worker"].pid, signal.SIGCONT)
@@ -100,3 +110,5 @@ def test_a_worker_frozen_while_holding_a_tenant_lock_loses_it_and_the_other_take
     )
     assert_exact(result)
     assert worker.alive() and other.alive()
+    assert_in_order_without_gaps(client, stored_updates(stack, tenant))
+    client.close()
