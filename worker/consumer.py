@@ -56,6 +56,9 @@ class EventConsumer(ConsumerProducerMixin):
             "statement_timeout": int(settings.get("WORKER_STATEMENT_TIMEOUT_SECONDS", 30.0) * 1000),
             "idle_session_timeout": int(settings.get("WORKER_IDLE_SESSION_TIMEOUT_SECONDS", 60.0) * 1000),
         }
+        for name, milliseconds in self.session_settings.items():
+            if milliseconds < 0:
+                raise RuntimeError(f"the worker's {name} must be >= 0 seconds (0 turns it off)")
         self.engine = engine
         self.emitter = emitter
         self.queue = worker_queue(settings["WORKER_QUEUE"])
@@ -232,15 +235,18 @@ class EventConsumer(ConsumerProducerMixin):
         """
         delay = 0.25
         while True:
+            opened = False
             try:
                 session = self.open_database()
+                opened = True
                 result = work(session)
                 session.commit()
                 self.health.ok("database")
                 return result
             except Exception as exc:
                 self.close_database()
-                if caused_by_event(exc) or not retry:
+                # Opening the session involves no event: whatever fails there is the environment's.
+                if (opened and caused_by_event(exc)) or not retry:
                     raise
                 reason = retry_reason(exc)
                 metrics.worker_retries.labels(reason).inc()
