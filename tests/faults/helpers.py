@@ -375,6 +375,7 @@ class TcpProxy:
         self.on_client_data = on_client_data
         self.lock = threading.Lock()
         self.pairs = set()
+        self.pumps = {}  # pair -> its two pump threads
         self.listener = None
         self.port = 0
         self.accepted = 0
@@ -431,8 +432,12 @@ class TcpProxy:
                     continue
                 self.pairs.add(pair)
                 self.accepted += 1
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target, pair), daemon=True).start()
+                pumps = self.pumps[pair] = [
+                    threading.Thread(target=self._pump, args=(source, target, pair), daemon=True)
+                    for source, target in ((client, upstream), (upstream, client))
+                ]
+                for pump in pumps:  # started before cut() can see them
+                    pump.start()
 
     def _pump(self, source, target, pair):
         inspect = self.on_client_data if source is pair[0] else None
@@ -449,6 +454,7 @@ class TcpProxy:
         finally:
             with self.lock:
                 self.pairs.discard(pair)
+                self.pumps.pop(pair, None)
             _shut(source)
             _shut(target)
 
@@ -457,6 +463,7 @@ class TcpProxy:
         with self.lock:
             listener, self.listener = self.listener, None
             pairs, self.pairs = list(self.pairs), set()
+            pumps = [pump for pair in pairs for pump in self.pumps.get(pair, ())]
         if listener is not None:
             _shut(listener)
         for client, upstream in pairs:
@@ -464,6 +471,12 @@ class TcpProxy:
                 _reset(client)
             _shut(client)
             _shut(upstream)
+        if reset:
+            # The kernel sends the RST when the last use of the socket ends, and a pump may still
+            # be inside recv() on it: once the pumps are gone, the client has its reset.
+            for pump in pumps:
+                if pump is not threading.current_thread():
+                    pump.join(5)
         return len(pairs)
 
     def restore(self):
