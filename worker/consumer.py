@@ -36,8 +36,9 @@ PRUNE_SECONDS = 60.0
 # Low enough that events flow within about 2 s of the database's return; one failed attempt
 # every 2 s per worker costs the database nothing worth counting.
 MAX_BACKOFF_SECONDS = 2.0
-# A flush of merged updates or a prune that fails for another reason than the database
-# (which in_transaction retries) is tried again this much later, not in a tight loop.
+# A flush of merged updates that fails for another reason than the database (which
+# in_transaction retries) is tried again this much later, not in a tight loop; a prune, at
+# the next prune.
 TASK_RETRY_SECONDS = 5.0
 
 
@@ -128,17 +129,21 @@ class EventConsumer(ConsumerProducerMixin):
             self.process_batch()
         if now >= self.next_due_check:
             more_due = self.run_task("emit_due_updates", self.emit_due_updates)
-            self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
+            if more_due is None:
+                self.next_due_check = now + TASK_RETRY_SECONDS
+            else:
+                self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
         if now >= self.next_prune:
             self.next_prune = now + self.prune_every
             self.run_task("prune_history", self.prune_history)
 
     def run_task(self, name, task):
-        """Run a periodic task; an error it raises is logged and the task tried again later.
+        """Run a periodic task and return what it returns; None when it failed.
 
         The database's own failures are retried inside (``in_transaction``); what reaches
         here is anything else (a bug, a row PostgreSQL refuses). It must not stop the worker:
-        the loop goes on applying events. A lost broker connection still goes to kombu.
+        it is logged, and the caller tries the task again later while the loop goes on
+        applying events. A lost broker connection still goes to kombu.
         """
         try:
             return task()
@@ -147,12 +152,9 @@ class EventConsumer(ConsumerProducerMixin):
         except StopRequested:
             return False
         except Exception as exc:
-            log.exception("[WORKER] %s failed (%s); trying again in %.0fs", name, describe(exc), TASK_RETRY_SECONDS)
+            log.exception("[WORKER] %s failed (%s); trying again later", name, describe(exc))
             metrics.worker_retries.labels("task_failed").inc()
-            later = time.monotonic() + TASK_RETRY_SECONDS
-            if name == "emit_due_updates":
-                self.next_due_check = later
-            return False
+            return None
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
