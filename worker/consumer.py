@@ -339,18 +339,18 @@ class EventConsumer(ConsumerProducerMixin):
         self.after_commit([(event, message)], result)
 
     def after_commit(self, pairs, result):
-        """Settle the messages of a committed batch, emit its updates, give the tenant locks back.
+        """Acknowledge a committed batch, emit its updates, give the tenant locks back, then
+        dead-letter its events of unknown tenants.
 
         The emit and the release happen whatever fails before them: a broker connection
         lost at the ack leaves the locks held on our database session otherwise (other
         workers would wait on those tenants for good) and the committed updates unsent. The
-        messages come back by redelivery and are then counted as duplicates.
+        messages come back by redelivery and are then counted as duplicates. Dead letters
+        come after the release: publishing one waits for the broker as long as it takes,
+        and no tenant lock must be held meanwhile.
         """
         unknown = {event.tenant_id for event in result.unknown_tenant}
         try:
-            for event, message in pairs:
-                if event.tenant_id in unknown:
-                    self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
             self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
         except Exception as exc:
             log.warning(
@@ -367,6 +367,9 @@ class EventConsumer(ConsumerProducerMixin):
                 self.emit_under_locks(result.updates)
             finally:
                 self.release_locks()
+        for event, message in pairs:
+            if event.tenant_id in unknown:
+                self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
 
     def emit_under_locks(self, updates):
         """Emit updates only while our session, and so the tenant locks, still exists.
