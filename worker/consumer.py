@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from campaigns import metrics
 from campaigns.events import InvalidEvent, parse_event
-from campaigns.ingest import DUE_BATCH, TenantLocks, apply_batch, flush_due_updates, prune
+from campaigns.ingest import DUE_BATCH, PRUNE_CHUNK, TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
 from worker.failures import caused_by_event, describe, retry_reason
@@ -40,6 +40,8 @@ MAX_BACKOFF_SECONDS = 2.0
 # in_transaction retries) is tried again this much later, not in a tight loop; a prune, at
 # the next prune.
 TASK_RETRY_SECONDS = 5.0
+# Between two chunks of a history backlog: the loop applies events in between.
+PRUNE_CHUNK_PAUSE_SECONDS = 0.2
 
 
 class StopRequested(Exception):
@@ -134,8 +136,8 @@ class EventConsumer(ConsumerProducerMixin):
             else:
                 self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
         if now >= self.next_prune:
-            self.next_prune = now + self.prune_every
-            self.run_task("prune_history", self.prune_history)
+            more = self.run_task("prune_history", self.prune_history)
+            self.next_prune = now + (PRUNE_CHUNK_PAUSE_SECONDS if more else self.prune_every)
 
     def run_task(self, name, task):
         """Run a periodic task and return what it returns; None when it failed.
@@ -496,15 +498,19 @@ class EventConsumer(ConsumerProducerMixin):
                 return True
 
     def prune_history(self):
-        """Delete history past its retention (a failure is tried again at the next prune)."""
+        """Delete one chunk of history past its retention; True when more is left.
+
+        A failure is tried again at the next prune, not retried here: pruning can wait.
+        """
         try:
             counts = self.in_transaction(
                 lambda session: prune(session, utcnow(), self.update_retention, self.event_retention), retry=False
             )
         except StopRequested:
-            return
+            return False
         if any(counts.values()):
             log.info("[WORKER] pruned %(campaign_updates)d updates and %(applied_events)d events", counts)
+        return max(counts.values()) >= PRUNE_CHUNK
 
     def emit(self, updates):
         """Send stored updates to their tenants' rooms (at most once; replay covers losses)."""
