@@ -1,6 +1,7 @@
 """The worker's emitter gives up on a broker that went away, and works again once it is back."""
 
 import json
+import threading
 import time
 import uuid
 
@@ -32,7 +33,14 @@ def test_an_emit_to_a_broker_that_went_away_returns_and_the_next_one_after_it_is
 
         proxy.cut()
         started = time.monotonic()
-        emitter.emit("campaign_update", {"seq": 2}, to="tenant:a")
+        # In a thread: an emit that never returns must fail this test, not hang it.
+        emitting = threading.Thread(
+            target=emitter.emit, args=("campaign_update", {"seq": 2}), kwargs={"to": "tenant:a"}
+        )
+        emitting.daemon = True
+        emitting.start()
+        emitting.join(15)
+        assert not emitting.is_alive(), "emit to a broker that went away did not return within 15 s"
         gave_up_after = time.monotonic() - started
 
         proxy.restore()
