@@ -104,6 +104,12 @@ class Config:
         # Test-only fault point of the worker: "exit_before_emit" (tests/test_reconciliation.py).
         self.WORKER_FAULT = os.environ.get("WORKER_FAULT", "")
         self.WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 0)
+        # The worker's database session: how long it waits for a tenant's lock another worker
+        # holds, and how long one statement may run, before it backs off and tries again.
+        self.WORKER_LOCK_TIMEOUT_SECONDS = _float("WORKER_LOCK_TIMEOUT_SECONDS", 10.0)
+        self.WORKER_STATEMENT_TIMEOUT_SECONDS = _float("WORKER_STATEMENT_TIMEOUT_SECONDS", 30.0)
+        # PostgreSQL ends a worker session idle this long (with its tenant locks): a frozen worker.
+        self.WORKER_IDLE_SESSION_TIMEOUT_SECONDS = _float("WORKER_IDLE_SESSION_TIMEOUT_SECONDS", 60.0)
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"

@@ -308,12 +308,37 @@ def flush_due_updates(session, now, locks=None, force=False):
     return store_updates(session, emissions, now)
 
 
-def prune(session, now, update_retention_seconds, event_retention_seconds):
-    """Delete stored updates and applied events older than their retention; return counts."""
-    events = session.execute(
-        delete(AppliedEvent).where(AppliedEvent.applied_at < now - timedelta(seconds=event_retention_seconds))
-    ).rowcount
-    updates = session.execute(
-        delete(CampaignUpdate).where(CampaignUpdate.created_at < now - timedelta(seconds=update_retention_seconds))
-    ).rowcount
+# Rows deleted per table and statement by ``prune``: a backlog of history (workers stopped for
+# days, a retention lowered) goes in statements that stay far below the worker's
+# statement_timeout, instead of one that the timeout would cancel every time.
+PRUNE_CHUNK = 5000
+
+
+def _delete_older(session, model, key, column, cutoff, limit):
+    """Delete up to ``limit`` rows of ``model`` whose ``column`` is before ``cutoff``; return how many."""
+    oldest = select(*key).where(column < cutoff).limit(limit)
+    return session.execute(delete(model).where(tuple_(*key).in_(oldest))).rowcount
+
+
+def prune(session, now, update_retention_seconds, event_retention_seconds, limit=PRUNE_CHUNK):
+    """Delete up to ``limit`` stored updates and applied events older than their retention; return counts.
+
+    A count equal to ``limit`` means more may be left: call again (in a new transaction).
+    """
+    events = _delete_older(
+        session,
+        AppliedEvent,
+        (AppliedEvent.tenant_id, AppliedEvent.event_id),
+        AppliedEvent.applied_at,
+        now - timedelta(seconds=event_retention_seconds),
+        limit,
+    )
+    updates = _delete_older(
+        session,
+        CampaignUpdate,
+        (CampaignUpdate.tenant_id, CampaignUpdate.seq),
+        CampaignUpdate.created_at,
+        now - timedelta(seconds=update_retention_seconds),
+        limit,
+    )
     return {"applied_events": events, "campaign_updates": updates}

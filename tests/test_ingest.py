@@ -241,6 +241,20 @@ def test_stored_updates_are_read_back_in_order_and_expire(db_session, tenants):
     assert [u.seq for u in db_session.query(CampaignUpdate).filter_by(tenant_id="acme")] == [3, 4, 5]
 
 
+def test_a_backlog_of_history_is_pruned_in_chunks(db_session, tenants):
+    for i in range(5):
+        at = T0 + timedelta(seconds=i)
+        apply(db_session, [ev("campaign_paused" if i % 2 else "campaign_resumed", at=at)], now=at)
+    later = T0 + timedelta(days=30)
+    chunks = []
+    while not chunks or any(chunks[-1].values()):
+        chunks.append(prune(db_session, later, 86400, 86400, limit=2))
+        db_session.commit()
+    assert [chunk["applied_events"] for chunk in chunks] == [2, 2, 1, 0]
+    assert [chunk["campaign_updates"] for chunk in chunks] == [2, 2, 1, 0]
+    assert db_session.query(CampaignUpdate).count() == 0
+
+
 def test_snapshot_holds_active_and_recently_ended_campaigns_newest_first(db_session, tenants):
     now = datetime.now(timezone.utc)
     apply(db_session, [started(5, campaign="old", at=now - timedelta(days=3))], now=now - timedelta(days=3))

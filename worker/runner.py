@@ -4,12 +4,14 @@ import logging
 import os
 import signal
 
-from flask_socketio import SocketIO
 from kombu import Connection
-from prometheus_client import start_http_server
 
+from campaigns import metrics
 from extensions import db
 from worker.consumer import EventConsumer
+from worker.emitter import message_queue_emitter
+from worker.failures import RETRY_REASONS
+from worker.health import WorkerHealth, serve_health
 from worker.queues import declare_topology
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,9 @@ class ExitBeforeEmit:
         os._exit(70)
 
 
-def build_consumer(app, connection, emitter):
+def build_consumer(app, connection, emitter, health=None):
     """An ``EventConsumer`` wired to the app's database and settings."""
-    return EventConsumer(connection, db.engine, emitter, app.config)
+    return EventConsumer(connection, db.engine, emitter, app.config, health)
 
 
 def run_embedded_worker(app, emitter):
@@ -55,20 +57,26 @@ def main():
     if not config["BROKER_URL"] or not config["DATABASE_URL"]:
         log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
         return 2
-    emitter = SocketIO(message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading")
+    emitter = message_queue_emitter(config["BROKER_URL"], config["SOCKETIO_CHANNEL"])
     if config["WORKER_FAULT"] == "exit_before_emit":
         emitter = ExitBeforeEmit()
+    health = WorkerHealth()
+    for reason in RETRY_REASONS:
+        metrics.worker_retries.labels(reason)  # every series from the start, at 0
+    metrics.watch_worker_health(health)
     if config["WORKER_METRICS_PORT"]:
-        start_http_server(config["WORKER_METRICS_PORT"], addr=config["HOST"])
-        log.info("[WORKER] metrics on http://%s:%s/metrics", config["HOST"], config["WORKER_METRICS_PORT"])
+        serve_health(health, config["HOST"], config["WORKER_METRICS_PORT"])
+
+    def broker_unavailable(exc, interval):
+        log.warning("[WORKER] broker unavailable (%s); retrying", exc)
+        health.fail("broker", f"{exc.__class__.__name__}: {str(exc)[:200]}")
+        metrics.worker_retries.labels("broker_unavailable").inc()
+
     with app.app_context():
         connection = broker_connection(config["BROKER_URL"], config["AMQP_HEARTBEAT"])
-        connection.ensure_connection(
-            errback=lambda exc, interval: log.warning("[WORKER] broker unavailable (%s); retrying", exc),
-            max_retries=None,
-        )
+        connection.ensure_connection(errback=broker_unavailable, max_retries=None)
         declare_topology(connection, config["WORKER_QUEUE"])
-        consumer = build_consumer(app, connection, emitter)
+        consumer = build_consumer(app, connection, emitter, health)
 
         def stop(signum, frame):
             log.info("[WORKER] signal %s: finishing the batch in hand, then stopping", signum)
