@@ -10,6 +10,8 @@ A ``PreEncoded`` is neither a dict nor a list, so python-socketio's binary check
 
 import json
 
+from engineio import json as engineio_json
+
 COMPACT = (",", ":")
 
 
@@ -33,4 +35,5 @@ class PacketJSON:
             return "[" + ",".join(parts) + "]"
         return json.dumps(value, **kwargs)
 
-    loads = staticmethod(json.loads)
+    # python-engineio's, which refuses integers of more than 100 digits from clients.
+    loads = staticmethod(engineio_json.loads)

@@ -91,7 +91,8 @@ class TenantState:
         if seq <= self.seq:
             return []
         if seq > self.seq + 1:
-            self.ahead[seq] = payload
+            if len(self.ahead) < self.recent.maxlen:  # beyond, catching up reads them from the database
+                self.ahead[seq] = payload
             return []
         ready = [payload]
         self._take(payload)

@@ -24,9 +24,12 @@ A tenant's state is dropped when its last client leaves.
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+
+from sqlalchemy import text
 
 from campaigns import metrics
 from campaigns.models import Campaign, CampaignUpdate, Tenant
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 LIVE_SET_LIMIT = 2000
 # How long a tenant found behind PostgreSQL may stay so before the server fetches (in-flight updates).
 BEHIND_GRACE_SECONDS = 0.5
+# A connect whose tenant moves faster than its replay can be read starts again from the snapshot.
+SERVE_ATTEMPTS = 3
+# After a failed catch-up (database down), the next one waits this long.
+CATCH_UP_RETRY_SECONDS = 1.0
 
 
 class Unavailable(Exception):
@@ -121,6 +128,10 @@ class TenantStates:
         self.connect_wait = config["CONNECT_WAIT_SECONDS"]
         self.retention = config["EVENT_RETENTION_SECONDS"]
         self._db_slots = threading.BoundedSemaphore(config["STATE_LOAD_CONCURRENCY"])
+        self._background_slots = threading.BoundedSemaphore(2)
+        self._postgresql = config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+        self._timeout_ms = int(self.connect_wait * 1000)
+        self.catch_up_failed_at = {}
         self.states.clear()  # an app of its own starts with nothing held (tests build several)
         self.clients.clear()
 
@@ -160,36 +171,50 @@ class TenantStates:
         ``resync`` first when it cannot be brought up to date, then the snapshot, then the
         updates after ``last_seq`` (replayed), then the room's live updates.
         """
-        reason, replayed = self.recovery(tenant_id, last_seq, client_epoch)
-        with self.lock:
+        for _ in range(SERVE_ATTEMPTS):
             state = self.states[tenant_id]
-            if reason:
-                metrics.resyncs_sent.labels(reason).inc()
-                send(RESYNC_EVENT, {"reason": reason})
-            send(SNAPSHOT_EVENT, state.encoded_snapshot(utcnow()))
-            if replayed is not None:
-                sent = replayed[-1]["seq"] if replayed else last_seq
-                # What came in while the replay was read from the database, if anything.
-                replayed = replayed + (state.replay_from_memory(sent, self.not_before()) or [])
-                for payload in replayed:
-                    send(UPDATE_EVENT, payload)
-                metrics.replayed_updates.labels("socket").inc(len(replayed))
+            reason, replayed = self.recovery(tenant_id, last_seq, client_epoch, state)
+            with self.lock:
+                if self.states.get(tenant_id) is not state:
+                    continue  # reloaded meanwhile (epoch change): decide again on the new state
+                if replayed is not None:
+                    sent = replayed[-1]["seq"] if replayed else last_seq
+                    # What came in while the replay was read from the database.
+                    tail = state.replay_from_memory(sent, self.not_before())
+                    if tail is None:
+                        continue  # more came in than the ring holds: read again
+                    replayed = replayed + tail
+                self._send_in_order(state, reason, replayed, send)
+                join()
+                return
+        with self.lock:  # the tenant moves too fast to replay: start again from its snapshot
+            self._send_in_order(self.states[tenant_id], "too_far_behind", None, send)
             join()
 
-    def recovery(self, tenant_id, after_seq, client_epoch=None):
+    def _send_in_order(self, state, reason, replayed, send):
+        """``resync`` (if any), the snapshot, the replayed updates (if any); under the lock."""
+        if reason:
+            metrics.resyncs_sent.labels(reason).inc()
+            send(RESYNC_EVENT, {"reason": reason})
+        send(SNAPSHOT_EVENT, state.encoded_snapshot(utcnow()))
+        for payload in replayed or ():
+            send(UPDATE_EVENT, payload)
+        if replayed:
+            metrics.replayed_updates.labels("socket").inc(len(replayed))
+
+    def recovery(self, tenant_id, after_seq, client_epoch=None, state=None):
         """``(resync_reason, replayed_updates)`` for a client that saw up to ``after_seq``.
 
         One of the two is None. Served from memory when the ring holds the updates; otherwise
         one query for every client asking the same.
         """
-        state = self.states[tenant_id]
+        state = state or self.states[tenant_id]
         if client_epoch is not None and client_epoch != state.epoch:
             return "epoch_changed", None
         if after_seq is None:
             return None, None
         if after_seq > state.seq:
             self.catch_up(tenant_id, "client_ahead")  # this server may lag PostgreSQL
-            state = self.states.get(tenant_id, state)
             if after_seq > state.seq:
                 return "history_expired", None
         if state.seq - after_seq > self.replay_max:
@@ -219,18 +244,27 @@ class TenantStates:
 
     # loading ---------------------------------------------------------------------------
 
-    def _read(self, query):
-        """Run ``query()`` in an app context with one of the connect path's database slots."""
-        if not self._db_slots.acquire(timeout=self.connect_wait):
+    def _read(self, query, background=False):
+        """Run ``query()`` in an app context, with one of the connect path's database slots
+        (``background``: one of the reconciliation's, so a connect storm never delays it).
+
+        On PostgreSQL the read may last ``CONNECT_WAIT_SECONDS`` at most: a connect handler that
+        outlived its client's Engine.IO session would keep its slot (python-socketio ignores a
+        disconnect while a connect is pending).
+        """
+        slots = self._background_slots if background else self._db_slots
+        if not slots.acquire(timeout=self.connect_wait):
             raise Unavailable("every database slot of the connect path is busy")
         try:
             with self.app.app_context():
                 try:
+                    if self._postgresql:
+                        db.session.execute(text("SET LOCAL statement_timeout = :ms"), {"ms": self._timeout_ms})
                     return query()
                 finally:
                     db.session.rollback()
         finally:
-            self._db_slots.release()
+            slots.release()
 
     def _load(self, tenant_id):
         with self.lock:
@@ -287,16 +321,24 @@ class TenantStates:
     def start_catch_up(self, tenant_id, cause):
         """Fetch and deliver what the tenant's clients miss, in a background task (one per tenant)."""
         with self.lock:
-            if self.catching_up.get(tenant_id):
+            failed_at = self.catch_up_failed_at.get(tenant_id)
+            if self.catching_up.get(tenant_id) or (failed_at and time.monotonic() - failed_at < CATCH_UP_RETRY_SECONDS):
                 return
             self.catching_up[tenant_id] = True
         socketio.start_background_task(self._catch_up_task, tenant_id, cause)
 
     def _catch_up_task(self, tenant_id, cause):
         try:
-            self.catch_up(tenant_id, cause)
-        except Exception:  # noqa: BLE001 - the next reconciliation tries again
-            log.exception("[WEBSOCKET] catching up tenant %s (%s) failed; retrying at the next check", tenant_id, cause)
+            # Again while a gap remains: one may have opened while this one was reading.
+            for _ in range(SERVE_ATTEMPTS):
+                self.catch_up(tenant_id, cause)
+                state = self.states.get(tenant_id)
+                if state is None or state.missing_after() is None:
+                    break
+            self.catch_up_failed_at.pop(tenant_id, None)
+        except Exception as exc:  # noqa: BLE001 - the next reconciliation tries again
+            self.catch_up_failed_at[tenant_id] = time.monotonic()
+            log.warning("[WEBSOCKET] catching up tenant %s (%s) failed; retrying: %s", tenant_id, cause, exc)
         finally:
             with self.lock:
                 self.catching_up.pop(tenant_id, None)
@@ -309,7 +351,9 @@ class TenantStates:
         after = state.seq
         stored = self.flights.run(
             ("catch_up", tenant_id, after),
-            lambda: self._read(lambda: _stored_after(tenant_id, after, self.replay_max + 1, self.not_before())),
+            lambda: self._read(
+                lambda: _stored_after(tenant_id, after, self.replay_max + 1, self.not_before()), background=True
+            ),
             self.connect_wait,
         )
         with self.lock:
@@ -321,17 +365,25 @@ class TenantStates:
                 for payload in stored:
                     self._deliver(tenant_id, state.apply(payload), cause)
                 return
-        self.reset(tenant_id, reason)
+        self.reset(tenant_id, reason, state)
 
-    def reset(self, tenant_id, reason):
-        """Reload a tenant and send its clients ``resync`` and the new snapshot."""
-        state = self._read(lambda: self._read_state(tenant_id))
+    def reset(self, tenant_id, reason, replaced):
+        """Reload a tenant held as ``replaced`` and send its clients ``resync`` and the new snapshot."""
         with self.lock:
-            if tenant_id not in self.states:
-                return
+            self.loading[tenant_id] = _Loading()  # what the stream brings meanwhile goes on top
+        try:
+            state = self._read(lambda: self._read_state(tenant_id), background=True)
+        finally:
+            with self.lock:
+                arrived = self.loading.pop(tenant_id).arrived
+        with self.lock:
+            if self.states.get(tenant_id) is not replaced:
+                return  # dropped, or loaded again meanwhile: that state is newer
             if state is None:
                 # Deleted: its clients get an empty snapshot, and a new epoch if it comes back.
                 state = TenantState(tenant_id, "", 0, self.ring_size)
+            for payload in arrived:
+                state.apply(payload)
             self.states[tenant_id] = state
             room = tenant_room(tenant_id)
             socketio.emit(RESYNC_EVENT, {"reason": reason}, to=room, ignore_queue=True)
@@ -362,29 +414,43 @@ class TenantStates:
         """One query for every tenant held; catch up the ones behind, reload the ones replaced."""
         with self.lock:
             held = dict(self.states)
+            # Before the read: the stream may deliver more while it runs, and PostgreSQL's seq
+            # only grows, so only a seq below what was delivered *before* the read went back.
+            delivered = {tenant_id: state.seq for tenant_id, state in held.items()}
         if not held:
             return
-        positions = self._read(lambda: Tenant.positions(held))
-        behind = {}
+        positions = self._read(lambda: Tenant.positions(held), background=True)
+        behind, replaced, unplaced = {}, [], []
         for tenant_id, state in held.items():
             last_seq, epoch = positions.get(tenant_id, (0, ""))
-            if epoch != state.epoch or last_seq < state.seq:
-                self.reset(tenant_id, "epoch_changed")
+            if epoch != state.epoch or last_seq < delivered[tenant_id]:
+                replaced.append((tenant_id, state))
             elif last_seq > state.seq:
                 behind[tenant_id] = last_seq
             elif state.provisional_ids():
-                self._place_new_campaigns(tenant_id, state)
+                unplaced.append((tenant_id, state))
         if behind:
             socketio.sleep(BEHIND_GRACE_SECONDS)  # most are in flight on the message queue
             for tenant_id, last_seq in behind.items():
                 state = self.states.get(tenant_id)
                 if state is not None and state.seq < last_seq:
                     self.start_catch_up(tenant_id, "behind")
+        for tenant_id, state in replaced:
+            self._each(self.reset, tenant_id, "epoch_changed", state)
+        for tenant_id, state in unplaced:
+            self._each(self._place_new_campaigns, tenant_id, state)
+
+    def _each(self, step, tenant_id, *args):
+        """One tenant's step of a reconciliation; its failure does not stop the others'."""
+        try:
+            step(tenant_id, *args)
+        except Exception as exc:  # noqa: BLE001 - retried at the next reconciliation
+            log.warning("[WEBSOCKET] reconciling tenant %s: %s failed: %s", tenant_id, step.__name__, exc)
 
     def _place_new_campaigns(self, tenant_id, state):
         """Campaigns first seen in the stream take their real place in the snapshot's order."""
         ids = state.provisional_ids()
-        keys = self._read(lambda: Campaign.order_keys(tenant_id, ids))
+        keys = self._read(lambda: Campaign.order_keys(tenant_id, ids), background=True)
         with self.lock:
             for campaign_id, (created_at, ended_at) in keys.items():
                 entry = state.campaigns.get(campaign_id)
