@@ -300,3 +300,19 @@ def test_clients_that_leave_while_their_tenant_loads_free_their_slots(stack, ten
         assert connected_clients(stack) == 1
     finally:
         stayer.close()
+
+
+def test_a_busy_tenant_is_never_taken_for_a_new_epoch(stack, tenant, publisher, clients):
+    """Reconciliation reads PostgreSQL while the stream keeps delivering: that is no epoch change."""
+    watcher = stack.client(tenant)
+    clients.append(watcher)
+    publisher.publish(event(tenant, "busy", "campaign_started", name="Busy", total_messages=10))
+    deadline = time.monotonic() + RECONCILE_SECONDS * 3
+    published = 1
+    while time.monotonic() < deadline:  # status events: each is stored and emitted at once
+        kind = "campaign_paused" if published % 2 else "campaign_resumed"
+        publisher.publish(event(tenant, "busy", kind))
+        published += 1
+    watcher.wait_for(lambda updates: len(updates) >= published, 20, "every update")
+    assert watcher.resyncs == [] and len(watcher.snapshots) == 1
+    assert watcher.seqs() == list(range(1, published + 1))
