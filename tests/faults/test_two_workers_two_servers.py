@@ -47,8 +47,18 @@ def stack(database, vhost, tmp_path):
 
 
 def progress_gaps(updates, campaign_id, moment):
-    """Seconds between consecutive progress updates of a campaign (``moment(update)`` gives the time)."""
-    times = [moment(u) for u in updates if u["campaign"]["id"] == campaign_id and u["type"] in PROGRESS_TYPES]
+    """Seconds between consecutive throttled progress updates of a campaign (``moment(update)`` gives the time).
+
+    An update that sets or clears the failure alert goes at once, like a status event (the contract),
+    so it is not one of the throttled ones.
+    """
+    mine = [u for u in updates if u["campaign"]["id"] == campaign_id]
+    alert_changes = {
+        later["seq"]
+        for earlier, later in zip(mine, mine[1:])
+        if (earlier["campaign"]["failure_alert"] is None) != (later["campaign"]["failure_alert"] is None)
+    }
+    times = [moment(u) for u in mine if u["type"] in PROGRESS_TYPES and u["seq"] not in alert_changes]
     return [later - earlier for earlier, later in zip(times, times[1:])]
 
 
