@@ -52,6 +52,7 @@ class Config:
         self.SECRET_KEY = os.environ.get("SECRET_KEY", "")
         self.JWT_SECRET = os.environ.get("JWT_SECRET", "")
         self.JWT_TTL_SECONDS = _int("JWT_TTL_SECONDS", 3600)
+        self.JWT_LEEWAY_SECONDS = _int("JWT_LEEWAY_SECONDS", 30)
         self.THROTTLE_SECONDS = _float("THROTTLE_SECONDS", 2.0)
         self.PING_INTERVAL = _int("PING_INTERVAL", 30)
         self.PING_TIMEOUT = _int("PING_TIMEOUT", 20)

@@ -57,7 +57,7 @@ def tenant_of_api_key(key):
 def identity_from_token(token):
     """The identity in a JWT whose tenant still exists; raise ``AuthError`` otherwise."""
     try:
-        claims = decode_token(current_app.config["JWT_SECRET"], token)
+        claims = decode_token(current_app.config["JWT_SECRET"], token, current_app.config["JWT_LEEWAY_SECONDS"])
     except TokenError as exc:
         raise AuthError(exc.code) from None
     if db.session.get(Tenant, claims["tenant"]) is None:
