@@ -40,7 +40,7 @@ from campaigns.errors import register_error_handlers, retry_after_only_when_limi
 from campaigns.health import bp as health_bp
 from campaigns.models import User
 from campaigns.pages import bp as pages_bp
-from config import Config
+from config import Config, secret_problems
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
 from sockets.fanout import install as install_direct_writes
@@ -189,9 +189,10 @@ def main():
         print("Log in as ana@acme.test (tenant acme) or admin@demo.test (every tenant), password demo-password")
         print(f"Socket.IO token for tenant 'acme' (24 h):\n{token}\n", flush=True)
     else:
-        missing = [name for name in ("SECRET_KEY", "JWT_SECRET") if config.get(f"{name}_GENERATED")]
-        if missing:
-            log.error("set %s: every server and worker must share them", " and ".join(missing))
+        problems = secret_problems(config)
+        for problem in problems:
+            log.error("[WEBSOCKET] refusing to start: %s", problem)
+        if problems:
             return 2
     check_cooperative_database(app)
     if not config["DEMO"]:

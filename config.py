@@ -2,6 +2,13 @@
 
 import os
 
+# The shortest SECRET_KEY / JWT_SECRET accepted outside the demo: HS256 wants a key at least as
+# long as its 32-byte output (RFC 7518 3.2), and a short one can be brute-forced from any token.
+MIN_SECRET_BYTES = 32
+# The placeholders of .env.example: a deployment that copied the file unchanged must not start.
+PLACEHOLDER_SECRETS = frozenset({"change-me-to-a-long-random-string", "change-me-to-another-long-random-string"})
+SECRET_NAMES = ("SECRET_KEY", "JWT_SECRET")
+
 
 def _int(name, default):
     """Read an integer environment variable, failing loudly on garbage."""
@@ -96,3 +103,27 @@ class Config:
         for key, value in overrides.items():
             setattr(self, key, value)
         return self
+
+
+def secret_problems(config):
+    """What is wrong with ``SECRET_KEY`` and ``JWT_SECRET`` for a real deployment, one line each.
+
+    ``config`` is a mapping (``app.config``). The demo generates its own secrets and is never
+    refused; elsewhere a secret must be set, not a placeholder, and at least
+    ``MIN_SECRET_BYTES`` long. An empty list means the secrets may be used.
+    """
+    if config["DEMO"]:
+        return []
+    problems = []
+    for name in SECRET_NAMES:
+        value = config[name]
+        if config.get(f"{name}_GENERATED") or not value:
+            problems.append(f"{name} is not set: every server and worker must share it")
+        elif value in PLACEHOLDER_SECRETS or value.startswith("change-me"):
+            problems.append(f"{name} is the placeholder of .env.example: set a random value of its own")
+        elif len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+            problems.append(
+                f"{name} has {len(value.encode('utf-8'))} bytes, at least {MIN_SECRET_BYTES} are needed "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    return problems

@@ -7,6 +7,7 @@ from flask_socketio import SocketIO
 from kombu import Connection
 from prometheus_client import start_http_server
 
+from config import secret_problems
 from extensions import db
 from worker.consumer import EventConsumer
 from worker.queues import declare_topology
@@ -43,6 +44,11 @@ def main():
     config = app.config
     if not config["BROKER_URL"] or not config["DATABASE_URL"]:
         log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
+        return 2
+    problems = secret_problems(config)
+    for problem in problems:
+        log.error("[WORKER] refusing to start: %s", problem)
+    if problems:
         return 2
     emitter = SocketIO(message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading")
     if config["WORKER_METRICS_PORT"]:
