@@ -88,6 +88,9 @@ class Config:
         self.SOCKET_EVENT_RATE = _float("SOCKET_EVENT_RATE", 1.0)
         self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
         self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
+        # Every POST /login counts (a wrong password costs ~75 ms of scrypt on a thread).
+        self.LOGIN_RATE_LIMIT_PER_ADDRESS = os.environ.get("LOGIN_RATE_LIMIT_PER_ADDRESS", "20 per minute")
+        self.LOGIN_RATE_LIMIT_PER_EMAIL = os.environ.get("LOGIN_RATE_LIMIT_PER_EMAIL", "5 per minute")
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_HEADERS_ENABLED = True
         self.WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 0)
