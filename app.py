@@ -66,6 +66,9 @@ def configure_logging(level):
     for name in ("socketio", "engineio"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
     logging.getLogger("kombu").setLevel(logging.WARNING)
+    # One INFO line per refused request would flood the log during a login flood; the 429s
+    # are counted in campaign_live_http_requests_total instead.
+    logging.getLogger("flask-limiter").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 @event.listens_for(Engine, "connect")
