@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import time
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
@@ -70,7 +71,9 @@ def login():
 @bp.errorhandler(429)
 def too_many_logins(exc):
     """The login page again, saying why and for how long (``Retry-After`` is added by the limiter)."""
-    error = _("Too many login attempts. Try again in a minute.")
+    breached = limiter.current_limit
+    seconds = max(1, int(breached.reset_at - time.time())) if breached is not None else 60
+    error = _("Too many login attempts. Try again in %(seconds)d s.", seconds=seconds)
     return render_template("campaigns/login.html", form=LoginForm(), error=error), 429
 
 
