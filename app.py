@@ -96,8 +96,8 @@ def socketio_options(config):
         "logger": logging.getLogger("socketio"),
         "engineio_logger": logging.getLogger("engineio"),
     }
-    if config["BROKER_URL"]:
-        options["message_queue"] = config["BROKER_URL"]
+    if config["SOCKETIO_MESSAGE_QUEUE_URL"]:
+        options["message_queue"] = config["SOCKETIO_MESSAGE_QUEUE_URL"]
         options["channel"] = config["SOCKETIO_CHANNEL"]
     return options
 

@@ -79,6 +79,9 @@ class Config:
         self.WORKER_QUEUE = os.environ.get("WORKER_QUEUE", "campaign.events.worker")
         self.AMQP_HEARTBEAT = _int("AMQP_HEARTBEAT", 30)
         self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")
+        # Where workers and servers exchange updates. Its own vhost and user in production: whoever
+        # can publish there writes into clients' rooms, and producers only need BROKER_URL.
+        self.SOCKETIO_MESSAGE_QUEUE_URL = os.environ.get("SOCKETIO_MESSAGE_QUEUE_URL", "") or self.BROKER_URL
         self.SIMULATOR = os.environ.get("SIMULATOR", "1" if self.DEMO else "0") == "1"
         self.SQLALCHEMY_TRACK_MODIFICATIONS = False
         self.TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)

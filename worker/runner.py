@@ -50,7 +50,9 @@ def main():
         log.error("[WORKER] refusing to start: %s", problem)
     if problems:
         return 2
-    emitter = SocketIO(message_queue=config["BROKER_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading")
+    emitter = SocketIO(
+        message_queue=config["SOCKETIO_MESSAGE_QUEUE_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading"
+    )
     if config["WORKER_METRICS_PORT"]:
         start_http_server(config["WORKER_METRICS_PORT"], addr=config["HOST"])
         log.info("[WORKER] metrics on http://%s:%s/metrics", config["HOST"], config["WORKER_METRICS_PORT"])
