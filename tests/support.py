@@ -139,7 +139,7 @@ def create_vhost(user="guest"):
     """A fresh vhost that ``user`` (only) may use; returns its name."""
     name = f"cl_test_{uuid.uuid4().hex[:12]}"
     _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    set_permissions(name, user, ".*", ".*", ".*")
     return name
 
 
@@ -148,6 +148,11 @@ def create_broker_user():
     name, password = f"cl_test_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
     _rabbitmqctl("add_user", name, password)
     return name, password
+
+
+def set_permissions(vhost, user, configure, write, read):
+    """Give ``user`` these permission patterns on ``vhost`` (``rabbitmqctl set_permissions``)."""
+    _rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
 
 
 def delete_broker_user(name):

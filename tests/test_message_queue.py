@@ -11,10 +11,13 @@ import socketio
 from amqp.exceptions import AccessRefused, NotAllowed
 from kombu import Connection
 
+from campaigns.publisher import EventPublisher
 from tests import support
 from tests.support import event
 
 CHANNEL = "flask-socketio"
+# The permissions deploy/README.md gives the event sender, on the events' vhost only.
+SENDER_PERMISSIONS = (r"^campaign\.events.*",) * 3
 
 
 @pytest.fixture
@@ -60,12 +63,23 @@ def test_producers_cannot_write_into_clients_rooms_on_a_separate_vhost(database,
         clients.append(client)
         assert CHANNEL in support.list_exchanges(queue) and CHANNEL not in support.list_exchanges(vhost)
 
-        # A producer has the events' credentials (guest here): the message queue's vhost refuses them.
-        with pytest.raises((AccessRefused, NotAllowed)), Connection(support.amqp_url(queue)) as intruder:
-            intruder.connect()
-        # On its own vhost it may publish an emit in python-socketio's own format: nobody listens there.
+        sender, password = support.create_broker_user()
+        try:
+            support.set_permissions(vhost, sender, *SENDER_PERMISSIONS)
+            # The sender of deploy/README.md publishes events, and the message queue's vhost refuses it.
+            with EventPublisher(support.amqp_url(vhost, sender, password)) as publisher:
+                publisher.publish(event(tenant, "c0", "campaign_started", name="Sent", total_messages=1))
+            client.wait_campaign("c0", lambda campaign: campaign["name"] == "Sent")
+            intruder = Connection(support.amqp_url(queue, sender, password))
+            with pytest.raises((AccessRefused, NotAllowed)), intruder:
+                intruder.connect()
+        finally:
+            support.delete_broker_user(sender)
+
+        # Even with every right on the events' vhost (guest here), an emit in python-socketio's own
+        # format published there reaches nobody: no server listens on that vhost.
         forger = socketio.KombuManager(stack.broker_url, channel=CHANNEL, write_only=True)
-        forged = {"seq": 1, "type": "campaign_started", "forged": True, "campaign": {"id": "c1", "name": "Forged"}}
+        forged = {"seq": 2, "type": "campaign_started", "forged": True, "campaign": {"id": "c1", "name": "Forged"}}
         forger.emit("campaign_update", forged, room=f"tenant:{tenant}")
         forger.publisher_connection.release()
 
@@ -73,4 +87,4 @@ def test_producers_cannot_write_into_clients_rooms_on_a_separate_vhost(database,
             publisher.publish(event(tenant, "c1", "campaign_started", name="Genuine", total_messages=1))
         # The forged emit went first: on a shared vhost it would have arrived before this one.
         client.wait_campaign("c1", lambda campaign: campaign["name"] == "Genuine")
-        assert [update["campaign"]["name"] for update in client.updates] == ["Genuine"]
+        assert [update["campaign"]["name"] for update in client.updates] == ["Sent", "Genuine"]
