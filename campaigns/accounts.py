@@ -59,6 +59,9 @@ def login():
     error = None
     if form.validate_on_submit():
         user = db.session.scalar(select(User).where(User.email == form.email.data.strip().lower()))
+        # Give the connection back before the check: logins queued for scrypt must not hold the
+        # pool's connections, or a flood of them would stall every request that needs one.
+        db.session.close()
         if login_matches(user, form.password.data):
             session.clear()
             login_user(user)

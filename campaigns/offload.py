@@ -6,7 +6,11 @@ hub goes on serving meanwhile. This is the one place that knows the async librar
 pools: everything else calls ``run_blocking``.
 """
 
+import logging
+import os
 import sys
+
+log = logging.getLogger(__name__)
 
 
 def _pool_runner():
@@ -32,14 +36,31 @@ def _pool_runner():
     return None
 
 
-def run_blocking(func, *args, **kwargs):
+def _niced(niceness, func, *args, **kwargs):
+    # Runs on the pool's thread. On Linux, ``who=0`` is the calling thread only (elsewhere it
+    # would be the whole process, hub included). Niceness only goes up for an unprivileged
+    # process, so a thread that already has enough is left alone.
+    if sys.platform.startswith("linux"):
+        try:
+            if os.getpriority(os.PRIO_PROCESS, 0) < niceness:
+                os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        except OSError as exc:
+            log.debug("could not lower a pool thread's priority: %s", exc)
+    return func(*args, **kwargs)
+
+
+def run_blocking(func, *args, niceness=0, **kwargs):
     """Call ``func(*args, **kwargs)`` on an OS thread of the hub's pool and return its result.
 
     Under eventlet (``tpool.execute``) or gevent (the hub's threadpool) the calling greenlet
     waits while the others run; in threading mode it is a plain call (the caller already is a
-    thread). Exceptions propagate to the caller either way.
+    thread). Exceptions propagate to the caller either way. ``niceness`` > 0 lowers the pool
+    thread's CPU priority first (Linux), so that on a busy machine the hub gets the core
+    before CPU-heavy work; a plain call is left alone (there is no hub to give way to).
     """
     runner = _pool_runner()
     if runner is None:
         return func(*args, **kwargs)
+    if niceness > 0:
+        return runner(_niced, niceness, func, *args, **kwargs)
     return runner(func, *args, **kwargs)

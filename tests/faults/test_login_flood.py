@@ -4,12 +4,17 @@ A scrypt password check costs ~75 ms of CPU. Run on the event loop, every wrong 
 every socket and request of the server for that long. While 20 clients post wrong passwords in
 parallel, ``/healthz`` is probed back to back: its slowest answer
 must stay under 100 ms, with the login limits open (every attempt reaches scrypt) and with the
-default ones (which must answer 429). Prints ``FAULT-RESULT`` lines with what it measured.
+default ones (which must answer 429). With the limits open, the server has fewer database
+connections than logins at once, and an API read probed meanwhile must stay under 0.5 s.
+Prints ``FAULT-RESULT`` lines with what it measured.
 """
 
+import contextlib
 import http.client
+import json
 import re
 import statistics
+import subprocess
 import threading
 import time
 from collections import namedtuple
@@ -22,19 +27,26 @@ from werkzeug.security import generate_password_hash
 
 from tests import support
 from tests.faults.helpers import report
-from tests.support import wait_until
 
 EMAIL, PASSWORD = "ops@flood.test", "the-right-password-7"
 FLOOD_CLIENTS, LOGINS_PER_CLIENT = 20, 3
 HEALTHZ_BUDGET_SECONDS = 0.100
-OPEN_LIMITS = {"LOGIN_RATE_LIMIT_PER_ADDRESS": "10000 per minute", "LOGIN_RATE_LIMIT_PER_EMAIL": "10000 per minute"}
+OPEN_LIMITS = {
+    "LOGIN_RATE_LIMIT_PER_ADDRESS": "10000 per minute",
+    "LOGIN_RATE_LIMIT_PER_EMAIL": "10000 per minute",
+    "API_RATE_LIMIT": "1000000 per minute",  # the API probe's own requests
+}
+# Fewer database connections than logins at once: logins waiting for their check must not hold them.
+SMALL_POOL = {"DB_POOL_SIZE": 2, "DB_MAX_OVERFLOW": 0}
+API_BUDGET_SECONDS = 0.5
 TIMING_SAMPLES = 7
 Answer = namedtuple("Answer", "status_code headers text")
 
 
 @pytest.fixture
 def login_stack(database, vhost, tmp_path):
-    """A stack with one user of the admin pages (servers are started by the test)."""
+    """A stack with one user of the admin pages, and a token of its tenant (servers are started
+    by the test)."""
     with support.Stack(database, vhost, tmp_path) as stack:
         tenant = stack.create_tenant()
         stack.sql(
@@ -42,7 +54,7 @@ def login_stack(database, vhost, tmp_path):
             "VALUES (%s, %s, %s, false, now())",
             (EMAIL, generate_password_hash(PASSWORD), tenant),
         )
-        yield stack
+        yield stack, stack.token(tenant)
 
 
 class LoginPage:
@@ -73,40 +85,24 @@ class LoginPage:
         return answer, elapsed
 
 
-class HealthProbe(threading.Thread):
-    """``GET /healthz`` back to back, recording each latency.
+class Probe:
+    """``GET path`` probed back to back by a child process (tests/faults/probe_child.py)."""
 
-    A new connection each time, as a load balancer's check does: on a kept-alive connection
-    gevent's server answers ~40 ms late even at rest (headers and body in two writes: Nagle's
-    algorithm waits for the client's delayed ACK), which would hide what this test looks at.
-    """
-
-    def __init__(self, port):
-        super().__init__(daemon=True)
-        self.port = port
-        self.latencies = []
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            started = time.perf_counter()
-            connection.request("GET", "/healthz")
-            answer = connection.getresponse()
-            answer.read()
-            self.latencies.append(time.perf_counter() - started)
-            connection.close()
-            assert answer.status == 200
-            self.done.wait(0.005)  # pacing of the probe, not a wait for anything
+    def __init__(self, port, path, headers=None):
+        self.args = [support.PYTHON, "-m", "tests.faults.probe_child", str(port), path, json.dumps(headers or {})]
+        self.latencies, self.statuses = [], {}
 
     def __enter__(self):
-        self.start()
-        wait_until(lambda: self.latencies, 10, message="a first /healthz answer")
+        self.child = subprocess.Popen(
+            self.args, cwd=support.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.child.stdout.readline().strip() == "probing", "the probe got no first answer"
         return self
 
     def __exit__(self, *exc_info):
-        self.done.set()
-        self.join(30)
+        output, _ = self.child.communicate(timeout=60)
+        found = json.loads(output.strip().splitlines()[-1])
+        self.latencies, self.statuses = found["latencies"], found["statuses"]
 
 
 def flood(page, email):
@@ -121,12 +117,15 @@ def flood(page, email):
         return [answer for answers in pool.map(client, range(FLOOD_CLIENTS)) for answer in answers]
 
 
-def probed_flood(server, email=EMAIL):
-    """Flood ``server`` with wrong logins while probing ``/healthz``; (answers, healthz latencies)."""
+def probed_flood(server, token=None, email=EMAIL):
+    """Flood ``server`` with wrong logins while probing ``/healthz`` (and, with a ``token``, a
+    database read of the API); ``(answers, healthz probe, API probe or None)``."""
     page = LoginPage(server)
-    with HealthProbe(server.port) as probe:
+    health = Probe(server.port, "/healthz")
+    api = Probe(server.port, "/api/campaigns", {"Authorization": f"Bearer {token}"}) if token else None
+    with health, api or contextlib.nullcontext():
         answers = flood(page, email)
-    return answers, probe.latencies
+    return answers, health, api
 
 
 def median_login_seconds(page):
@@ -140,12 +139,14 @@ def median_login_seconds(page):
 
 @pytest.mark.parametrize("async_mode", ["eventlet", "gevent"])
 def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(login_stack, async_mode):
-    open_server = login_stack.start_server(ASYNC_MODE=async_mode, **OPEN_LIMITS)
-    limited_server = login_stack.start_server(ASYNC_MODE=async_mode)
+    stack, token = login_stack
+    open_server = stack.start_server(ASYNC_MODE=async_mode, **OPEN_LIMITS, **SMALL_POOL)
+    limited_server = stack.start_server(ASYNC_MODE=async_mode)
 
-    open_answers, open_latencies = probed_flood(open_server)
+    open_answers, open_health, api = probed_flood(open_server, token)
     wrong_seconds, unknown_seconds = median_login_seconds(LoginPage(open_server))
-    limited_answers, limited_latencies = probed_flood(limited_server)
+    limited_answers, limited_health, _ = probed_flood(limited_server)
+    open_latencies, api_latencies, limited_latencies = open_health.latencies, api.latencies, limited_health.latencies
     statuses = sorted({answer.status_code for answer in limited_answers})
     report(
         "login_flood",
@@ -153,6 +154,7 @@ def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(log
         logins=len(open_answers),
         healthz_max_open_limits=max(open_latencies),
         healthz_probes_open_limits=len(open_latencies),
+        api_max_open_limits_pool_of_2=max(api_latencies),
         healthz_max_default_limits=max(limited_latencies),
         statuses_default_limits=statuses,
         answered_429=sum(answer.status_code == 429 for answer in limited_answers),
@@ -161,7 +163,9 @@ def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(log
     )
 
     assert {answer.status_code for answer in open_answers} == {401}
+    assert set(open_health.statuses) == set(api.statuses) == set(limited_health.statuses) == {"200"}
     assert max(open_latencies) < HEALTHZ_BUDGET_SECONDS, "scrypt ran on the event loop"
+    assert max(api_latencies) < API_BUDGET_SECONDS, "logins held the database's connections"
     assert max(limited_latencies) < HEALTHZ_BUDGET_SECONDS
     assert 429 in statuses and set(statuses) <= {401, 429}
     limited = next(answer for answer in limited_answers if answer.status_code == 429)
