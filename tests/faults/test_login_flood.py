@@ -88,8 +88,9 @@ class LoginPage:
 class Probe:
     """``GET path`` probed back to back by a child process (tests/faults/probe_child.py)."""
 
-    def __init__(self, port, path, headers=None):
-        self.args = [support.PYTHON, "-m", "tests.faults.probe_child", str(port), path, json.dumps(headers or {})]
+    def __init__(self, port, path, headers=None, pause=0.005):
+        arguments = [str(port), path, json.dumps(headers or {}), str(pause)]
+        self.args = [support.PYTHON, "-m", "tests.faults.probe_child", *arguments]
         self.latencies, self.statuses = [], {}
 
     def __enter__(self):
@@ -122,7 +123,8 @@ def probed_flood(server, token=None, email=EMAIL):
     database read of the API); ``(answers, healthz probe, API probe or None)``."""
     page = LoginPage(server)
     health = Probe(server.port, "/healthz")
-    api = Probe(server.port, "/api/campaigns", {"Authorization": f"Bearer {token}"}) if token else None
+    # A few reads a second are enough to see a stall, and leave the hub to what is measured.
+    api = Probe(server.port, "/api/campaigns", {"Authorization": f"Bearer {token}"}, 0.1) if token else None
     with health, api or contextlib.nullcontext():
         answers = flood(page, email)
     return answers, health, api
@@ -164,7 +166,7 @@ def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(log
 
     assert {answer.status_code for answer in open_answers} == {401}
     assert set(open_health.statuses) == set(api.statuses) == set(limited_health.statuses) == {"200"}
-    assert max(open_latencies) < HEALTHZ_BUDGET_SECONDS, "scrypt ran on the event loop"
+    assert max(open_latencies) < HEALTHZ_BUDGET_SECONDS, "wrong logins held the server up"
     assert max(api_latencies) < API_BUDGET_SECONDS, "logins held the database's connections"
     assert max(limited_latencies) < HEALTHZ_BUDGET_SECONDS
     assert 429 in statuses and set(statuses) <= {401, 429}
