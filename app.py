@@ -43,9 +43,12 @@ from campaigns.pages import bp as pages_bp
 from config import Config, secret_problems
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
+from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
+from sockets.stream import UpdateStreamManager
 from sockets.sweeper import start_sweeper
+from sockets.tenants import tenant_states
 
 log = logging.getLogger("campaign_live")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
@@ -92,13 +95,16 @@ def socketio_options(config):
         "max_http_buffer_size": config["MAX_HTTP_BUFFER_SIZE"],
         # sockets/sweeper.py checks the sockets instead (started by main).
         "monitor_clients": False,
+        # A snapshot sent to many clients is encoded once (sockets/encoding.py).
+        "json": PacketJSON,
         "cors_allowed_origins": (origins if origins == "*" else origins.split(",")) if origins else None,
         "logger": logging.getLogger("socketio"),
         "engineio_logger": logging.getLogger("engineio"),
     }
-    if config["SOCKETIO_MESSAGE_QUEUE_URL"]:
-        options["message_queue"] = config["SOCKETIO_MESSAGE_QUEUE_URL"]
-        options["channel"] = config["SOCKETIO_CHANNEL"]
+    url = config["SOCKETIO_MESSAGE_QUEUE_URL"]
+    if url:
+        # Updates from the message queue go through this server's tenant states (sockets/tenants.py).
+        options["client_manager"] = UpdateStreamManager(url, config["SOCKETIO_CHANNEL"], tenant_states)
     return options
 
 
@@ -129,6 +135,7 @@ def create_app(config=None):
     babel.init_app(app, locale_selector=select_locale, default_translation_directories=TRANSLATIONS)
     app.jinja_env.globals.update(logout_form=LogoutForm, get_locale=get_locale)
     socketio.init_app(app, **socketio_options(app.config))
+    tenant_states.init_app(app)
     install_direct_writes(socketio.server.eio, enabled=app.config["DIRECT_WEBSOCKET_WRITES"])
     if not app.config["WEBSOCKET_COMPRESSION"]:
         app.wsgi_app = without_websocket_compression(app.wsgi_app)
@@ -137,7 +144,7 @@ def create_app(config=None):
     csrf.exempt(api_bp)  # the API authenticates with bearer tokens; its cookie-auth routes only read
     app.register_blueprint(accounts_bp)
     app.register_blueprint(pages_bp)
-    register_handlers()
+    register_handlers(app.config)
     register_error_handlers(app)
     register_commands(app)
     return app
@@ -202,6 +209,7 @@ def main():
         declare_broker_topology(config)
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
+    socketio.start_background_task(tenant_states.run_reconciliation)
     freeze_startup_objects()
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",

@@ -89,6 +89,25 @@ class Config:
         # Client events (``replay``) per connection: a burst, then this many per second.
         self.SOCKET_EVENT_BURST = _int("SOCKET_EVENT_BURST", 10)
         self.SOCKET_EVENT_RATE = _float("SOCKET_EVENT_RATE", 1.0)
+        # Failure alert (campaigns/rules.py): a running campaign failing at least this share of
+        # at least that many messages over the window.
+        self.FAILURE_ALERT_RATE = _float("FAILURE_ALERT_RATE", 0.2)
+        self.FAILURE_ALERT_WINDOW_SECONDS = _float("FAILURE_ALERT_WINDOW_SECONDS", 60.0)
+        self.FAILURE_ALERT_MIN_MESSAGES = _int("FAILURE_ALERT_MIN_MESSAGES", 20)
+        # Recovery (CONTRACT.md section 2): a client further behind than this gets resync + snapshot.
+        self.REPLAY_MAX_UPDATES = _int("REPLAY_MAX_UPDATES", 1000)
+        # Newest updates each server keeps in memory per tenant it has clients for (replay without a query).
+        self.REPLAY_RING_SIZE = _int("REPLAY_RING_SIZE", 256)
+        # Every client has every stored update within this long of its commit, even when the queue lost it.
+        self.RECONCILE_SECONDS = _float("RECONCILE_SECONDS", 5.0)
+        # A connect that cannot be served from memory within this long is refused with "unavailable".
+        self.CONNECT_WAIT_SECONDS = _float("CONNECT_WAIT_SECONDS", 5.0)
+        # Database queries of the connect path (tenant loads, replays) running at once.
+        self.STATE_LOAD_CONCURRENCY = _int("STATE_LOAD_CONCURRENCY", 4)
+        # Connect attempts per token (or logged-in user): a burst, then a rate; slowed up to a delay, then refused.
+        self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 20)
+        self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 5.0)
+        self.CONNECT_MAX_DELAY_SECONDS = _float("CONNECT_MAX_DELAY_SECONDS", 3.0)
         self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
         self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
         # Every POST /login counts (a wrong password costs ~75 ms of scrypt on a thread).
@@ -96,7 +115,15 @@ class Config:
         self.LOGIN_RATE_LIMIT_PER_EMAIL = os.environ.get("LOGIN_RATE_LIMIT_PER_EMAIL", "5 per minute")
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_HEADERS_ENABLED = True
+        # Test-only fault point of the worker: "exit_before_emit" (tests/test_reconciliation.py).
+        self.WORKER_FAULT = os.environ.get("WORKER_FAULT", "")
         self.WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 0)
+        # The worker's database session: how long it waits for a tenant's lock another worker
+        # holds, and how long one statement may run, before it backs off and tries again.
+        self.WORKER_LOCK_TIMEOUT_SECONDS = _float("WORKER_LOCK_TIMEOUT_SECONDS", 10.0)
+        self.WORKER_STATEMENT_TIMEOUT_SECONDS = _float("WORKER_STATEMENT_TIMEOUT_SECONDS", 30.0)
+        # PostgreSQL ends a worker session idle this long (with its tenant locks): a frozen worker.
+        self.WORKER_IDLE_SESSION_TIMEOUT_SECONDS = _float("WORKER_IDLE_SESSION_TIMEOUT_SECONDS", 60.0)
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"

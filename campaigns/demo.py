@@ -9,6 +9,8 @@ from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from campaigns.tokens import mint_token
 from extensions import db, socketio
+from sockets.stream import LocalUpdateStream
+from sockets.tenants import tenant_states
 from worker.runner import run_embedded_worker
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,6 @@ def run_simulator(app):
 
 def start_demo(app):
     """Start the worker and the simulator as background tasks of the server."""
-    socketio.start_background_task(run_embedded_worker, app, socketio)
+    socketio.start_background_task(run_embedded_worker, app, LocalUpdateStream(tenant_states))
     if app.config["SIMULATOR"]:
         socketio.start_background_task(run_simulator, app)

@@ -22,12 +22,15 @@ from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_, up
 from sqlalchemy.dialects import postgresql, sqlite
 
 from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
+from campaigns.rules import FailureAlertRule, alert_changed, record_message, window_counts
 from campaigns.timeutil import utcnow
 from campaigns.updates import store_updates
 
 log = logging.getLogger(__name__)
 # Merged updates emitted per transaction (see EventConsumer.emit_due_updates).
 DUE_BATCH = 20
+DEFAULT_ALERT_RULE = FailureAlertRule()
+FAILURE_WINDOW_EVENTS = ("message_sent", "message_failed")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class IngestResult:
     updates: list = field(default_factory=list)
     merged: int = 0
     throttled: list = field(default_factory=list)
+    alerts_raised: int = 0
 
 
 class TenantLocks:
@@ -185,7 +189,7 @@ def known_tenants(session, tenant_ids):
     return set(session.connection().scalars(select(tenants.c.id).where(tenants.c.id.in_(sorted(tenant_ids)))))
 
 
-def apply_batch(session, events, now, throttle_seconds, locks=None):
+def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=DEFAULT_ALERT_RULE):
     """Apply a batch of valid events once each; store and return the updates to emit."""
     result = IngestResult()
     unique, seen = [], set()
@@ -222,11 +226,22 @@ def apply_batch(session, events, now, throttle_seconds, locks=None):
         if campaign.apply(event, now):
             # A status update carries the latest state, so a pending merge is no longer needed;
             # it does not open a progress window (only progress updates count against it).
+            _decide_failure_alert(campaign, alert_rule, now, result)
             emissions.append((event.tenant_id, event.type, campaign.to_dict()))
             campaign.emit_due_at = None
             waiting.pop(key, None)
         else:
+            if event.type in FAILURE_WINDOW_EVENTS:
+                campaign.failure_window = record_message(alert_rule, campaign.failure_window, event.type, now)
             waiting[key] = waiting.get(key, 0) + 1
+    for key in list(waiting):
+        campaign = campaigns[key]
+        if _decide_failure_alert(campaign, alert_rule, now, result):
+            # Setting or clearing the alert goes at once, like a status change.
+            emissions.append((campaign.tenant_id, campaign.last_event_type, campaign.to_dict()))
+            campaign.emit_due_at = None
+            campaign.last_emitted_at = now
+            result.merged += waiting.pop(key) - 1
     window = timedelta(seconds=throttle_seconds)
     for key, count in waiting.items():
         campaign = campaigns[key]
@@ -244,6 +259,16 @@ def apply_batch(session, events, now, throttle_seconds, locks=None):
     _save_campaigns(session, created, [c for c in campaigns.values() if id(c) not in new])
     result.updates = store_updates(session, emissions, now)
     return result
+
+
+def _decide_failure_alert(campaign, rule, now, result):
+    """Update the campaign's ``failure_alert``; True when it was set or cleared."""
+    sent, failed = window_counts(rule, campaign.failure_window, now)
+    before = campaign.failure_alert
+    campaign.failure_alert = rule.next(before, campaign.status, sent, failed, now)
+    if before is None and campaign.failure_alert is not None:
+        result.alerts_raised += 1
+    return alert_changed(before, campaign.failure_alert)
 
 
 def next_due_at(session):
@@ -283,12 +308,37 @@ def flush_due_updates(session, now, locks=None, force=False):
     return store_updates(session, emissions, now)
 
 
-def prune(session, now, update_retention_seconds, event_retention_seconds):
-    """Delete stored updates and applied events older than their retention; return counts."""
-    events = session.execute(
-        delete(AppliedEvent).where(AppliedEvent.applied_at < now - timedelta(seconds=event_retention_seconds))
-    ).rowcount
-    updates = session.execute(
-        delete(CampaignUpdate).where(CampaignUpdate.created_at < now - timedelta(seconds=update_retention_seconds))
-    ).rowcount
+# Rows deleted per table and statement by ``prune``: a backlog of history (workers stopped for
+# days, a retention lowered) goes in statements that stay far below the worker's
+# statement_timeout, instead of one that the timeout would cancel every time.
+PRUNE_CHUNK = 5000
+
+
+def _delete_older(session, model, key, column, cutoff, limit):
+    """Delete up to ``limit`` rows of ``model`` whose ``column`` is before ``cutoff``; return how many."""
+    oldest = select(*key).where(column < cutoff).limit(limit)
+    return session.execute(delete(model).where(tuple_(*key).in_(oldest))).rowcount
+
+
+def prune(session, now, update_retention_seconds, event_retention_seconds, limit=PRUNE_CHUNK):
+    """Delete up to ``limit`` stored updates and applied events older than their retention; return counts.
+
+    A count equal to ``limit`` means more may be left: call again (in a new transaction).
+    """
+    events = _delete_older(
+        session,
+        AppliedEvent,
+        (AppliedEvent.tenant_id, AppliedEvent.event_id),
+        AppliedEvent.applied_at,
+        now - timedelta(seconds=event_retention_seconds),
+        limit,
+    )
+    updates = _delete_older(
+        session,
+        CampaignUpdate,
+        (CampaignUpdate.tenant_id, CampaignUpdate.seq),
+        CampaignUpdate.created_at,
+        now - timedelta(seconds=update_retention_seconds),
+        limit,
+    )
     return {"applied_events": events, "campaign_updates": updates}

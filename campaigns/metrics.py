@@ -19,12 +19,26 @@ updates_emitted = Counter(f"{PREFIX}_updates_emitted_total", "campaign_update ev
 updates_merged = Counter(f"{PREFIX}_updates_merged_total", "Progress events merged into a later update by the throttle")
 dead_lettered = Counter(f"{PREFIX}_dead_lettered_total", "Messages moved to campaign.events.dead", ["reason"])
 replayed_updates = Counter(f"{PREFIX}_replayed_updates_total", "Stored updates sent again for recovery", ["via"])
+failure_alerts_raised = Counter(
+    f"{PREFIX}_failure_alerts_raised_total", "Failure alerts set on running campaigns (campaigns/rules.py)"
+)
+resyncs_sent = Counter(f"{PREFIX}_resyncs_sent_total", "resync events sent to clients", ["reason"])
+reconciled_updates = Counter(
+    f"{PREFIX}_reconciled_updates_total",
+    "Stored updates a server read from PostgreSQL and delivered itself (the message queue lost or delayed them)",
+    ["cause"],
+)
 connections_refused = Counter(f"{PREFIX}_connections_refused_total", "Socket.IO connections refused", ["reason"])
 http_requests = Counter(f"{PREFIX}_http_requests_total", "HTTP requests served", ["method", "route", "status"])
 receive_to_emit = Histogram(
     f"{PREFIX}_receive_to_emit_seconds",
     "From the worker receiving a batch's first message to emitting its immediate updates",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+worker_retries = Counter(
+    f"{PREFIX}_worker_retries_total",
+    "Worker attempts that failed for a reason other than the event (nothing acknowledged; tried again)",
+    ["reason"],
 )
 batch_size = Histogram(
     f"{PREFIX}_worker_batch_size", "Messages per applied batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000)
@@ -93,6 +107,27 @@ class PacketWritesCollector:
 def watch_packet_writes(writes):
     """Count the packets of a ``sockets.fanout.DirectWrites`` by path at scrape time."""
     _register_once(PacketWritesCollector(writes))
+
+
+class WorkerReadyCollector:
+    """1 while the worker can apply events, 0 while it retries the database or reconnects to the
+    broker (worker/health.py). Exported by workers only: a server has no such state."""
+
+    def __init__(self, health):
+        self.health = health
+
+    def collect(self):
+        """Yield the gauge."""
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_worker_ready", "1 while the worker can apply events, 0 while it retries or reconnects"
+        )
+        gauge.add_metric([], 1 if self.health.readiness()[0] else 0)
+        yield gauge
+
+
+def watch_worker_health(health):
+    """Export a ``worker.health.WorkerHealth`` as ``campaign_live_worker_ready``."""
+    _register_once(WorkerReadyCollector(health))
 
 
 def reason_code(reason):

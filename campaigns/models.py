@@ -1,9 +1,10 @@
 """Database models: tenants, their campaigns, applied events and stored updates."""
 
+import secrets
 from datetime import datetime, timedelta
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, func, or_, select
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, func, or_, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -37,7 +38,28 @@ class Tenant(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # New with every tenant row, so a tenant deleted and created again never reuses a seq's meaning.
+    epoch: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_hex(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+    @classmethod
+    def positions(cls, tenant_ids):
+        """``{tenant_id: (last_seq, epoch)}`` of those tenants that exist, in one query.
+
+        The epoch the clients see is the tenant's own joined to the database's identity, so it
+        also changes when the database is restored into a new one (same rows, new oid).
+        """
+        rows = db.session.execute(select(cls.id, cls.last_seq, cls.epoch).where(cls.id.in_(list(tenant_ids)))).all()
+        identity = _database_identity()
+        return {row.id: (row.last_seq, f"{row.epoch}.{identity}" if identity else row.epoch) for row in rows}
+
+
+def _database_identity():
+    """The PostgreSQL database's oid (new after a restore into a new database); '' on SQLite."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return ""
+    return str(db.session.scalar(text("SELECT oid FROM pg_database WHERE datname = current_database()")))
 
 
 class Campaign(db.Model):
@@ -69,6 +91,9 @@ class Campaign(db.Model):
     # Throttle state, kept here so that any worker can deliver a merged update after a crash.
     last_emitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     emit_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # campaigns/rules.py: the alert the clients see, and the message counts it is decided on.
+    failure_alert: Mapped[dict | None] = mapped_column(JSONType)
+    failure_window: Mapped[list | None] = mapped_column(JSONType)
 
     @classmethod
     def new(cls, tenant_id, campaign_id):
@@ -153,6 +178,7 @@ class Campaign(db.Model):
             "updated_at": isoformat(self.updated_at),
             "completed_at": isoformat(self.completed_at),
             "version": self.version,
+            "failure_alert": self.failure_alert,
         }
 
     @classmethod
@@ -170,6 +196,29 @@ class Campaign(db.Model):
         if status is not None:
             query = query.where(cls.status == status)
         return query.order_by(cls.created_at.desc(), cls.id).limit(SNAPSHOT_LIMIT)
+
+    @classmethod
+    def live_set(cls, tenant_id, now, limit):
+        """The snapshot's set without its cut at 500, newest first, as ``(campaign, created_at, ended_at)``.
+
+        ``ended_at`` is when a campaign that is no longer running or paused ended (None otherwise):
+        what the snapshot filters on after 24 h.
+        """
+        query = cls.snapshot_query(tenant_id, now).limit(limit)
+        return [(campaign.to_dict(), campaign.created_at, campaign.ended_at) for campaign in db.session.scalars(query)]
+
+    @classmethod
+    def order_keys(cls, tenant_id, campaign_ids):
+        """``{campaign_id: (created_at, ended_at)}``: where campaigns first seen in the stream belong."""
+        query = select(cls).where(cls.tenant_id == tenant_id, cls.id.in_(list(campaign_ids)))
+        return {campaign.id: (campaign.created_at, campaign.ended_at) for campaign in db.session.scalars(query)}
+
+    @property
+    def ended_at(self):
+        """When the campaign stopped running or paused, by its status event; None while it runs."""
+        if self.status in ACTIVE_STATUSES:
+            return None
+        return self.status_changed_at or self.updated_at
 
     @classmethod
     def snapshot(cls, tenant_id, status=None):
@@ -219,6 +268,17 @@ class CampaignUpdate(db.Model):
             .limit(limit)
         )
         return db.session.scalars(query).all()
+
+    @classmethod
+    def newest(cls, tenant_id, up_to_seq, limit, not_before):
+        """The newest ``limit`` kept updates with ``seq <= up_to_seq``, oldest first."""
+        query = (
+            select(cls.payload)
+            .where(cls.tenant_id == tenant_id, cls.seq <= up_to_seq, cls.created_at >= not_before)
+            .order_by(cls.seq.desc())
+            .limit(limit)
+        )
+        return db.session.scalars(query).all()[::-1]
 
     @classmethod
     def history_expired(cls, tenant_id, after_seq, not_before):

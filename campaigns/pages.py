@@ -69,6 +69,8 @@ def client_strings():
         "eta_done": _("done"),
         "sent": _("sent"),
         "failed_label": _("failed"),
+        "failure_alert": _("Failing: %(rate)s of the messages of the last %(window)s s, since %(since)s"),
+        "failure_alert_toast": _("%(name)s is failing: %(rate)s of its recent messages"),
     }
 
 
@@ -105,6 +107,7 @@ def dashboard():
     if status not in STATUSES:
         status = None
     snapshot = Campaign.snapshot(tenant.id)
+    snapshot["epoch"] = Tenant.positions([tenant.id])[tenant.id][1]
     rates = messages_last_minute(tenant.id, utcnow())
     for campaign in snapshot["campaigns"]:
         campaign["rate"] = rates.get(campaign["id"], 0)
@@ -129,6 +132,7 @@ def campaign_page(campaign_id):
         campaign=state,
         chart=messages_per_minute(tenant.id, campaign_id, now),
         seq=tenant.last_seq,
+        epoch=Tenant.positions([tenant.id])[tenant.id][1],
         history=campaign_history(tenant.id, campaign_id),
     )
 

@@ -1,5 +1,6 @@
 """JWTs that authenticate Socket.IO connections and REST calls (HS256, ``JWT_SECRET``)."""
 
+import secrets
 from datetime import timedelta
 
 import jwt
@@ -22,7 +23,14 @@ class TokenError(Exception):
 def mint_token(secret, tenant_id, subject, ttl_seconds):
     """A signed token for ``tenant_id`` valid ``ttl_seconds``."""
     now = utcnow()
-    claims = {"tenant": tenant_id, "sub": subject, "iat": now, "exp": now + timedelta(seconds=ttl_seconds)}
+    # jti: two tokens minted in the same second are still two credentials (connect throttle).
+    claims = {
+        "tenant": tenant_id,
+        "sub": subject,
+        "iat": now,
+        "exp": now + timedelta(seconds=ttl_seconds),
+        "jti": secrets.token_hex(8),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 

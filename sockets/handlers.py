@@ -1,33 +1,34 @@
 """Socket.IO event handlers, named after their events (CONTRACT.md section 2).
 
-What a handler sends goes to a client of this very process, so it bypasses the message queue
+A connect is served from this server's memory of the tenant (sockets/tenants.py): no query
+per client. What a handler sends goes to a client of this very process, so it bypasses the message queue
 (``ignore_queue=True``): no round trip through RabbitMQ, no fan-out to every other server, and
 no contention on the process's one publishing connection when many clients connect at once.
 """
 
 import logging
 from collections import Counter
-from datetime import timedelta
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
 
 from campaigns import metrics
 from campaigns.auth import AuthError, identity_from_session, identity_from_token
-from campaigns.models import Campaign, CampaignUpdate
-from campaigns.timeutil import utcnow
-from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, as_replayed, tenant_room
+from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, tenant_room
 from extensions import db, socketio
-from sockets.limits import TokenBucket
+from sockets.limits import ConnectThrottle, TokenBucket
+from sockets.tenants import Unavailable, UnknownTenant, tenant_states
 
 log = logging.getLogger(__name__)
-REPLAY_PAGE = 500
 DISCONNECT_AFTER_REFUSALS = 20
 
 # Every connection this process serves: sid -> Identity, and the client-event budget.
 connections = {}
 budgets = {}
 per_tenant = Counter()
+# sid -> tenant whose state (sockets/tenants.py) this connection holds.
+holding = {}
+connect_throttle = None
 
 
 def refuse(reason):
@@ -41,48 +42,14 @@ def authenticate_socket(auth):
     token = auth.get("token") if isinstance(auth, dict) else None
     try:
         if token is not None:
-            return identity_from_token(token)
+            # Existence is checked by loading the tenant (tenant_states.acquire), not once per connect.
+            return identity_from_token(token, tenant_exists=lambda tenant_id: True)
         identity = identity_from_session()
     except AuthError as exc:
         refuse(exc.code)
     if identity is None:
         refuse("unauthorized")
     return identity
-
-
-def _retention_start():
-    return utcnow() - timedelta(seconds=current_app.config["EVENT_RETENTION_SECONDS"])
-
-
-def _send_snapshot(tenant_id):
-    snapshot = Campaign.snapshot(tenant_id)
-    db.session.commit()
-    emit(SNAPSHOT_EVENT, snapshot, ignore_queue=True)
-    return snapshot["seq"]
-
-
-def _send_stored_updates(tenant_id, after_seq):
-    """Emit every kept update after ``after_seq`` as replayed; return the last ``seq`` sent."""
-    not_before = _retention_start()
-    while True:
-        page = CampaignUpdate.after(tenant_id, after_seq, REPLAY_PAGE, not_before)
-        db.session.commit()
-        for payload in page:
-            emit(UPDATE_EVENT, as_replayed(payload), ignore_queue=True)
-        metrics.replayed_updates.labels("socket").inc(len(page))
-        if page:
-            after_seq = page[-1]["seq"]
-        if len(page) < REPLAY_PAGE:
-            return after_seq
-
-
-def _recover(tenant_id, after_seq):
-    """Replay after ``after_seq``, or tell the client to resync when that history is gone."""
-    if CampaignUpdate.history_expired(tenant_id, after_seq, _retention_start()):
-        db.session.commit()
-        emit(RESYNC_EVENT, {"reason": "history_expired"}, ignore_queue=True)
-        return None
-    return _send_stored_updates(tenant_id, after_seq)
 
 
 def _parse_seq(value):
@@ -92,11 +59,16 @@ def _parse_seq(value):
     return value
 
 
-def connect(auth=None):
-    """Authenticate, send the snapshot and any missed updates, then join the tenant's room.
+def _send(event, data):
+    """Emit to the client being served, bypassing the message queue (see the module docstring)."""
+    emit(event, data, ignore_queue=True)
 
-    Any unexpected failure (database down, pool exhausted) refuses the connection with
-    ``unavailable``: an accepted connection without snapshot or room would never work.
+
+def connect(auth=None):
+    """Authenticate, then send the snapshot and any missed updates from memory and join the room.
+
+    Any unexpected failure (database down or busy) refuses the connection with ``unavailable``:
+    an accepted connection without snapshot or room would never work.
     """
     if request.sid in connections:
         # python-socketio also dispatches a client *event* named "connect" to this handler.
@@ -104,9 +76,12 @@ def connect(auth=None):
     try:
         return _connect(auth)
     except ConnectionRefusedError:
+        _forget(request.sid)
         raise
-    except Exception:
-        log.exception("[WEBSOCKET] connect of %s failed; refusing it", request.sid)
+    except Exception as exc:
+        expected = isinstance(exc, Unavailable)
+        level = logging.WARNING if expected else logging.ERROR
+        log.log(level, "[WEBSOCKET] connect of %s failed; refusing it: %s", request.sid, exc, exc_info=not expected)
         db.session.rollback()
         _forget(request.sid)
         refuse("unavailable")
@@ -121,20 +96,31 @@ def _connect(auth):
     last_seq = _parse_seq(auth.get("last_seq"))
     if auth.get("last_seq") is not None and last_seq is None:
         log.warning("[WEBSOCKET] ignoring invalid last_seq %r from %s", auth.get("last_seq"), request.sid)
+    epoch = auth.get("epoch") if isinstance(auth.get("epoch"), str) else None
+    _slow_down(auth.get("token"), identity)
+    db.session.remove()  # nothing below needs the request's session: give its connection back
     connections[request.sid] = identity
     per_tenant[tenant_id] += 1
     budgets[request.sid] = TokenBucket(
         current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
     )
-    sent = _send_snapshot(tenant_id)
-    if last_seq is not None:
-        replayed = _recover(tenant_id, last_seq)
-        if replayed is not None:
-            sent = max(sent, replayed)
-    join_room(tenant_room(tenant_id))
-    # Anything stored between the snapshot and joining the room would be missed otherwise.
-    _send_stored_updates(tenant_id, sent)
+    try:
+        tenant_states.acquire(tenant_id)
+    except UnknownTenant:
+        refuse("unauthorized")
+    holding[request.sid] = tenant_id
+    tenant_states.serve(tenant_id, last_seq, epoch, _send, lambda: join_room(tenant_room(tenant_id)))
     log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq)
+
+
+def _slow_down(token, identity):
+    """Hold a connect that goes over its credential's budget; refuse it with ``rate_limited`` beyond."""
+    key = token.rsplit(".", 1)[-1] if isinstance(token, str) else f"session:{identity.tenant_id}:{identity.subject}"
+    wait = connect_throttle.reserve(key)
+    if wait is None:
+        refuse("rate_limited")
+    if wait:
+        socketio.sleep(wait)
 
 
 def disconnect_handler(*args):
@@ -150,6 +136,9 @@ def _forget(sid):
     """Drop what this process keeps about a connection; return its identity (or None)."""
     identity = connections.pop(sid, None)
     budgets.pop(sid, None)
+    held = holding.pop(sid, None)
+    if held is not None:
+        tenant_states.release(held)
     if identity is not None:
         per_tenant[identity.tenant_id] -= 1
         if per_tenant[identity.tenant_id] <= 0:
@@ -171,18 +160,27 @@ def _within_budget():
 def replay(data=None):
     """Client event ``replay`` ``{"after_seq": N}``: send the stored updates after N again."""
     identity = connections.get(request.sid)
-    if identity is None:
+    if identity is None or request.sid not in holding:
         return {"error": "unauthorized", "message": "not connected"}
     if not _within_budget():
         return {"error": "rate_limited", "message": "too many client events; slow down"}
     after_seq = _parse_seq(data.get("after_seq")) if isinstance(data, dict) else None
     if after_seq is None:
         return {"error": "bad_request", "message": "after_seq must be an integer >= 0"}
-    last = _recover(identity.tenant_id, after_seq)
-    if last is None:
-        _send_snapshot(identity.tenant_id)
+    try:
+        reason, replayed = tenant_states.recovery(identity.tenant_id, after_seq)
+    except Unavailable as exc:
+        log.warning("[WEBSOCKET] replay for %s failed: %s", request.sid, exc)
+        return {"error": "unavailable", "message": "try again in a moment"}
+    if reason is not None:
+        metrics.resyncs_sent.labels(reason).inc()
+        _send(RESYNC_EVENT, {"reason": reason})
+        _send(SNAPSHOT_EVENT, tenant_states.encoded_snapshot(identity.tenant_id))
         return {"ok": True, "resync": True}
-    return {"ok": True, "seq": last}
+    for payload in replayed:
+        _send(UPDATE_EVENT, payload)
+    metrics.replayed_updates.labels("socket").inc(len(replayed))
+    return {"ok": True, "seq": replayed[-1]["seq"] if replayed else after_seq}
 
 
 def refuse_event(event):
@@ -204,8 +202,14 @@ def on_error(exc):
     db.session.rollback()
 
 
-def register_handlers():
+def register_handlers(config):
     """Attach the handlers to the ``SocketIO`` instance and count its connections for /metrics."""
+    global connect_throttle
+    connect_throttle = ConnectThrottle(
+        config["CONNECT_BURST_PER_CREDENTIAL"],
+        config["CONNECT_RATE_PER_CREDENTIAL"],
+        config["CONNECT_MAX_DELAY_SECONDS"],
+    )
     socketio.on_event("connect", connect)
     socketio.on_event("disconnect", disconnect_handler)
     socketio.on_event("replay", replay)

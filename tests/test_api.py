@@ -307,10 +307,10 @@ def test_the_admin_session_cookie_authenticates_a_socket(app, acme, store):
 
 
 def test_a_connect_that_fails_unexpectedly_is_refused_not_half_accepted(app, token, monkeypatch):
-    def broken(tenant_id, status=None):
+    def broken(tenant_id, now, limit):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("campaigns.models.Campaign.snapshot", broken)
+    monkeypatch.setattr("campaigns.models.Campaign.live_set", broken)
     before = refusals("unavailable")
     client = socket_client(app, token)
     assert not client.is_connected()

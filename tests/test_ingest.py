@@ -241,6 +241,20 @@ def test_stored_updates_are_read_back_in_order_and_expire(db_session, tenants):
     assert [u.seq for u in db_session.query(CampaignUpdate).filter_by(tenant_id="acme")] == [3, 4, 5]
 
 
+def test_a_backlog_of_history_is_pruned_in_chunks(db_session, tenants):
+    for i in range(5):
+        at = T0 + timedelta(seconds=i)
+        apply(db_session, [ev("campaign_paused" if i % 2 else "campaign_resumed", at=at)], now=at)
+    later = T0 + timedelta(days=30)
+    chunks = []
+    while not chunks or any(chunks[-1].values()):
+        chunks.append(prune(db_session, later, 86400, 86400, limit=2))
+        db_session.commit()
+    assert [chunk["applied_events"] for chunk in chunks] == [2, 2, 1, 0]
+    assert [chunk["campaign_updates"] for chunk in chunks] == [2, 2, 1, 0]
+    assert db_session.query(CampaignUpdate).count() == 0
+
+
 def test_snapshot_holds_active_and_recently_ended_campaigns_newest_first(db_session, tenants):
     now = datetime.now(timezone.utc)
     apply(db_session, [started(5, campaign="old", at=now - timedelta(days=3))], now=now - timedelta(days=3))
@@ -303,3 +317,36 @@ def test_the_shutdown_flush_ends_while_other_workers_keep_applying(app, db_sessi
         for thread in others:
             thread.join(30)
     assert emitted
+
+
+def failed(i=0, **kw):
+    return ev("message_failed", {"message_id": f"f{i}", "error": "number banned"}, **kw)
+
+
+def test_a_failing_campaign_raises_its_alert_at_once_and_clears_it_when_failures_stop(db_session, tenants):
+    apply(db_session, [started(1000)], now=T0)
+    # 25 messages, 10 failed (40 %), in the progress window that the start opened: still emitted at once.
+    batch = [sent(i) for i in range(15)] + [failed(i) for i in range(10)]
+    result = apply(db_session, batch, now=T0 + timedelta(seconds=1))
+    assert result.alerts_raised == 1
+    (update,) = result.updates
+    alert = update["campaign"]["failure_alert"]
+    assert alert == {"rate": 0.4, "window_seconds": 60.0, "since": isoformat(T0 + timedelta(seconds=1))}
+    assert campaign(db_session).failure_alert == alert
+    # Still failing: no new emission at once, the stored alert follows the rate.
+    result = apply(db_session, [failed(i) for i in range(10, 15)], now=T0 + timedelta(seconds=1, milliseconds=500))
+    assert result.updates == [] and campaign(db_session).failure_alert["rate"] == 0.5
+    # A minute later the window holds only successes: the share falls under 10 % and the alert clears at once.
+    later = T0 + timedelta(seconds=75)
+    result = apply(db_session, [sent(i) for i in range(100, 130)], now=later)
+    (update,) = result.updates
+    assert update["campaign"]["failure_alert"] is None and result.alerts_raised == 0
+
+
+def test_pausing_a_campaign_clears_its_alert(db_session, tenants):
+    apply(db_session, [started(100)], now=T0)
+    apply(db_session, [failed(i) for i in range(30)], now=T0 + timedelta(seconds=1))
+    assert campaign(db_session).failure_alert is not None
+    result = apply(db_session, [ev("campaign_paused", at=T0 + timedelta(seconds=2))], now=T0 + timedelta(seconds=2))
+    assert [u["campaign"]["failure_alert"] for u in result.updates] == [None]
+    assert campaign(db_session).failure_alert is None

@@ -26,7 +26,7 @@ LOCK = JS_DIR / "package-lock.json"
 STAMP = JS_DIR / "node_modules" / ".lock-stamp"
 NODE_TIMEOUT = 300
 # 5 tests per transport (websocket, polling); fewer would mean node skipped some.
-NODE_TESTS = 10
+NODE_TESTS = 12
 OTHER_SECRET = "another-jwt-secret-of-32-bytes-or-more"
 
 

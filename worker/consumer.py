@@ -4,6 +4,12 @@ One loop (kombu's ``ConsumerMixin``) does everything in order, so there is no lo
 inside the process: messages are collected by ``on_message``; ``on_iteration`` turns a
 full (or lingering) batch into one database transaction, emits merged updates whose
 throttle window has ended, and prunes old history from time to time.
+
+Failures (worker/failures.py): a database error that the event cannot have caused is
+retried with backoff, acknowledging nothing, for as long as it lasts; only an event that
+fails alone with an error of its own is dead-lettered. Whatever fails after a commit (the
+ack, a dead letter, the emit), the batch's updates are emitted and the tenant locks given
+back before the error goes on to kombu's reconnection.
 """
 
 import contextlib
@@ -12,27 +18,31 @@ import select
 import time
 
 from kombu.mixins import ConsumerProducerMixin
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from campaigns import metrics
 from campaigns.events import InvalidEvent, parse_event
-from campaigns.ingest import DUE_BATCH, TenantLocks, apply_batch, flush_due_updates, prune
+from campaigns.ingest import DUE_BATCH, PRUNE_CHUNK, TenantLocks, apply_batch, flush_due_updates, prune
+from campaigns.rules import FailureAlertRule
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
+from worker.failures import caused_by_event, describe, retry_reason
+from worker.health import WorkerHealth
 from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
 
 log = logging.getLogger(__name__)
 DUE_CHECK_SECONDS = 0.1
 PRUNE_SECONDS = 60.0
-MAX_BACKOFF_SECONDS = 10.0
-
-
-def is_transient(exc):
-    """True for database errors that a retry may cure (server down, connection lost)."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+# Low enough that events flow within about 2 s of the database's return; one failed attempt
+# every 2 s per worker costs the database nothing worth counting.
+MAX_BACKOFF_SECONDS = 2.0
+# A flush of merged updates that fails for another reason than the database (which
+# in_transaction retries) is tried again this much later, not in a tight loop; a prune, at
+# the next prune.
+TASK_RETRY_SECONDS = 5.0
+# Between two chunks of a history backlog: the loop applies events in between.
+PRUNE_CHUNK_PAUSE_SECONDS = 0.2
 
 
 class StopRequested(Exception):
@@ -42,14 +52,24 @@ class StopRequested(Exception):
 class EventConsumer(ConsumerProducerMixin):
     """Consumes ``campaign.events``; see the module docstring for the loop."""
 
-    def __init__(self, connection, engine, emitter, settings):
+    def __init__(self, connection, engine, emitter, settings, health=None):
         self.connection = connection
+        self.health = health or WorkerHealth()
+        self.session_settings = {
+            "lock_timeout": int(settings.get("WORKER_LOCK_TIMEOUT_SECONDS", 10.0) * 1000),
+            "statement_timeout": int(settings.get("WORKER_STATEMENT_TIMEOUT_SECONDS", 30.0) * 1000),
+            "idle_session_timeout": int(settings.get("WORKER_IDLE_SESSION_TIMEOUT_SECONDS", 60.0) * 1000),
+        }
+        for name, milliseconds in self.session_settings.items():
+            if milliseconds < 0:
+                raise RuntimeError(f"the worker's {name} must be >= 0 seconds (0 turns it off)")
         self.engine = engine
         self.emitter = emitter
         self.queue = worker_queue(settings["WORKER_QUEUE"])
         self.batch_size = settings["WORKER_BATCH_SIZE"]
         self.linger = settings["WORKER_BATCH_LINGER_MS"] / 1000.0
         self.throttle_seconds = settings["THROTTLE_SECONDS"]
+        self.alert_rule = FailureAlertRule.from_config(settings)
         self.update_retention = settings["EVENT_RETENTION_SECONDS"]
         self.event_retention = settings["APPLIED_EVENT_RETENTION_SECONDS"]
         self.prune_every = min(PRUNE_SECONDS, max(self.update_retention / 4, 1.0))
@@ -81,6 +101,7 @@ class EventConsumer(ConsumerProducerMixin):
     def on_consume_ready(self, connection, channel, consumers, **kwargs):
         """Remember the live connection (for heartbeats while waiting on the database)."""
         self.active_connection = connection
+        self.health.ok("broker")
         log.info("[WORKER] consuming from %s", self.queue.name)
 
     def on_connection_revived(self):
@@ -93,6 +114,8 @@ class EventConsumer(ConsumerProducerMixin):
     def on_connection_error(self, exc, interval):
         """Log broker outages; kombu retries the connection."""
         log.warning("[WORKER] broker unavailable (%s); retrying in %.1fs", exc, interval)
+        self.health.fail("broker", f"{exc.__class__.__name__}: {str(exc)[:200]}")
+        metrics.worker_retries.labels("broker_unavailable").inc()
 
     def on_message(self, message):
         """Collect a message; ``on_iteration`` applies the batch."""
@@ -105,17 +128,37 @@ class EventConsumer(ConsumerProducerMixin):
         """Apply a batch once it is full, the broker has nothing more ready, or it waited too long."""
         now = time.monotonic()
         if self.batch and (
-            len(self.batch) >= self.batch_size
-            or now - self.batch_started >= self.linger
-            or not self.more_ready()
+            len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger or not self.more_ready()
         ):
             self.process_batch()
         if now >= self.next_due_check:
-            more_due = self.emit_due_updates()
-            self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
+            more_due = self.run_task("emit_due_updates", self.emit_due_updates)
+            if more_due is None:
+                self.next_due_check = now + TASK_RETRY_SECONDS
+            else:
+                self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
         if now >= self.next_prune:
-            self.next_prune = now + self.prune_every
-            self.prune_history()
+            more = self.run_task("prune_history", self.prune_history)
+            self.next_prune = now + (PRUNE_CHUNK_PAUSE_SECONDS if more else self.prune_every)
+
+    def run_task(self, name, task):
+        """Run a periodic task and return what it returns; None when it failed.
+
+        The database's own failures are retried inside (``in_transaction``); what reaches
+        here is anything else (a bug, a row PostgreSQL refuses). It must not stop the worker:
+        it is logged, and the caller tries the task again later while the loop goes on
+        applying events. A lost broker connection still goes to kombu.
+        """
+        try:
+            return task()
+        except self.connection.connection_errors:
+            raise
+        except StopRequested:
+            return False
+        except Exception as exc:
+            log.exception("[WORKER] %s failed (%s); trying again later", name, describe(exc))
+            metrics.worker_retries.labels("task_failed").inc()
+            return None
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
@@ -136,7 +179,7 @@ class EventConsumer(ConsumerProducerMixin):
         try:
             if self.batch:
                 self.process_batch()
-            self.emit_due_updates(force=True)
+            self.run_task("emit_due_updates", lambda: self.emit_due_updates(force=True))
         except StopRequested:
             pass
         finally:
@@ -146,9 +189,28 @@ class EventConsumer(ConsumerProducerMixin):
     # database ------------------------------------------------------------------
 
     def open_database(self):
-        """A dedicated connection: advisory locks must be released on the one that took them."""
+        """A dedicated connection: advisory locks must be released on the one that took them.
+
+        On PostgreSQL it gets ``lock_timeout`` (a tenant lock another worker does not give
+        back) and ``statement_timeout`` (a statement that hangs): either ends in an error the
+        worker backs off from and retries, instead of waiting forever. And, from PostgreSQL
+        14, ``idle_session_timeout``: a worker that stops talking to the database while it
+        holds tenant locks (frozen, cut off) loses its session, and with it the locks. A live
+        worker is never idle that long (it looks for due updates every 100 ms).
+        """
         if self.session is None:
             connection = self.engine.connect()
+            try:
+                if connection.dialect.name == "postgresql":
+                    for name, milliseconds in self.session_settings.items():
+                        if name == "idle_session_timeout" and connection.dialect.server_version_info < (14,):
+                            continue
+                        connection.exec_driver_sql(f"SET SESSION {name} = {int(milliseconds)}")
+                    connection.commit()  # a SET in a transaction that rolls back would be undone
+            except Exception:
+                connection.invalidate()
+                connection.close()
+                raise
             self.session = Session(bind=connection, expire_on_commit=False)
             self.locks = TenantLocks(self.session)
         return self.session
@@ -168,21 +230,39 @@ class EventConsumer(ConsumerProducerMixin):
         self.session = None
         self.locks = None
 
-    def in_transaction(self, work):
-        """Run ``work(session)`` and commit, retrying with backoff while the database is down."""
+    def in_transaction(self, work, retry=True):
+        """Run ``work(session)`` and commit; on a failure the event cannot have caused, back off and retry.
+
+        Nothing is acknowledged meanwhile: a database that is down, read-only, behind the
+        code's schema or slow costs time, never an event. The connection is dropped on every
+        failure (with it any advisory lock, and a session setting such as a read-only default
+        that a failover left). An error that may be the event's is raised to the caller, as
+        is every error when ``retry`` is False.
+        """
         delay = 0.25
         while True:
+            opened = False
             try:
                 session = self.open_database()
+                opened = True
                 result = work(session)
                 session.commit()
+                self.health.ok("database")
                 return result
             except Exception as exc:
-                if not is_transient(exc):
-                    self.close_database()
-                    raise
                 self.close_database()
-                log.warning("[WORKER] database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                # Opening the session involves no event: whatever fails there is the environment's.
+                if (opened and caused_by_event(exc)) or not retry:
+                    raise
+                reason = retry_reason(exc)
+                metrics.worker_retries.labels(reason).inc()
+                self.health.fail("database", f"{reason}: {describe(exc)}")
+                log.warning(
+                    "[WORKER] database failed (%s: %s); nothing acknowledged, retrying in %.1fs",
+                    reason,
+                    describe(exc),
+                    delay,
+                )
                 self.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
@@ -232,35 +312,28 @@ class EventConsumer(ConsumerProducerMixin):
         try:
             result = self.in_transaction(
                 lambda session: apply_batch(
-                    session, [event for event, _ in pairs], utcnow(), self.throttle_seconds, self.locks
+                    session, [event for event, _ in pairs], utcnow(), self.throttle_seconds, self.locks, self.alert_rule
                 )
             )
         except StopRequested:
             return  # nothing acknowledged: the broker redelivers these to the next worker
         except Exception as exc:
-            log.exception("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), exc)
+            log.warning("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), describe(exc))
             self.release_locks()
             for pair in pairs:
                 self.process_alone(*pair)
             return
-        unknown = {event.tenant_id for event in result.unknown_tenant}
-        for event, message in pairs:
-            if event.tenant_id in unknown:
-                self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
-        self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
-        self.record(result)
-        try:
-            self.emit(result.updates)
-        finally:
-            self.release_locks()  # even when the emit fails: other workers wait on these tenants
+        self.after_commit(pairs, result)
         if result.updates:
             metrics.receive_to_emit.observe(metrics.since(received))
 
     def process_alone(self, event, message):
-        """Apply one event in its own transaction; dead-letter it if it cannot be applied."""
+        """Apply one event in its own transaction; dead-letter it only if it fails by its own fault."""
         try:
             result = self.in_transaction(
-                lambda session: apply_batch(session, [event], utcnow(), self.throttle_seconds, self.locks)
+                lambda session: apply_batch(
+                    session, [event], utcnow(), self.throttle_seconds, self.locks, self.alert_rule
+                )
             )
         except StopRequested:
             return
@@ -269,15 +342,64 @@ class EventConsumer(ConsumerProducerMixin):
             log.exception("[WORKER] event %s cannot be applied", event.event_id)
             self.dead_letter(message, f"apply_failed: {exc.__class__.__name__}")
             return
-        if result.unknown_tenant:
-            self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
-        else:
-            self.acknowledge([message])
-        self.record(result)
+        self.after_commit([(event, message)], result)
+
+    def after_commit(self, pairs, result):
+        """Acknowledge a committed batch, emit its updates, give the tenant locks back, then
+        dead-letter its events of unknown tenants.
+
+        The emit and the release happen whatever fails before them: a broker connection
+        lost at the ack leaves the locks held on our database session otherwise (other
+        workers would wait on those tenants for good) and the committed updates unsent. The
+        messages come back by redelivery and are then counted as duplicates. Dead letters
+        come after the release: publishing one waits for the broker as long as it takes,
+        and no tenant lock must be held meanwhile.
+        """
+        unknown = {event.tenant_id for event in result.unknown_tenant}
         try:
-            self.emit(result.updates)
+            self.acknowledge([message for event, message in pairs if event.tenant_id not in unknown])
+        except Exception as exc:
+            log.warning(
+                "[WORKER] broker connection lost after committing %d events (%s); emitting, releasing the "
+                "tenant locks, reconnecting (the broker redelivers them: duplicates, applied once)",
+                len(result.applied),
+                describe(exc),
+            )
+            metrics.worker_retries.labels("broker_lost_after_commit").inc()
+            raise
         finally:
-            self.release_locks()
+            self.record(result)
+            try:
+                self.emit_under_locks(result.updates)
+            finally:
+                self.release_locks()
+        for event, message in pairs:
+            if event.tenant_id in unknown:
+                self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
+
+    def emit_under_locks(self, updates):
+        """Emit updates only while our session, and so the tenant locks, still exists.
+
+        A worker frozen or cut off after its commit may have lost its session (PostgreSQL's
+        ``idle_session_timeout``, an operator): another worker has then taken the tenants
+        over and emitted later ``seq`` numbers. Emitting ours now would send a tenant's live
+        updates out of order; they are stored, so clients get them by replay instead. One
+        round trip, only when there is something to emit.
+        """
+        if not updates:
+            return
+        if self.locks is not None and self.locks.enabled and self.locks.held:
+            try:
+                self.session.execute(text("SELECT 1"))
+            except Exception as exc:  # noqa: BLE001 - any failure: the session, and the locks, may be gone
+                log.warning(
+                    "[WORKER] database session lost before emitting %d updates (%s); not emitting them out of "
+                    "order: they are stored, clients replay them",
+                    len(updates),
+                    describe(exc),
+                )
+                return
+        self.emit(updates)
 
     def acknowledge(self, messages):
         """Acknowledge applied messages: on AMQP one cumulative ack up to the newest one.
@@ -307,6 +429,7 @@ class EventConsumer(ConsumerProducerMixin):
             metrics.events_applied.labels(event.type).inc()
         metrics.events_duplicate.inc(result.duplicates)
         metrics.updates_merged.inc(result.merged)
+        metrics.failure_alerts_raised.inc(result.alerts_raised)
         for name, seconds in result.throttled:
             log.info('[WEBSOCKET] throttling update for "%s" (%.1fs)', name, seconds)
 
@@ -368,7 +491,7 @@ class EventConsumer(ConsumerProducerMixin):
             except StopRequested:
                 return False
             try:
-                self.emit(updates)
+                self.emit_under_locks(updates)
             finally:
                 self.release_locks()
             if len(updates) < DUE_BATCH:
@@ -380,15 +503,19 @@ class EventConsumer(ConsumerProducerMixin):
                 return True
 
     def prune_history(self):
-        """Delete history past its retention."""
+        """Delete one chunk of history past its retention; True when more is left.
+
+        A failure is tried again at the next prune, not retried here: pruning can wait.
+        """
         try:
             counts = self.in_transaction(
-                lambda session: prune(session, utcnow(), self.update_retention, self.event_retention)
+                lambda session: prune(session, utcnow(), self.update_retention, self.event_retention), retry=False
             )
         except StopRequested:
-            return
+            return False
         if any(counts.values()):
             log.info("[WORKER] pruned %(campaign_updates)d updates and %(applied_events)d events", counts)
+        return max(counts.values()) >= PRUNE_CHUNK
 
     def emit(self, updates):
         """Send stored updates to their tenants' rooms (at most once; replay covers losses)."""
@@ -402,6 +529,10 @@ class EventConsumer(ConsumerProducerMixin):
                 campaign["name"],
                 payload["seq"],
             )
-            self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
+            try:
+                self.emitter.emit(UPDATE_EVENT, payload, to=tenant_room(campaign["tenant_id"]))
+            except Exception:  # noqa: BLE001 - stored, so clients replay it; the loop must go on
+                log.exception("[WORKER] could not emit seq %d", payload["seq"])
+                continue
             metrics.updates_emitted.labels(payload["type"]).inc()
         self.stats["emitted"] += len(updates)

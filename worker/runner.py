@@ -1,15 +1,18 @@
 """Starting the consumer: as its own process (``python -m worker``) or inside the demo server."""
 
 import logging
+import os
 import signal
 
-from flask_socketio import SocketIO
 from kombu import Connection
-from prometheus_client import start_http_server
 
+from campaigns import metrics
 from config import secret_problems
 from extensions import db
 from worker.consumer import EventConsumer
+from worker.emitter import message_queue_emitter
+from worker.failures import RETRY_REASONS
+from worker.health import WorkerHealth, serve_health
 from worker.queues import declare_topology
 
 log = logging.getLogger(__name__)
@@ -22,9 +25,19 @@ def broker_connection(url, heartbeat):
     return Connection(url, heartbeat=heartbeat, transport_options={"confirm_publish": True})
 
 
-def build_consumer(app, connection, emitter):
+class ExitBeforeEmit:
+    """A fault point for tests (``WORKER_FAULT=exit_before_emit``): the worker dies after its
+    first commit, before the emit, as when it is killed there. Servers must still converge."""
+
+    def emit(self, *args, **kwargs):
+        """Exit at once, without cleaning up."""
+        log.error("[WORKER] WORKER_FAULT=exit_before_emit: exiting between commit and emit")
+        os._exit(70)
+
+
+def build_consumer(app, connection, emitter, health=None):
     """An ``EventConsumer`` wired to the app's database and settings."""
-    return EventConsumer(connection, db.engine, emitter, app.config)
+    return EventConsumer(connection, db.engine, emitter, app.config, health)
 
 
 def run_embedded_worker(app, emitter):
@@ -50,20 +63,26 @@ def main():
         log.error("[WORKER] refusing to start: %s", problem)
     if problems:
         return 2
-    emitter = SocketIO(
-        message_queue=config["SOCKETIO_MESSAGE_QUEUE_URL"], channel=config["SOCKETIO_CHANNEL"], async_mode="threading"
-    )
+    emitter = message_queue_emitter(config["SOCKETIO_MESSAGE_QUEUE_URL"], config["SOCKETIO_CHANNEL"])
+    if config["WORKER_FAULT"] == "exit_before_emit":
+        emitter = ExitBeforeEmit()
+    health = WorkerHealth()
+    for reason in RETRY_REASONS:
+        metrics.worker_retries.labels(reason)  # every series from the start, at 0
+    metrics.watch_worker_health(health)
     if config["WORKER_METRICS_PORT"]:
-        start_http_server(config["WORKER_METRICS_PORT"], addr=config["HOST"])
-        log.info("[WORKER] metrics on http://%s:%s/metrics", config["HOST"], config["WORKER_METRICS_PORT"])
+        serve_health(health, config["HOST"], config["WORKER_METRICS_PORT"])
+
+    def broker_unavailable(exc, interval):
+        log.warning("[WORKER] broker unavailable (%s); retrying", exc)
+        health.fail("broker", f"{exc.__class__.__name__}: {str(exc)[:200]}")
+        metrics.worker_retries.labels("broker_unavailable").inc()
+
     with app.app_context():
         connection = broker_connection(config["BROKER_URL"], config["AMQP_HEARTBEAT"])
-        connection.ensure_connection(
-            errback=lambda exc, interval: log.warning("[WORKER] broker unavailable (%s); retrying", exc),
-            max_retries=None,
-        )
+        connection.ensure_connection(errback=broker_unavailable, max_retries=None)
         declare_topology(connection, config["WORKER_QUEUE"])
-        consumer = build_consumer(app, connection, emitter)
+        consumer = build_consumer(app, connection, emitter, health)
 
         def stop(signum, frame):
             log.info("[WORKER] signal %s: finishing the batch in hand, then stopping", signum)

@@ -135,6 +135,9 @@
     setText("percent", percent + "%");
     ["sent", "failed", "pending", "total"].forEach(function (name) { setText(name, campaign[name]); });
     setText("current_message", campaign.current_message || "—");
+    var banner = field("failure_alert");
+    banner.textContent = live.alertText(campaign);
+    banner.hidden = !campaign.failure_alert;
     var error = field("last_error");
     error.hidden = !campaign.last_error;
     setText("last_error", campaign.last_error || "");

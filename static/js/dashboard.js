@@ -65,6 +65,8 @@
     row.setAttribute("data-version", campaign.version);
     row.setAttribute("data-status", campaign.status);
     setText(row, "name", campaign.name);
+    var banner = setText(row, "failure_alert", live ? live.alertText(campaign) : "");
+    banner.hidden = !campaign.failure_alert;
     var badge = setText(row, "status", strings.status[campaign.status] || campaign.status);
     badge.className = "badge badge-" + campaign.status;
     var bar = row.querySelector('[data-field="bar"]');

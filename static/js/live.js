@@ -58,6 +58,7 @@
     this.toasts = document.getElementById("toasts");
     var initial = readJson("initial-state") || { seq: 0, campaigns: [] };
     this.lastSeq = initial.seq || 0;
+    this.epoch = initial.epoch || null;
     initial.campaigns.forEach(function (campaign) {
       this.campaigns[campaign.id] = campaign;
       this.sample(campaign);
@@ -79,8 +80,13 @@
       transports: ["polling", "websocket"],
       withCredentials: true,
       auth: function (callback) {
+        // epoch: the server answers resync "epoch_changed" when the tenant's seq started again.
         self.sentLastSeq = self.wasConnected;
-        callback(self.wasConnected ? { last_seq: self.lastSeq } : {});
+        var auth = self.epoch ? { epoch: self.epoch } : {};
+        if (self.wasConnected) {
+          auth.last_seq = self.lastSeq;
+        }
+        callback(auth);
       }
     });
     this.socket.on("connect", function () { self.connected(); });
@@ -229,23 +235,41 @@
   // updates -----------------------------------------------------------------------------
 
   CampaignLive.prototype.snapshot = function (snapshot) {
-    snapshot.campaigns.forEach(function (campaign) { this.apply(campaign, null); }, this);
+    // After a resync, or in another epoch (the tenant's seq started again from 1), the snapshot
+    // is the truth: its campaigns replace ours whatever their version, and seq restarts from it.
+    var newEpoch = this.resyncReason === "epoch_changed" ||
+      Boolean(this.epoch && snapshot.epoch && snapshot.epoch !== this.epoch);
+    var replace = this.resyncPending || newEpoch;
+    if (newEpoch) {
+      // Versions of another epoch mean nothing here: forget them (the rows stay until updated).
+      this.campaigns = {};
+    }
+    snapshot.campaigns.forEach(function (campaign) { this.apply(campaign, null, replace); }, this);
     this.snapshotSeq = snapshot.seq;
-    if (!this.sentLastSeq || this.resyncPending) {
-      // A first connect, or history gone: the snapshot is the truth from its seq on.
-      // After a reconnect with last_seq, the replayed updates that follow move lastSeq instead.
+    if (replace) {
+      console.log(LOG, "snapshot replaces our state from seq " + snapshot.seq);
+      this.lastSeq = snapshot.seq;
+      this.ahead = {};
+    } else if (!this.sentLastSeq) {
+      // A first connect: the snapshot is the truth from its seq on. After a reconnect with
+      // last_seq, the replayed updates that follow move lastSeq instead.
       this.lastSeq = Math.max(this.lastSeq, snapshot.seq);
       this.ahead = {};
-      this.resyncPending = false;
     }
+    if (snapshot.epoch) {
+      this.epoch = snapshot.epoch;
+    }
+    this.resyncPending = false;
+    this.resyncReason = null;
     this.sentLastSeq = false;
   };
 
   CampaignLive.prototype.resynced = function (data) {
+    // Any reason (history_expired, too_far_behind, epoch_changed): the snapshot that follows rules.
     console.log(LOG, "resync: " + (data && data.reason));
-    this.lastSeq = Math.max(this.lastSeq, this.snapshotSeq || 0);
     this.ahead = {};
     this.resyncPending = true;
+    this.resyncReason = data && data.reason;
   };
 
   CampaignLive.prototype.receive = function (update) {
@@ -282,9 +306,9 @@
     }, GAP_RETRY_MS);
   };
 
-  CampaignLive.prototype.apply = function (campaign, update) {
+  CampaignLive.prototype.apply = function (campaign, update, replace) {
     var previous = this.campaigns[campaign.id];
-    if (previous && previous.version >= campaign.version) {
+    if (previous && previous.version >= campaign.version && !(replace && previous.version !== campaign.version)) {
       return false;
     }
     this.campaigns[campaign.id] = campaign;
@@ -350,7 +374,25 @@
     setTimeout(function () { element.remove(); }, TOAST_MS);
   };
 
+  // The failure alert's banner text (the pages' template says the same: _macros.html).
+  CampaignLive.prototype.alertText = function (campaign) {
+    var alert = campaign.failure_alert;
+    if (!alert) {
+      return "";
+    }
+    return format(this.strings.failure_alert || "%(rate)s", {
+      rate: Math.round(alert.rate * 100) + "%",
+      window: Math.round(alert.window_seconds),
+      since: String(alert.since).slice(11, 19) + " UTC"
+    });
+  };
+
   CampaignLive.prototype.toastFor = function (update, campaign, previous) {
+    if (campaign.failure_alert && !(previous && previous.failure_alert)) {
+      this.toast("error", format(this.strings.failure_alert_toast || "%(name)s", {
+        name: campaign.name, rate: Math.round(campaign.failure_alert.rate * 100) + "%"
+      }));
+    }
     var key = STATUS_TOASTS[update.type];
     if (key && (!previous || previous.status !== campaign.status || update.type === "campaign_started")) {
       var kind = key === "failed" ? "error" : key === "completed" ? "success" : "info";

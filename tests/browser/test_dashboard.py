@@ -2,6 +2,7 @@
 
 import os
 import re
+import uuid
 
 import pytest
 from werkzeug.security import generate_password_hash
@@ -196,3 +197,57 @@ def test_a_restarted_server_brings_the_page_back_with_the_missed_updates(own_sta
         page.wait_for_selector(".toast:has-text('While you were away')", timeout=10000)
     assert console_has(page, "(replayed)")
     assert any(re.search(r"reconnecting in \d+ms \(attempt 1/10\)", line) for line in page.console_lines)
+
+
+def test_an_open_page_resyncs_when_its_tenant_is_created_again(stack, page, publisher):
+    """A new epoch: the tenant's seq and versions start again from 1, and the page follows them."""
+    tenant = f"a{uuid.uuid4().hex[:10]}"  # sorts first: the admin's default tenant
+    stack.create_tenant(tenant)
+    email = f"admin-{tenant}@example.test"
+    stack.sql(
+        "INSERT INTO users (email, password_hash, tenant_id, is_admin, created_at) VALUES (%s, %s, NULL, true, now())",
+        (email, generate_password_hash(PASSWORD)),
+    )
+    publisher.publish(started(tenant, "c1", 10, name="First life"))
+    for number in range(5):
+        publisher.publish(event(tenant, "c1", "message_sent", message_id=f"m{number}"))
+    wait_until(lambda: stack.campaign(tenant, "c1") and stack.campaign(tenant, "c1")["sent"] == 5, 10)
+    log_in(page, stack.servers[0], email)
+    page.wait_for_selector(LIVE, timeout=15000)
+    page.wait_for_function(
+        "id => document.querySelector(`tr[data-id='${id}'] [data-field=sent]`)?.textContent.trim() === '5'", arg="c1"
+    )
+
+    stack.sql("DELETE FROM tenants WHERE id = %s", (tenant,))
+    stack.create_tenant(tenant)
+    publisher.publish(started(tenant, "c1", 3, name="Second life"))
+    publisher.publish(event(tenant, "c1", "message_sent", message_id="again"))
+    page.wait_for_function(
+        "id => document.querySelector(`tr[data-id='${id}'] [data-field=name]`)?.textContent.trim() === 'Second life'",
+        arg="c1",
+        timeout=20000,
+    )
+    wait_until(lambda: cell(page, "c1", "sent").inner_text().strip() == "1", 10, message="the new life's count")
+    assert console_has(page, "resync: epoch_changed")
+    assert page.locator("#connection").get_attribute("data-state") == "live"
+
+
+def test_a_failing_campaign_shows_its_alert_on_the_dashboard_and_its_page(stack, page, publisher):
+    tenant = stack.create_tenant(name="Failing Co")
+    log_in(page, stack.servers[0], create_user(stack, tenant))
+    page.wait_for_selector(LIVE, timeout=15000)
+    publisher.publish(started(tenant, "promo", 500, name="Promo"))
+    for number in range(15):
+        publisher.publish(event(tenant, "promo", "message_sent", message_id=f"s{number}"))
+    for number in range(10):
+        publisher.publish(event(tenant, "promo", "message_failed", message_id=f"f{number}", error="number banned"))
+    banner = row(page, "promo").locator('[data-field="failure_alert"]')
+    banner.wait_for(state="visible", timeout=10000)
+    assert re.search(r"Failing: 40% of the messages of the last 60 s, since \d\d:\d\d:\d\d UTC", banner.inner_text())
+    wait_until(lambda: page.locator("#toasts").inner_text().count("Promo is failing: 40%") == 1, 5, message="toast")
+
+    page.goto(stack.servers[0].url + "/campaigns/promo")
+    page.wait_for_selector(LIVE, timeout=15000)
+    assert "Failing: 40%" in page.locator('#campaign [data-field="failure_alert"]').inner_text()
+    publisher.publish(event(tenant, "promo", "campaign_paused", reason="provider outage"))
+    page.locator('#campaign [data-field="failure_alert"]').wait_for(state="hidden", timeout=10000)

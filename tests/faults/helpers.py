@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -335,6 +336,24 @@ def http_get(url, timeout=5):
             return exc.code, None
 
 
+def worker_probe(port, path="/readyz"):
+    """``(status, JSON body)`` of a worker's HTTP port (WORKER_METRICS_PORT); ``(None, None)``
+    when it does not answer or the answer is not JSON."""
+    try:
+        return http_get(f"http://127.0.0.1:{port}{path}", timeout=2)
+    except (OSError, ValueError):
+        return None, None
+
+
+def worker_metrics(port):
+    """The Prometheus text of a worker's metrics port ("" when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            return answer.read().decode()
+    except OSError:
+        return ""
+
+
 # A TCP proxy in front of PostgreSQL ----------------------------------------------------------
 
 
@@ -343,14 +362,20 @@ class TcpProxy:
 
     ``cut()`` closes the listening socket (new connections are refused) and shuts both
     sides of every forwarded connection down (the client sees the server go away, the
-    server sees its client go away and ends its backend); ``restore()`` listens again on
-    the same port.
+    server sees its client go away and ends its backend); ``cut(reset=True)`` resets the
+    client sides instead (a TCP RST: the client's next write fails at once, as after a
+    network failure, where a FIN would let one more write through); ``restore()`` listens
+    again on the same port. ``on_client_data(pair, data)`` sees the client's bytes before
+    they are forwarded (``CommitTrigger`` uses it).
     """
 
-    def __init__(self, upstream_host, upstream_port):
+    def __init__(self, upstream_host, upstream_port, on_client_data=None):
         self.upstream = (upstream_host, upstream_port)
+        # Called with (connection pair, bytes) before the client's bytes are forwarded.
+        self.on_client_data = on_client_data
         self.lock = threading.Lock()
         self.pairs = set()
+        self.pumps = {}  # pair -> its two pump threads
         self.listener = None
         self.port = 0
         self.accepted = 0
@@ -407,34 +432,51 @@ class TcpProxy:
                     continue
                 self.pairs.add(pair)
                 self.accepted += 1
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target, pair), daemon=True).start()
+                pumps = self.pumps[pair] = [
+                    threading.Thread(target=self._pump, args=(source, target, pair), daemon=True)
+                    for source, target in ((client, upstream), (upstream, client))
+                ]
+                for pump in pumps:  # started before cut() can see them
+                    pump.start()
 
     def _pump(self, source, target, pair):
+        inspect = self.on_client_data if source is pair[0] else None
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if inspect is not None:
+                    inspect(pair, data)
                 target.sendall(data)
         except OSError:
             pass
         finally:
             with self.lock:
                 self.pairs.discard(pair)
+                self.pumps.pop(pair, None)
             _shut(source)
             _shut(target)
 
-    def cut(self):
-        """Refuse new connections and drop the current ones."""
+    def cut(self, reset=False):
+        """Refuse new connections and drop the current ones (with a TCP reset to the clients if ``reset``)."""
         with self.lock:
             listener, self.listener = self.listener, None
             pairs, self.pairs = list(self.pairs), set()
+            pumps = [pump for pair in pairs for pump in self.pumps.get(pair, ())]
         if listener is not None:
             _shut(listener)
         for client, upstream in pairs:
+            if reset:
+                _reset(client)
             _shut(client)
             _shut(upstream)
+        if reset:
+            # The kernel sends the RST when the last use of the socket ends, and a pump may still
+            # be inside recv() on it: once the pumps are gone, the client has its reset.
+            for pump in pumps:
+                if pump is not threading.current_thread():
+                    pump.join(5)
         return len(pairs)
 
     def restore(self):
@@ -453,6 +495,55 @@ def _shut(sock):
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def _reset(sock):
+    """Close with SO_LINGER 0: the peer gets a RST, not a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Wakes the pump blocked in recv() on it (a close() alone would not, and the socket would
+        # only go when that recv() ends); SHUT_RD sends nothing to the peer.
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class CommitTrigger:
+    """Runs ``action`` once, when armed, just before a worker's batch COMMIT reaches PostgreSQL.
+
+    Fed the bytes a worker sends through a ``TcpProxy`` in front of PostgreSQL: a batch
+    transaction is one that inserted into ``applied_events`` (campaigns/ingest.py); its
+    ``COMMIT`` (a simple-query message, as psycopg2 sends it) is held until ``action`` has
+    run, so whatever ``action`` breaks is broken when the worker's commit returns.
+    """
+
+    BATCH_MARK = b"INSERT INTO applied_events"
+    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+    ROLLBACK = b"Q\x00\x00\x00\x0dROLLBACK\x00"
+
+    def __init__(self, action):
+        self.action = action
+        self.lock = threading.Lock()
+        self.armed = False
+        self.fired_at = None
+        self.in_batch = set()
+
+    def arm(self):
+        with self.lock:
+            self.armed = True
+
+    def inspect(self, pair, data):
+        """The ``TcpProxy.on_client_data`` hook."""
+        with self.lock:
+            if self.BATCH_MARK in data:
+                self.in_batch.add(pair)
+            if data.startswith((self.COMMIT, self.ROLLBACK)):
+                batch = pair in self.in_batch
+                self.in_batch.discard(pair)
+                if batch and self.armed and data.startswith(self.COMMIT):
+                    self.armed = False
+                    self.action()
+                    self.fired_at = time.monotonic()
 
 
 # A private RabbitMQ node ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ const WAIT_MS = 15_000;
 const TEST_TIMEOUT_MS = 60_000;
 const CAMPAIGN_KEYS = [
   "id", "tenant_id", "name", "status", "total", "sent", "failed", "pending", "progress",
-  "current_message", "last_error", "started_at", "updated_at", "completed_at", "version",
+  "current_message", "last_error", "started_at", "updated_at", "completed_at", "version", "failure_alert",
 ].sort();
 const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
 
@@ -156,6 +156,7 @@ function assertCampaign(campaign) {
     assert.ok(Number.isInteger(campaign[key]), `${key} is an integer: ${campaign[key]}`);
   }
   assert.equal(typeof campaign.progress, "number");
+  assert.ok(campaign.failure_alert === null || typeof campaign.failure_alert.rate === "number", "failure_alert");
   assert.ok(campaign.progress >= 0 && campaign.progress <= 1, `progress ${campaign.progress}`);
   assert.equal(campaign.pending, Math.max(campaign.total - campaign.sent - campaign.failed, 0));
   for (const key of ["started_at", "updated_at", "completed_at"]) {
@@ -187,8 +188,9 @@ for (const [name, transports] of Object.entries(TRANSPORTS)) {
         assert.ok(client.socket.connected);
         assert.equal(client.socket.io.engine.transport.name, name);
         const [snapshot] = client.snapshots;
-        assert.deepEqual(Object.keys(snapshot).sort(), ["campaigns", "seq"]);
+        assert.deepEqual(Object.keys(snapshot).sort(), ["campaigns", "epoch", "seq"]);
         assert.ok(Number.isInteger(snapshot.seq) && snapshot.seq >= 0, `seq ${snapshot.seq}`);
+        assert.ok(typeof snapshot.epoch === "string" && snapshot.epoch.length > 0, `epoch ${snapshot.epoch}`);
         assert.ok(Array.isArray(snapshot.campaigns));
         snapshot.campaigns.forEach(assertCampaign);
         assert.ok(snapshot.campaigns.every((c) => c.tenant_id === TENANT));
@@ -213,7 +215,7 @@ for (const [name, transports] of Object.entries(TRANSPORTS)) {
           {
             id: id("live"), tenant_id: TENANT, name: "JS live", status: "running", total: 4, sent: 0, failed: 0,
             pending: 4, progress: 0, current_message: null, last_error: null, started_at: null, updated_at: null,
-            completed_at: null, version: 1,
+            completed_at: null, version: 1, failure_alert: null,
           },
         );
         assert.match(started.campaign.started_at, RFC3339);
@@ -236,6 +238,24 @@ for (const [name, transports] of Object.entries(TRANSPORTS)) {
       assert.equal(await refusal(transports, { token: "not-a-jwt" }), "unauthorized");
       assert.equal(await refusal(transports, {}), "unauthorized");
       assert.equal(await refusal(transports, { token: EXPIRED_TOKEN }), "token_expired");
+    });
+
+    test("a client from another epoch gets resync epoch_changed, then the snapshot", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const first = await connect(transports, { token: TOKEN });
+      const { epoch, seq } = first.snapshots[0];
+      close(first);
+      const same = await connect(transports, { token: TOKEN, epoch, last_seq: seq });
+      const other = await connect(transports, { token: TOKEN, epoch: "an-epoch-gone-by", last_seq: seq });
+      try {
+        assert.deepEqual(same.resyncs, []);
+        await waitFor(() => other.resyncs.length === 1 && other.snapshots.length === 1, "resync and snapshot");
+        assert.deepEqual(other.resyncs[0], { reason: "epoch_changed" });
+        assert.equal(other.snapshots[0].epoch, epoch);
+        assert.ok(other.updates.every((u) => !u.replayed), "nothing replayed across epochs");
+      } finally {
+        close(same);
+        close(other);
+      }
     });
 
     test("reconnecting with auth.last_seq replays the missed updates", { timeout: TEST_TIMEOUT_MS }, async () => {

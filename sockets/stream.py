@@ -1,0 +1,84 @@
+"""The update stream into a server: the Socket.IO message queue, read into ``sockets/tenants.py``.
+
+Workers emit each ``campaign_update`` to ``tenant:<id>`` through the message queue
+(python-socketio's ``KombuManager``). This manager hands those updates to the server's tenant
+states instead of the room, so that they are applied in ``seq`` order and gaps are filled from
+PostgreSQL before anything reaches a client. Nothing else a publisher on that exchange may send
+is obeyed: no other event, no remote disconnect or room change (workers never send them).
+"""
+
+import logging
+
+from socketio import KombuManager
+
+from campaigns.updates import UPDATE_EVENT, tenant_room
+from extensions import socketio
+
+log = logging.getLogger(__name__)
+# A new listener queue is bound a moment after it is named: reconcile once it surely is.
+RECONCILE_AFTER_RECONNECT_SECONDS = 1.0
+
+
+def campaign_update_of(event, data, room):
+    """The ``campaign_update`` payload of an emit, or None when it is not a well-formed one for ``room``."""
+    if event != UPDATE_EVENT or not isinstance(data, dict):
+        return None
+    campaign = data.get("campaign")
+    seq = data.get("seq")
+    if not isinstance(campaign, dict) or isinstance(seq, bool) or not isinstance(seq, int):
+        return None
+    tenant_id = campaign.get("tenant_id")
+    if not isinstance(tenant_id, str) or room != tenant_room(tenant_id):
+        return None
+    return data
+
+
+class UpdateStreamManager(KombuManager):
+    """A ``KombuManager`` whose campaign updates go through the server's tenant states."""
+
+    def __init__(self, url, channel, states):
+        super().__init__(url, channel=channel, logger=logging.getLogger("socketio"))
+        self.states = states
+        self.listening = False
+
+    def _handle_emit(self, message):
+        data = message.get("data")
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        payload = campaign_update_of(message.get("event"), data, message.get("room"))
+        if payload is None or message.get("namespace") not in (None, "/"):
+            log.warning("[WEBSOCKET] dropped a message-queue emit that is no campaign update: %r", message.get("event"))
+            return
+        self.states.receive(payload)
+
+    def _handle_disconnect(self, message):
+        log.warning("[WEBSOCKET] ignored a remote disconnect from the message queue")
+
+    def _handle_enter_room(self, message):
+        log.warning("[WEBSOCKET] ignored a remote room change from the message queue")
+
+    _handle_leave_room = _handle_close_room = _handle_enter_room
+
+    def _queue(self):
+        # python-socketio names a new queue each time its listener (re)connects.
+        if self.listening:
+            socketio.start_background_task(self._reconcile_soon)
+        self.listening = True
+        return super()._queue()
+
+    def _reconcile_soon(self):
+        socketio.sleep(RECONCILE_AFTER_RECONNECT_SECONDS)
+        self.states.listener_reconnected()
+
+
+class LocalUpdateStream:
+    """The demo's emitter: its in-process worker hands updates straight to the tenant states."""
+
+    def __init__(self, states):
+        self.states = states
+
+    def emit(self, event, data, to=None, **kwargs):
+        """Take a worker's ``emit(UPDATE_EVENT, payload, to=room)``."""
+        payload = campaign_update_of(event, data, to)
+        if payload is not None:
+            self.states.receive(payload)

@@ -1,0 +1,129 @@
+"""The per-tenant state a server keeps (sockets/tenant_state.py): plain rules, no database."""
+
+import json
+from datetime import timedelta
+
+from campaigns.timeutil import isoformat, utcnow
+from sockets.encoding import PacketJSON
+from sockets.limits import ConnectThrottle
+from sockets.tenant_state import CampaignEntry, TenantState
+
+NOW = utcnow()
+
+
+def campaign(campaign_id, version, status="running", sent=0, updated_at=NOW):
+    """A ``<campaign>`` dict with what the state looks at."""
+    return {
+        "id": campaign_id,
+        "tenant_id": "acme",
+        "status": status,
+        "sent": sent,
+        "version": version,
+        "updated_at": isoformat(updated_at),
+    }
+
+
+def update(seq, campaign_dict, at=NOW):
+    """A stored ``campaign_update`` payload."""
+    return {
+        "seq": seq,
+        "type": "message_sent",
+        "campaign": campaign_dict,
+        "timestamp": isoformat(at),
+        "replayed": False,
+    }
+
+
+def loaded(seq=0, ring_size=8, entries=(), recent=()):
+    """A state as loaded from the database."""
+    state = TenantState("acme", "e1", seq, ring_size)
+    state.load(list(entries), list(recent))
+    return state
+
+
+def test_updates_are_applied_in_seq_order_and_a_gap_waits_for_the_missing_ones():
+    state = loaded()
+    assert [u["seq"] for u in state.apply(update(1, campaign("a", 1)))] == [1]
+    assert state.apply(update(3, campaign("a", 3))) == []
+    assert state.apply(update(4, campaign("a", 4))) == []
+    assert state.missing_after() == (1, 2)
+    assert [u["seq"] for u in state.apply(update(2, campaign("a", 2)))] == [2, 3, 4]
+    assert state.seq == 4 and state.missing_after() is None
+    assert state.apply(update(3, campaign("a", 3))) == []  # a duplicate changes nothing
+    assert state.campaigns["a"].campaign["version"] == 4
+
+
+def test_the_ring_keeps_the_newest_updates_and_replays_only_what_it_holds_contiguously():
+    state = loaded(ring_size=3)
+    for seq in range(1, 6):
+        state.apply(update(seq, campaign("a", seq)))
+    not_before = NOW - timedelta(hours=1)
+    assert [u["seq"] for u in state.replay_from_memory(2, not_before)] == [3, 4, 5]
+    assert all(u["replayed"] for u in state.replay_from_memory(2, not_before))
+    assert state.replay_from_memory(1, not_before) is None  # seq 2 is gone from memory
+    assert state.replay_from_memory(5, not_before) == []
+    assert state.replay_from_memory(2, NOW + timedelta(seconds=1)) is None  # older than the kept history
+
+
+def test_a_campaign_keeps_its_highest_version_whichever_source_comes_first():
+    entry = CampaignEntry(campaign("a", 7, sent=7), NOW, None)
+    state = loaded(seq=5, entries=[entry])
+    state.apply(update(6, campaign("a", 6, sent=6)))  # older than what the database said
+    assert state.campaigns["a"].campaign["sent"] == 7
+    state.apply(update(7, campaign("a", 8, sent=8)))
+    assert state.campaigns["a"].campaign["sent"] == 8
+    state.merge_entry(CampaignEntry(campaign("a", 7, sent=7), NOW, None))
+    assert state.campaigns["a"].campaign["sent"] == 8
+
+
+def test_the_snapshot_is_built_once_per_seq_newest_first_without_campaigns_ended_a_day_ago():
+    old = CampaignEntry(campaign("old", 2, status="completed"), NOW - timedelta(days=3), NOW - timedelta(hours=25))
+    first = CampaignEntry(campaign("first", 1), NOW - timedelta(hours=2), None)
+    second = CampaignEntry(campaign("second", 1, status="failed"), NOW - timedelta(hours=1), NOW - timedelta(hours=1))
+    state = loaded(seq=3, entries=[old, first, second])
+    snapshot = state.snapshot(NOW)
+    assert snapshot["seq"] == 3 and snapshot["epoch"] == "e1"
+    assert [c["id"] for c in snapshot["campaigns"]] == ["second", "first"]
+    assert state.snapshot(NOW) is snapshot
+    state.apply(update(4, campaign("third", 1), at=NOW))
+    rebuilt = state.snapshot(NOW)
+    assert rebuilt is not snapshot
+    assert rebuilt["seq"] == 4 and [c["id"] for c in rebuilt["campaigns"]] == ["third", "second", "first"]
+
+
+def test_a_campaign_first_seen_in_the_stream_takes_its_real_place_once_the_database_tells_it():
+    state = loaded(seq=0, entries=[CampaignEntry(campaign("a", 1), NOW - timedelta(minutes=5), None)])
+    state.apply(update(1, campaign("b", 1), at=NOW))
+    assert state.provisional_ids() == ["b"]
+    state.merge_entry(CampaignEntry(campaign("b", 1), NOW - timedelta(minutes=10), None))
+    assert state.provisional_ids() == []
+    assert [c["id"] for c in state.snapshot(NOW)["campaigns"]] == ["a", "b"]
+
+
+def test_loading_keeps_the_recent_updates_only_when_they_end_at_the_loaded_seq():
+    recent = [update(seq, campaign("a", seq)) for seq in (3, 4, 5)]
+    assert [u["seq"] for u in loaded(seq=5, recent=recent).recent] == [3, 4, 5]
+    assert list(loaded(seq=6, recent=recent).recent) == []
+
+
+def test_the_snapshot_is_encoded_once_per_seq_and_sent_as_that_json():
+    state = loaded(seq=1, entries=[CampaignEntry(campaign("a", 1), NOW, None)])
+    encoded = state.encoded_snapshot(NOW)
+    assert state.encoded_snapshot(NOW) is encoded
+    packet = PacketJSON.dumps(["campaign_snapshot", encoded], separators=(",", ":"))
+    assert json.loads(packet) == ["campaign_snapshot", state.snapshot(NOW)]
+    state.apply(update(2, campaign("a", 2)))
+    assert json.loads(state.encoded_snapshot(NOW).text)["seq"] == 2
+
+
+def test_the_connect_throttle_slows_then_refuses_and_forgets_refilled_credentials(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("sockets.limits.time.monotonic", lambda: clock[0])
+    throttle = ConnectThrottle(burst=2, rate=1.0, max_wait=1.5)
+    assert [throttle.reserve("t") for _ in range(2)] == [0.0, 0.0]
+    assert throttle.reserve("t") == 1.0  # held one second
+    assert throttle.reserve("t") is None  # would wait 2 s: refused
+    assert throttle.reserve("other") == 0.0
+    clock[0] += 10
+    throttle.prune()
+    assert throttle._tokens == {}

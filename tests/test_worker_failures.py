@@ -1,0 +1,79 @@
+"""Whose fault a database error is, decided on errors that real PostgreSQL raises."""
+
+from contextlib import closing
+
+import psycopg2
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests import support
+from worker.failures import caused_by_event, retry_reason
+
+# (statements run in one transaction, the last one fails; dead-letter the event?; retry reason)
+CASES = {
+    "division by zero (22012)": (["SELECT 1 / 0"], True, None),
+    "value too long (22001)": (["CREATE TEMP TABLE t (v varchar(2))", "INSERT INTO t VALUES ('abc')"], True, None),
+    "NUL in jsonb (22P05)": ([r"""SELECT '"\u0000"'::jsonb"""], True, None),
+    "duplicate key (23505)": (
+        ["CREATE TEMP TABLE t (v int PRIMARY KEY)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)"],
+        True,
+        None,
+    ),
+    "read-only transaction (25006)": (
+        [
+            "SET TRANSACTION READ ONLY",
+            "INSERT INTO tenants (id, name, last_seq, created_at) VALUES ('x', 'x', 0, now())",
+        ],
+        False,
+        "read_only",
+    ),
+    "undefined column (42703)": (["SELECT no_such_column FROM campaigns"], False, "schema_mismatch"),
+    "undefined table (42P01)": (["SELECT 1 FROM no_such_table"], False, "schema_mismatch"),
+    "statement timeout (57014)": (
+        ["SET LOCAL statement_timeout = 50", "SELECT pg_sleep(2)"],
+        False,
+        "statement_timeout",
+    ),
+    "lock timeout (55P03)": (
+        ["SET LOCAL lock_timeout = 50", "SELECT pg_advisory_xact_lock(4242)"],
+        False,
+        "lock_timeout",
+    ),
+}
+
+
+@pytest.fixture
+def engine(database):
+    engine = create_engine(support.pg_url(database))
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_only_errors_the_event_can_cause_dead_letter_it(engine, database, case):
+    statements, event_fault, reason = CASES[case]
+    with closing(psycopg2.connect(support.pg_url(database))) as holder, holder.cursor() as cursor:
+        holder.autocommit = True
+        if case.startswith("lock"):  # the lock held by another session, as by another worker
+            cursor.execute("SELECT pg_advisory_lock(4242)")
+        with engine.connect() as connection, pytest.raises(Exception) as raised:
+            for statement in statements:
+                connection.execute(text(statement))
+    assert caused_by_event(raised.value) is event_fault, raised.value
+    if reason:
+        assert retry_reason(raised.value) == reason
+
+
+def test_a_lost_server_is_retried_not_dead_lettered(engine):
+    with engine.connect() as connection:
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        with closing(support.pg_admin()) as admin, admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(Exception) as raised:
+            connection.execute(text("SELECT 1"))
+    assert not caused_by_event(raised.value)
+    assert retry_reason(raised.value) == "database_unavailable"
+
+
+def test_an_error_of_our_own_code_on_the_event_dead_letters_it():
+    assert caused_by_event(TypeError("unsupported operand type(s) for +: 'int' and 'str'"))
