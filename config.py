@@ -2,6 +2,8 @@
 
 import os
 
+from limits import parse_many
+
 # The shortest SECRET_KEY / JWT_SECRET accepted outside the demo: HS256 wants a key at least as
 # long as its 32-byte output (RFC 7518 3.2), and a short one can be brute-forced from any token.
 MIN_SECRET_BYTES = 32
@@ -30,6 +32,21 @@ def _float(name, default):
         return float(raw)
     except ValueError:
         raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _rate_limit(name, default):
+    """Read a Flask-Limiter rate limit ("5 per minute; 30 per hour"), failing loudly on garbage.
+
+    Flask-Limiter logs an error on every request for a limit it cannot parse and applies none:
+    a typo would quietly turn the login limits off (measured with "five a minute": 8 wrong
+    logins, 8 answers 401).
+    """
+    raw = os.environ.get(name) or default
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a rate limit such as '5 per minute', got {raw!r}") from None
+    return raw
 
 
 class Config:
@@ -108,11 +125,11 @@ class Config:
         self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 20)
         self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 5.0)
         self.CONNECT_MAX_DELAY_SECONDS = _float("CONNECT_MAX_DELAY_SECONDS", 3.0)
-        self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
-        self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
+        self.API_RATE_LIMIT = _rate_limit("API_RATE_LIMIT", "600 per minute")
+        self.TOKEN_RATE_LIMIT = _rate_limit("TOKEN_RATE_LIMIT", "30 per minute")
         # Every POST /login counts (a wrong password costs ~75 ms of scrypt on a thread).
-        self.LOGIN_RATE_LIMIT_PER_ADDRESS = os.environ.get("LOGIN_RATE_LIMIT_PER_ADDRESS", "20 per minute")
-        self.LOGIN_RATE_LIMIT_PER_EMAIL = os.environ.get("LOGIN_RATE_LIMIT_PER_EMAIL", "5 per minute")
+        self.LOGIN_RATE_LIMIT_PER_ADDRESS = _rate_limit("LOGIN_RATE_LIMIT_PER_ADDRESS", "20 per minute")
+        self.LOGIN_RATE_LIMIT_PER_EMAIL = _rate_limit("LOGIN_RATE_LIMIT_PER_EMAIL", "5 per minute")
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_HEADERS_ENABLED = True
         # Test-only fault point of the worker: "exit_before_emit" (tests/test_reconciliation.py).

@@ -50,6 +50,15 @@ def test_jwt_leeway_is_read_from_the_environment(monkeypatch):
     assert Config().JWT_LEEWAY_SECONDS == 5
 
 
+@pytest.mark.parametrize("name", ["LOGIN_RATE_LIMIT_PER_ADDRESS", "LOGIN_RATE_LIMIT_PER_EMAIL", "API_RATE_LIMIT"])
+def test_a_rate_limit_that_does_not_parse_is_refused_not_ignored(monkeypatch, name):
+    monkeypatch.setenv(name, "5 per minute; 30 per hour")
+    assert getattr(Config(), name) == "5 per minute; 30 per hour"
+    monkeypatch.setenv(name, "five a minute")
+    with pytest.raises(RuntimeError, match=name):
+        Config()
+
+
 @pytest.mark.parametrize(("command", "tag"), [(["app.py"], "[WEBSOCKET]"), (["-m", "worker"], "[WORKER]")])
 def test_server_and_worker_refuse_to_start_with_the_placeholders(command, tag):
     example = env_example()
