@@ -40,7 +40,7 @@ from campaigns.errors import register_error_handlers, retry_after_only_when_limi
 from campaigns.health import bp as health_bp
 from campaigns.models import User
 from campaigns.pages import bp as pages_bp
-from config import Config
+from config import Config, secret_problems
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
@@ -69,6 +69,9 @@ def configure_logging(level):
     for name in ("socketio", "engineio"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
     logging.getLogger("kombu").setLevel(logging.WARNING)
+    # One INFO line per refused request would flood the log during a login flood; the 429s
+    # are counted in campaign_live_http_requests_total instead.
+    logging.getLogger("flask-limiter").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 @event.listens_for(Engine, "connect")
@@ -98,9 +101,10 @@ def socketio_options(config):
         "logger": logging.getLogger("socketio"),
         "engineio_logger": logging.getLogger("engineio"),
     }
-    if config["BROKER_URL"]:
+    url = config["SOCKETIO_MESSAGE_QUEUE_URL"]
+    if url:
         # Updates from the message queue go through this server's tenant states (sockets/tenants.py).
-        options["client_manager"] = UpdateStreamManager(config["BROKER_URL"], config["SOCKETIO_CHANNEL"], tenant_states)
+        options["client_manager"] = UpdateStreamManager(url, config["SOCKETIO_CHANNEL"], tenant_states)
     return options
 
 
@@ -195,9 +199,10 @@ def main():
         print("Log in as ana@acme.test (tenant acme) or admin@demo.test (every tenant), password demo-password")
         print(f"Socket.IO token for tenant 'acme' (24 h):\n{token}\n", flush=True)
     else:
-        missing = [name for name in ("SECRET_KEY", "JWT_SECRET") if config.get(f"{name}_GENERATED")]
-        if missing:
-            log.error("set %s: every server and worker must share them", " and ".join(missing))
+        problems = secret_problems(config)
+        for problem in problems:
+            log.error("[WEBSOCKET] refusing to start: %s", problem)
+        if problems:
             return 2
     check_cooperative_database(app)
     if not config["DEMO"]:

@@ -2,6 +2,15 @@
 
 import os
 
+from limits import parse_many
+
+# The shortest SECRET_KEY / JWT_SECRET accepted outside the demo: HS256 wants a key at least as
+# long as its 32-byte output (RFC 7518 3.2), and a short one can be brute-forced from any token.
+MIN_SECRET_BYTES = 32
+# The placeholders of .env.example: a deployment that copied the file unchanged must not start.
+PLACEHOLDER_SECRETS = frozenset({"change-me-to-a-long-random-string", "change-me-to-another-long-random-string"})
+SECRET_NAMES = ("SECRET_KEY", "JWT_SECRET")
+
 
 def _int(name, default):
     """Read an integer environment variable, failing loudly on garbage."""
@@ -23,6 +32,21 @@ def _float(name, default):
         return float(raw)
     except ValueError:
         raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _rate_limit(name, default):
+    """Read a Flask-Limiter rate limit ("5 per minute; 30 per hour"), failing loudly on garbage.
+
+    Flask-Limiter logs an error on every request for a limit it cannot parse and applies none:
+    a typo would quietly turn the login limits off (measured with "five a minute": 8 wrong
+    logins, 8 answers 401).
+    """
+    raw = os.environ.get(name) or default
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a rate limit such as '5 per minute', got {raw!r}") from None
+    return raw
 
 
 class Config:
@@ -52,6 +76,7 @@ class Config:
         self.SECRET_KEY = os.environ.get("SECRET_KEY", "")
         self.JWT_SECRET = os.environ.get("JWT_SECRET", "")
         self.JWT_TTL_SECONDS = _int("JWT_TTL_SECONDS", 3600)
+        self.JWT_LEEWAY_SECONDS = _int("JWT_LEEWAY_SECONDS", 30)
         self.THROTTLE_SECONDS = _float("THROTTLE_SECONDS", 2.0)
         self.PING_INTERVAL = _int("PING_INTERVAL", 30)
         self.PING_TIMEOUT = _int("PING_TIMEOUT", 20)
@@ -71,6 +96,9 @@ class Config:
         self.WORKER_QUEUE = os.environ.get("WORKER_QUEUE", "campaign.events.worker")
         self.AMQP_HEARTBEAT = _int("AMQP_HEARTBEAT", 30)
         self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")
+        # Where workers and servers exchange updates. Its own vhost and user in production: whoever
+        # can publish there writes into clients' rooms, and producers only need BROKER_URL.
+        self.SOCKETIO_MESSAGE_QUEUE_URL = os.environ.get("SOCKETIO_MESSAGE_QUEUE_URL", "") or self.BROKER_URL
         self.SIMULATOR = os.environ.get("SIMULATOR", "1" if self.DEMO else "0") == "1"
         self.SQLALCHEMY_TRACK_MODIFICATIONS = False
         self.TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
@@ -97,8 +125,11 @@ class Config:
         self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 20)
         self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 5.0)
         self.CONNECT_MAX_DELAY_SECONDS = _float("CONNECT_MAX_DELAY_SECONDS", 3.0)
-        self.API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "600 per minute")
-        self.TOKEN_RATE_LIMIT = os.environ.get("TOKEN_RATE_LIMIT", "30 per minute")
+        self.API_RATE_LIMIT = _rate_limit("API_RATE_LIMIT", "600 per minute")
+        self.TOKEN_RATE_LIMIT = _rate_limit("TOKEN_RATE_LIMIT", "30 per minute")
+        # Every POST /login counts (a wrong password costs ~75 ms of scrypt on a thread).
+        self.LOGIN_RATE_LIMIT_PER_ADDRESS = _rate_limit("LOGIN_RATE_LIMIT_PER_ADDRESS", "20 per minute")
+        self.LOGIN_RATE_LIMIT_PER_EMAIL = _rate_limit("LOGIN_RATE_LIMIT_PER_EMAIL", "5 per minute")
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
         self.RATELIMIT_HEADERS_ENABLED = True
         # Test-only fault point of the worker: "exit_before_emit" (tests/test_reconciliation.py).
@@ -122,3 +153,27 @@ class Config:
         for key, value in overrides.items():
             setattr(self, key, value)
         return self
+
+
+def secret_problems(config):
+    """What is wrong with ``SECRET_KEY`` and ``JWT_SECRET`` for a real deployment, one line each.
+
+    ``config`` is a mapping (``app.config``). The demo generates its own secrets and is never
+    refused; elsewhere a secret must be set, not a placeholder, and at least
+    ``MIN_SECRET_BYTES`` long. An empty list means the secrets may be used.
+    """
+    if config["DEMO"]:
+        return []
+    problems = []
+    for name in SECRET_NAMES:
+        value = config[name]
+        if config.get(f"{name}_GENERATED") or not value:
+            problems.append(f"{name} is not set: every server and worker must share it")
+        elif value in PLACEHOLDER_SECRETS or value.startswith("change-me"):
+            problems.append(f"{name} is the placeholder of .env.example: set a random value of its own")
+        elif len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+            problems.append(
+                f"{name} has {len(value.encode('utf-8'))} bytes, at least {MIN_SECRET_BYTES} are needed "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    return problems

@@ -61,7 +61,7 @@ def identity_from_token(token, tenant_exists=None):
     knows the tenants it holds).
     """
     try:
-        claims = decode_token(current_app.config["JWT_SECRET"], token)
+        claims = decode_token(current_app.config["JWT_SECRET"], token, current_app.config["JWT_LEEWAY_SECONDS"])
     except TokenError as exc:
         raise AuthError(exc.code) from None
     exists = tenant_exists or (lambda tenant_id: db.session.get(Tenant, tenant_id) is not None)

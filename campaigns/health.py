@@ -30,9 +30,8 @@ def check_database():
         return f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
 
 
-def check_broker():
-    """None when the broker accepts a connection, else why not."""
-    url = current_app.config["EVENTS_BROKER_URL"]
+def check_broker(url):
+    """None when the broker at ``url`` accepts a connection, else why not."""
     if url.startswith("memory://"):
         return None
     try:
@@ -45,8 +44,14 @@ def check_broker():
 
 @bp.get("/readyz")
 def readyz():
-    """200 when the database and the broker answer; 503 naming the part that does not."""
-    checks = {"database": check_database(), "broker": check_broker()}
+    """200 when the database and the broker answer; 503 naming the part that does not.
+
+    The Socket.IO message queue is checked too when it has its own URL (its own vhost or user).
+    """
+    config = current_app.config
+    checks = {"database": check_database(), "broker": check_broker(config["EVENTS_BROKER_URL"])}
+    if config["SOCKETIO_MESSAGE_QUEUE_URL"] and config["SOCKETIO_MESSAGE_QUEUE_URL"] != config["BROKER_URL"]:
+        checks["message_queue"] = check_broker(config["SOCKETIO_MESSAGE_QUEUE_URL"])
     failing = {name: reason for name, reason in checks.items() if reason}
     if failing:
         log.warning("not ready: %s", failing)

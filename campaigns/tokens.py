@@ -8,6 +8,8 @@ import jwt
 from campaigns.timeutil import utcnow
 
 ALGORITHM = "HS256"
+# Clock skew tolerated between the machine that minted a token and this one (``iat``, ``exp``).
+DEFAULT_LEEWAY_SECONDS = 30
 
 
 class TokenError(Exception):
@@ -32,13 +34,21 @@ def mint_token(secret, tenant_id, subject, ttl_seconds):
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def decode_token(secret, token):
-    """Verify a token and return its claims; raise ``TokenError`` when it does not hold."""
+def decode_token(secret, token, leeway=DEFAULT_LEEWAY_SECONDS):
+    """Verify a token and return its claims; raise ``TokenError`` when it does not hold.
+
+    ``iat`` and ``exp`` are checked with ``leeway`` seconds of tolerance: a token minted by a
+    backend whose clock runs a second ahead is valid at once, not a second later.
+    """
     if not secret or not isinstance(token, str) or not token:
         raise TokenError("unauthorized")
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "tenant"], "verify_sub": False}
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["exp", "tenant"], "verify_sub": False},
+            leeway=leeway,
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("token_expired") from None

@@ -62,6 +62,7 @@ def app(database):
         DATABASE_URL=support.pg_url(database),
         SQLALCHEMY_DATABASE_URI=support.pg_url(database),
         BROKER_URL="",
+        SOCKETIO_MESSAGE_QUEUE_URL="",
         EVENTS_BROKER_URL="memory://",
         DEMO=False,
         SIMULATOR=False,

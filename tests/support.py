@@ -135,12 +135,35 @@ def _rabbitmqctl(*args):
     return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-def create_vhost():
-    """A fresh vhost the guest user may use; returns its name."""
+def create_vhost(user="guest"):
+    """A fresh vhost that ``user`` (only) may use; returns its name."""
     name = f"cl_test_{uuid.uuid4().hex[:12]}"
     _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    set_permissions(name, user, ".*", ".*", ".*")
     return name
+
+
+def create_broker_user():
+    """A broker user with a random password and no permissions yet; returns ``(name, password)``."""
+    name, password = f"cl_test_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    _rabbitmqctl("add_user", name, password)
+    return name, password
+
+
+def set_permissions(vhost, user, configure, write, read):
+    """Give ``user`` these permission patterns on ``vhost`` (``rabbitmqctl set_permissions``)."""
+    _rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
+
+
+def delete_broker_user(name):
+    """Delete a user made by ``create_broker_user``."""
+    _rabbitmqctl("delete_user", name)
+
+
+def list_exchanges(vhost):
+    """Names of a vhost's exchanges (``rabbitmqctl``)."""
+    completed = _rabbitmqctl("-p", vhost, "list_exchanges", "--no-table-headers", "name")
+    return set(completed.stdout.decode().split())
 
 
 def delete_vhost(name):
@@ -190,9 +213,9 @@ def consume(broker_url, queue, wanted, timeout, accept=None):
     return found
 
 
-def amqp_url(vhost):
+def amqp_url(vhost, user="guest", password="guest"):
     """Broker URL of a vhost."""
-    return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+    return f"amqp://{user}:{password}@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
 
 
 # processes ----------------------------------------------------------------------------
@@ -250,13 +273,18 @@ def server_healthy(process, port):
 
 
 class Stack:
-    """Servers and workers of campaign-live on one database and one vhost."""
+    """Servers and workers of campaign-live on one database and one vhost.
 
-    def __init__(self, database, vhost, log_dir, **settings):
+    ``message_queue_url`` puts the Socket.IO message queue (``SOCKETIO_MESSAGE_QUEUE_URL``)
+    somewhere else than the events' vhost, as production should; by default it shares it.
+    """
+
+    def __init__(self, database, vhost, log_dir, message_queue_url=None, **settings):
         self.database = database
         self.vhost = vhost
         self.database_url = pg_url(database)
         self.broker_url = amqp_url(vhost)
+        self.message_queue_url = message_queue_url or self.broker_url
         self.log_dir = log_dir
         self.settings = {key: str(value) for key, value in settings.items()}
         self.processes = []
@@ -269,6 +297,7 @@ class Stack:
             **os.environ,
             "DATABASE_URL": self.database_url,
             "BROKER_URL": self.broker_url,
+            "SOCKETIO_MESSAGE_QUEUE_URL": self.message_queue_url,
             "JWT_SECRET": JWT_SECRET,
             "SECRET_KEY": SECRET_KEY,
             "LOG_LEVEL": "INFO",

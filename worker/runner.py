@@ -7,6 +7,7 @@ import signal
 from kombu import Connection
 
 from campaigns import metrics
+from config import secret_problems
 from extensions import db
 from worker.consumer import EventConsumer
 from worker.emitter import message_queue_emitter
@@ -57,7 +58,12 @@ def main():
     if not config["BROKER_URL"] or not config["DATABASE_URL"]:
         log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
         return 2
-    emitter = message_queue_emitter(config["BROKER_URL"], config["SOCKETIO_CHANNEL"])
+    problems = secret_problems(config)
+    for problem in problems:
+        log.error("[WORKER] refusing to start: %s", problem)
+    if problems:
+        return 2
+    emitter = message_queue_emitter(config["SOCKETIO_MESSAGE_QUEUE_URL"], config["SOCKETIO_CHANNEL"])
     if config["WORKER_FAULT"] == "exit_before_emit":
         emitter = ExitBeforeEmit()
     health = WorkerHealth()

@@ -1,0 +1,77 @@
+"""Settings read from the environment: secrets a real deployment must not start with."""
+
+import subprocess
+
+import pytest
+
+from config import Config, secret_problems
+from tests import support
+
+GOOD = "g" * 32
+
+
+def env_example():
+    """``{name: value}`` of the repository's .env.example."""
+    lines = (support.REPO / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def settings(demo=False, **secrets):
+    config = {"DEMO": demo, "SECRET_KEY": GOOD, "JWT_SECRET": GOOD}
+    config.update(secrets)
+    return config
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "JWT_SECRET"])
+def test_the_placeholders_of_env_example_are_refused(name):
+    placeholder = env_example()[name]
+    assert len(placeholder.encode()) >= 32  # refused although long enough
+    (problem,) = secret_problems(settings(**{name: placeholder}))
+    assert problem.startswith(f"{name} is the placeholder of .env.example")
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [("", True), ("s" * 31, True), ("é" * 16, False), ("s" * 32, False), (support.JWT_SECRET, False)],
+)
+def test_secrets_need_32_bytes_outside_the_demo(value, refused):
+    problems = secret_problems(settings(JWT_SECRET=value))
+    assert bool(problems) is refused
+    assert not secret_problems(settings(demo=True, JWT_SECRET=value, SECRET_KEY=value))
+
+
+def test_the_test_stacks_secrets_are_accepted():
+    assert not secret_problems(settings(SECRET_KEY=support.SECRET_KEY, JWT_SECRET=support.JWT_SECRET))
+
+
+def test_jwt_leeway_is_read_from_the_environment(monkeypatch):
+    assert Config().JWT_LEEWAY_SECONDS == 30
+    monkeypatch.setenv("JWT_LEEWAY_SECONDS", "5")
+    assert Config().JWT_LEEWAY_SECONDS == 5
+
+
+@pytest.mark.parametrize("name", ["LOGIN_RATE_LIMIT_PER_ADDRESS", "LOGIN_RATE_LIMIT_PER_EMAIL", "API_RATE_LIMIT"])
+def test_a_rate_limit_that_does_not_parse_is_refused_not_ignored(monkeypatch, name):
+    monkeypatch.setenv(name, "5 per minute; 30 per hour")
+    assert getattr(Config(), name) == "5 per minute; 30 per hour"
+    monkeypatch.setenv(name, "five a minute")
+    with pytest.raises(RuntimeError, match=name):
+        Config()
+
+
+@pytest.mark.parametrize(("command", "tag"), [(["app.py"], "[WEBSOCKET]"), (["-m", "worker"], "[WORKER]")])
+def test_server_and_worker_refuse_to_start_with_the_placeholders(command, tag):
+    example = env_example()
+    env = {
+        **support.os.environ,
+        "DATABASE_URL": support.pg_url("never_connected"),
+        "BROKER_URL": support.amqp_url("never_connected"),
+        "SECRET_KEY": example["SECRET_KEY"],
+        "JWT_SECRET": "short",
+    }
+    result = subprocess.run(
+        [support.PYTHON, *command], cwd=support.REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{tag} refusing to start: SECRET_KEY is the placeholder of .env.example" in result.stderr
+    assert f"{tag} refusing to start: JWT_SECRET has 5 bytes, at least 32 are needed" in result.stderr
