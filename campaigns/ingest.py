@@ -254,7 +254,9 @@ def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=D
         else:
             campaign.emit_due_at = campaign.last_emitted_at + window
             result.merged += count
-            result.throttled.append((campaign.name, (campaign.emit_due_at - now).total_seconds()))
+            result.throttled.append(
+                (campaign.tenant_id, campaign.id, campaign.name, (campaign.emit_due_at - now).total_seconds())
+            )
     new = {id(campaign) for campaign in created}
     _save_campaigns(session, created, [c for c in campaigns.values() if id(c) not in new])
     result.updates = store_updates(session, emissions, now)
