@@ -4,7 +4,20 @@ import secrets
 from datetime import datetime, timedelta
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, func, or_, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -226,6 +239,23 @@ class Campaign(db.Model):
         seq = db.session.scalar(select(Tenant.last_seq).where(Tenant.id == tenant_id)) or 0
         campaigns = db.session.scalars(cls.snapshot_query(tenant_id, utcnow(), status)).all()
         return {"seq": seq, "campaigns": [campaign.to_dict() for campaign in campaigns]}
+
+
+class CampaignFailureReason(db.Model):
+    """How many of a campaign's messages failed with one reason (campaigns/reasons.py buckets)."""
+
+    __tablename__ = "campaign_failure_reasons"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "campaign_id"], ["campaigns.tenant_id", "campaigns.id"], ondelete="CASCADE"
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # "" is the bucket of the reasons past the campaign's first REASON_LIMIT.
+    reason: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AppliedEvent(db.Model):
