@@ -356,3 +356,22 @@ class User(UserMixin, db.Model):
     def check_password(self, password):
         """True when ``password`` is this user's."""
         return check_password_hash(self.password_hash, password)
+
+
+class ServerPresence(db.Model):
+    """A Socket.IO server's connection counts, written by the server every few seconds (sockets/presence.py).
+
+    Each server only knows its own connections; this row is how the ops page sees them all.
+    A row whose ``seen_at`` is older than a few heartbeats belongs to a server that is gone.
+    """
+
+    __tablename__ = "server_presence"
+    __table_args__ = (Index("ix_server_presence_seen_at", "seen_at"),)
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # {"transports": {"websocket": n, "polling": n}, "tenants": {tenant_id: n}}
+    clients: Mapped[dict] = mapped_column(JSONType, default=dict)
