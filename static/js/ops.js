@@ -113,14 +113,16 @@
       tr.setAttribute("data-id", letter.id);
       var body = document.createElement("td");
       var code = document.createElement("code");
-      code.textContent = letter.body;
+      code.textContent = letter.body.length > 160 ? letter.body.slice(0, 160) + "…" : letter.body;
+      code.title = letter.body;
       body.appendChild(code);
       var actions = cell("");
       actions.append(
         button("requeue", { id: letter.id }, strings.this_one),
         button("discard", { id: letter.id }, strings.this_one)
       );
-      tr.append(cell(letter.rejected_at), cell(letter.reason), cell(letter.routing_key), body, actions);
+      var at = letter.rejected_at ? letter.rejected_at.replace("T", " ").slice(0, 19) : null;
+      tr.append(cell(at, "when"), cell(letter.reason), cell(letter.routing_key), body, actions);
       return tr;
     }, 5);
   }
