@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import current_app, render_template, request
+from flask import abort, current_app, render_template, request
 from flask_babel import gettext as _
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
@@ -40,10 +40,13 @@ def client_strings():
 
 @bp.before_request
 def admins_only():
-    """Hide the whole blueprint from everyone but platform admins (and check CSRF only then)."""
+    """Hide the whole blueprint from everyone but platform admins (and check CSRF only then).
+
+    The very 404 of a URL that does not exist (an HTML page, or JSON through error_response
+    for clients that ask for it), so nothing tells the two apart.
+    """
     if not (current_user.is_authenticated and current_user.is_admin):
-        return error_response(404, "not_found", "no such page") if request.path != "/ops" else ("Not Found", 404)
-    return None
+        abort(404)
 
 
 @bp.get("")
