@@ -90,8 +90,8 @@ def test_the_ops_page_does_not_exist_for_anonymous_and_tenant_users(ops_app, use
     for who in (None, users["member"]):
         client = client_as(ops_app, who)
         assert (client.get("/ops").status_code, client.get("/ops").data) == (404, client.get("/nowhere").data)
-        answer = client.get("/ops/status")
-        nowhere = client.get("/ops/no-such-thing")
+        answer = client.get("/ops/status", headers={"Accept": "application/json"})
+        nowhere = client.get("/ops/no-such-thing", headers={"Accept": "application/json"})
         assert (answer.status_code, answer.get_json()) == (404, nowhere.get_json()), "like a URL that does not exist"
         assert answer.get_json()["error"] == "not_found"
         # Not even a CSRF refusal that would tell the route exists.
