@@ -99,6 +99,8 @@ def test_the_ops_page_does_not_exist_for_anonymous_and_tenant_users(ops_app, use
     page = client_as(ops_app, users["member"]).get("/")
     assert b"/ops" not in page.data, "no link to it either"
     assert b'href="/ops"' in client_as(ops_app, users["admin"]).get("/ops").data
+    in_portuguese = client_as(ops_app, users["admin"]).get("/ops", headers={"Accept-Language": "pt-BR"})
+    assert "<h1>Operações</h1>" in in_portuguese.get_data(as_text=True)
 
 
 def test_the_status_has_real_numbers_from_the_broker_the_database_and_the_servers(ops_app, users, store):
