@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from kombu import Connection, Producer
+from sqlalchemy import select
 
 from campaigns.ingest import apply_batch
 from campaigns.models import Tenant, User
@@ -208,3 +209,14 @@ def test_a_server_counts_its_clients_by_transport_and_its_largest_tenants():
     counts = count_clients(connections, {"t1": 2, "t2": 1, "t3": 1}, lambda sid: transports[sid], tenants_published=2)
     assert counts["transports"] == {"websocket": 2, "polling": 1}
     assert counts["tenants"] == {"t1": 2, "t2": 1, "(other tenants)": 1}
+
+
+def test_rows_of_servers_gone_long_ago_are_deleted_by_any_heartbeat(ops_app, store):
+    from campaigns.models import ServerPresence
+
+    now = utcnow()
+    with ops_app.app_context():
+        publish("dead:1:1:aaaaaa", {"transports": {}, "tenants": {}}, now - timedelta(seconds=13), 1.0, now)
+        publish("quiet:2:2:bbbbbb", {"transports": {}, "tenants": {}}, now - timedelta(seconds=11), 1.0, now)
+        publish("alive:3:3:cccccc", {"transports": {}, "tenants": {}}, now, 1.0, now)
+    assert sorted(store.scalars(select(ServerPresence.id))) == ["alive:3:3:cccccc", "quiet:2:2:bbbbbb"]
