@@ -42,10 +42,13 @@ from campaigns.models import User
 from campaigns.pages import bp as pages_bp
 from config import Config, secret_problems
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
+from ops import bp as ops_bp
+from ops.recent_errors import install as keep_recent_errors
 from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
-from sockets.handlers import register_handlers
+from sockets.handlers import connections, per_tenant, register_handlers
+from sockets.presence import Presence
 from sockets.stream import UpdateStreamManager
 from sockets.sweeper import start_sweeper
 from sockets.tenants import tenant_states
@@ -118,6 +121,7 @@ def create_app(config=None):
         proxies = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     configure_logging(app.config["LOG_LEVEL"])
+    keep_recent_errors()
     for name in ("SECRET_KEY", "JWT_SECRET"):
         if not app.config[name]:
             # Only the demo and local CLI use run without secrets; `python app.py` refuses (see main).
@@ -144,6 +148,7 @@ def create_app(config=None):
     csrf.exempt(api_bp)  # the API authenticates with bearer tokens; its cookie-auth routes only read
     app.register_blueprint(accounts_bp)
     app.register_blueprint(pages_bp)
+    app.register_blueprint(ops_bp, url_prefix="/ops")
     register_handlers(app.config)
     register_error_handlers(app)
     register_commands(app)
@@ -210,6 +215,8 @@ def main():
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     socketio.start_background_task(tenant_states.run_reconciliation)
+    presence = app.extensions["presence"] = Presence(app, connections, per_tenant, socketio.server.transport)
+    socketio.start_background_task(presence.run)
     freeze_startup_objects()
     log.info(
         "[WEBSOCKET] serving on %s:%s (async mode %s, ping every %ss)",

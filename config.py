@@ -125,6 +125,11 @@ class Config:
         self.CONNECT_BURST_PER_CREDENTIAL = _int("CONNECT_BURST_PER_CREDENTIAL", 20)
         self.CONNECT_RATE_PER_CREDENTIAL = _float("CONNECT_RATE_PER_CREDENTIAL", 5.0)
         self.CONNECT_MAX_DELAY_SECONDS = _float("CONNECT_MAX_DELAY_SECONDS", 3.0)
+        # Each server writes its connection counts for the ops page this often (sockets/presence.py).
+        self.SERVER_HEARTBEAT_SECONDS = _float("SERVER_HEARTBEAT_SECONDS", 5.0)
+        # The ops page (/ops) polls its JSON this often; dead letters looked at per poll, at most.
+        self.OPS_POLL_SECONDS = _float("OPS_POLL_SECONDS", 3.0)
+        self.OPS_DEAD_LETTER_SCAN = _int("OPS_DEAD_LETTER_SCAN", 2000)
         self.API_RATE_LIMIT = _rate_limit("API_RATE_LIMIT", "600 per minute")
         self.TOKEN_RATE_LIMIT = _rate_limit("TOKEN_RATE_LIMIT", "30 per minute")
         # Every POST /login counts (a wrong password costs ~75 ms of scrypt on a thread).

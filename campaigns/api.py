@@ -12,6 +12,7 @@ from campaigns.auth import AuthError, bearer_token, identity_from_request, tenan
 from campaigns.errors import ApiError
 from campaigns.events import CAMPAIGN_ID
 from campaigns.models import ACTIVE_STATUSES, Campaign, CampaignUpdate, Tenant
+from campaigns.reason_counts import failure_reasons
 from campaigns.stats import campaign_history
 from campaigns.timeutil import utcnow
 from campaigns.tokens import mint_token
@@ -106,10 +107,12 @@ def list_campaigns():
 
 @bp.get("/campaigns/<campaign_id>")
 def show_campaign(campaign_id):
-    """One campaign with its recent failures and event timeline."""
+    """One campaign with its recent failures, its failures by reason and its event timeline."""
     identity = caller()
     campaign = get_campaign_or_404(identity.tenant_id, campaign_id)
-    return json_response({**campaign.to_dict(), **campaign_history(identity.tenant_id, campaign_id)})
+    history = campaign_history(identity.tenant_id, campaign_id)
+    reasons = failure_reasons(identity.tenant_id, campaign_id)
+    return json_response({**campaign.to_dict(), **history, "failure_reasons": reasons})
 
 
 @bp.get("/events")

@@ -13,7 +13,7 @@ from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from extensions import db
-from worker.deadletters import list_dead_letters, requeue_dead_letters
+from worker.deadletters import discard_dead_letters, list_dead_letters, requeue_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,19 @@ def dead_letters_requeue(reason, limit, yes):
         click.confirm(f"Requeue dead letters{' with reason ' + reason if reason else ''}?", abort=True)
     requeued, kept = requeue_dead_letters(_broker_url(), reason, limit)
     click.echo(f"requeued {requeued}, kept {kept}")
+
+
+@dead_letters.command("discard")
+@click.option("--reason", help="Only those whose reason starts with this (e.g. invalid_json).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def dead_letters_discard(reason, limit, yes):
+    """Delete dead letters for good (those that can never be applied)."""
+    if not yes:
+        click.confirm(f"Discard dead letters{' with reason ' + reason if reason else ''} for good?", abort=True)
+    discarded, kept = discard_dead_letters(_broker_url(), reason, limit)
+    click.echo(f"discarded {discarded}, kept {kept}")
 
 
 def register_commands(app):

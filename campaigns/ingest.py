@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_, up
 from sqlalchemy.dialects import postgresql, sqlite
 
 from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
+from campaigns.reason_counts import count_failures
 from campaigns.rules import FailureAlertRule, alert_changed, record_message, window_counts
 from campaigns.timeutil import utcnow
 from campaigns.updates import store_updates
@@ -254,9 +255,13 @@ def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=D
         else:
             campaign.emit_due_at = campaign.last_emitted_at + window
             result.merged += count
-            result.throttled.append((campaign.name, (campaign.emit_due_at - now).total_seconds()))
+            result.throttled.append(
+                (campaign.tenant_id, campaign.id, campaign.name, (campaign.emit_due_at - now).total_seconds())
+            )
     new = {id(campaign) for campaign in created}
     _save_campaigns(session, created, [c for c in campaigns.values() if id(c) not in new])
+    # In this transaction, under the campaigns' row locks: counts agree with `failed` whatever the workers.
+    count_failures(session, result.applied)
     result.updates = store_updates(session, emissions, now)
     return result
 

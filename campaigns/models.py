@@ -4,7 +4,20 @@ import secrets
 from datetime import datetime, timedelta
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, func, or_, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -228,6 +241,23 @@ class Campaign(db.Model):
         return {"seq": seq, "campaigns": [campaign.to_dict() for campaign in campaigns]}
 
 
+class CampaignFailureReason(db.Model):
+    """How many of a campaign's messages failed with one reason (campaigns/reasons.py buckets)."""
+
+    __tablename__ = "campaign_failure_reasons"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "campaign_id"], ["campaigns.tenant_id", "campaigns.id"], ondelete="CASCADE"
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # "" is the bucket of the reasons past the campaign's first REASON_LIMIT.
+    reason: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class AppliedEvent(db.Model):
     """An inbound event that was applied: makes applying idempotent and is the history."""
 
@@ -326,3 +356,22 @@ class User(UserMixin, db.Model):
     def check_password(self, password):
         """True when ``password`` is this user's."""
         return check_password_hash(self.password_hash, password)
+
+
+class ServerPresence(db.Model):
+    """A Socket.IO server's connection counts, written by the server every few seconds (sockets/presence.py).
+
+    Each server only knows its own connections; this row is how the ops page sees them all.
+    A row whose ``seen_at`` is older than a few heartbeats belongs to a server that is gone.
+    """
+
+    __tablename__ = "server_presence"
+    __table_args__ = (Index("ix_server_presence_seen_at", "seen_at"),)
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # {"transports": {"websocket": n, "polling": n}, "tenants": {tenant_id: n}}
+    clients: Mapped[dict] = mapped_column(JSONType, default=dict)

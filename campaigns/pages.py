@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from campaigns.auth import active_tenant_of
 from campaigns.models import Campaign, Tenant
+from campaigns.reason_counts import failure_reasons
 from campaigns.stats import campaign_history, messages_last_minute, messages_per_minute
 from campaigns.timeutil import utcnow
 from extensions import db
@@ -65,6 +66,7 @@ def client_strings():
         "away_message_failures": _("%(count)s messages failed"),
         "events": event_labels(),
         "no_failures": _("No failures."),
+        "other_reasons": _("Other reasons"),
         "per_minute": _("/min"),
         "eta_done": _("done"),
         "sent": _("sent"),
@@ -134,6 +136,7 @@ def campaign_page(campaign_id):
         seq=tenant.last_seq,
         epoch=Tenant.positions([tenant.id])[tenant.id][1],
         history=campaign_history(tenant.id, campaign_id),
+        reasons=failure_reasons(tenant.id, campaign_id),
     )
 
 

@@ -30,6 +30,7 @@ from campaigns.updates import UPDATE_EVENT, tenant_room
 from worker.failures import caused_by_event, describe, retry_reason
 from worker.health import WorkerHealth
 from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
+from worker.throttle_log import ThrottleSummary
 
 log = logging.getLogger(__name__)
 DUE_CHECK_SECONDS = 0.1
@@ -83,6 +84,7 @@ class EventConsumer(ConsumerProducerMixin):
         self.unsettled = set()
         self.session = None
         self.locks = None
+        self.throttle_summary = ThrottleSummary()
         self.stats = {"applied": 0, "duplicates": 0, "dead_lettered": 0, "emitted": 0, "merged": 0}
 
     # kombu hooks ---------------------------------------------------------------
@@ -137,6 +139,7 @@ class EventConsumer(ConsumerProducerMixin):
                 self.next_due_check = now + TASK_RETRY_SECONDS
             else:
                 self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
+        self.throttle_summary.maybe_log()
         if now >= self.next_prune:
             more = self.run_task("prune_history", self.prune_history)
             self.next_prune = now + (PRUNE_CHUNK_PAUSE_SECONDS if more else self.prune_every)
@@ -430,8 +433,7 @@ class EventConsumer(ConsumerProducerMixin):
         metrics.events_duplicate.inc(result.duplicates)
         metrics.updates_merged.inc(result.merged)
         metrics.failure_alerts_raised.inc(result.alerts_raised)
-        for name, seconds in result.throttled:
-            log.info('[WEBSOCKET] throttling update for "%s" (%.1fs)', name, seconds)
+        self.throttle_summary.add(result.throttled)
 
     def dead_letter(self, message, reason):
         """Move a bad message to the dead-letter queue with its reason, then acknowledge it.

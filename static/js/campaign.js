@@ -84,6 +84,26 @@
           if (!body) {
             return;
           }
+          renderList(document.getElementById("reasons"), body.failure_reasons || [], function (r) {
+            var li = document.createElement("li");
+            li.setAttribute("data-reason", r.reason === null ? "" : r.reason);
+            var reason = document.createElement("span");
+            reason.className = "reason";
+            reason.textContent = r.reason === null ? strings.other_reasons : r.reason;
+            var count = document.createElement("span");
+            count.className = "count";
+            count.textContent = String(r.count);
+            var share = document.createElement("span");
+            share.className = "share";
+            share.textContent = Math.round(r.share * 100) + "%";
+            var bar = document.createElement("span");
+            bar.className = "share-bar";
+            var fill = document.createElement("span");
+            fill.style.width = (r.share * 100).toFixed(1) + "%";
+            bar.append(fill);
+            li.append(reason, " ", count, " ", share, bar);
+            return li;
+          }, strings.no_failures);
           renderList(document.getElementById("failures"), body.recent_failures, function (f) {
             var li = document.createElement("li");
             var code = document.createElement("code");
