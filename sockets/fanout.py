@@ -6,7 +6,9 @@ Why
     wake-up of that greenlet, a queue get armed with a timeout (a hub timer), and eventlet's
     framing of the same text once per recipient. Measured under eventlet with 1,000 dashboards
     (bench/polling_vs_socket.py), that work was about three quarters of the server's CPU per
-    delivered update; the ``send()`` system call itself is the rest.
+    delivered update; the ``send()`` system call itself is the rest. Re-measured with the frame
+    order fix of issue 11 (default run, a machine shared with other suites): 0.104 ms of server
+    CPU per update delivered through the writer, 0.058 ms direct (0.053 ms before the fix).
 
 What it does
     ``install`` wraps the Engine.IO server's ``send_packet`` (the call python-socketio makes once
