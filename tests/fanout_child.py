@@ -1,11 +1,26 @@
 """Run by tests/test_fanout.py in its own process (eventlet monkey-patches the interpreter).
 
-One real python-engineio socket, with its real websocket handler and writer greenlet, over a real
-eventlet websocket on a loopback TCP connection whose buffers are small. The "emitter" sends numbered packets
-through ``DirectWrites.send_packet`` (the fan-out's path) and, every 7th, through the Engine.IO
-socket's own ``send`` (the path of pings and of packets queued meanwhile), while the peer reads
-nothing (the hub runs between every 5 packets, as between two emits). Then the peer reads
-and parses every frame. Prints one JSON line of findings.
+Each scenario runs one real python-engineio socket, with its real websocket handler and writer
+greenlet, over a real eventlet websocket on a loopback TCP connection whose buffers are small,
+and prints one JSON line of findings. ``python -m tests.fanout_child SCENARIO [N]``:
+
+stream N
+    The "emitter" sends N numbered packets through ``DirectWrites.send_packet`` (the fan-out's
+    path) and, every 7th, through the Engine.IO socket's own ``send`` (the path of pings and of
+    packets queued meanwhile), while the peer reads nothing (the hub runs between every 5 packets,
+    as between two emits). Then the peer reads and parses every frame.
+overtake N
+    N rounds of the interleaving of issue 11: a big update is written in part (the rest by a
+    background task holding the send lock), the next one is queued and taken off the queue by
+    python-engineio's writer, which then waits for the send lock; the peer reads slowly; the
+    emitter emits again at the worst moment (the lock was just released: the writer is scheduled
+    but has not run) and goes on emitting while the peer reads.
+failed-finish
+    The background finish of a partly written frame fails (a peer that stops reading, a socket
+    timeout of 2 s) while the writer holds the next packet; the peer keeps talking (so the
+    server's reader never times out), then reads everything until the end of the stream.
+internals
+    What sockets/fanout.py relies on in python-engineio and eventlet, checked by behaviour.
 """
 
 import eventlet
@@ -16,6 +31,7 @@ import json  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import engineio  # noqa: E402
 from engineio import packet as eio_packet  # noqa: E402
@@ -25,8 +41,9 @@ from eventlet import websocket  # noqa: E402
 from sockets import fanout  # noqa: E402
 from tests.support import wait_until  # noqa: E402
 
-PACKETS = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+SID = "sid-1"
 PAD = "x" * 900  # ~1 KB frames: the 4 KB buffers fill after a few
+BIG = "x" * 65536  # a frame larger than both buffers together: always written in part
 
 
 def next_frame(buffer):
@@ -61,55 +78,255 @@ def read_frames(sock, count, timeout=20.0):
     return frames
 
 
-def main():
-    server = engineio.Server(async_mode="eventlet")
-    writes = fanout.install(server)
+def numbered(i, pad=PAD):
+    """An Engine.IO MESSAGE packet carrying its number."""
+    return eio_packet.Packet(eio_packet.MESSAGE, json.dumps({"i": i, "pad": pad}))
+
+
+def number_of(text):
+    return json.loads(text[1:])["i"] if text.startswith("4{") else None
+
+
+def order_findings(numbers, expected):
+    return {
+        "frames": len(numbers),
+        "numbers": numbers if numbers != expected else "in order",
+        "in_order": numbers == expected,
+        "first_out_of_place": next((k for k, n in enumerate(numbers) if n != k), None),
+    }
+
+
+def client_text_frame(text):
+    """A client's (masked, with a zero mask) final text frame."""
+    payload = text.encode()
+    assert len(payload) < 126
+    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + b"\0\0\0\0" + payload
+
+
+class Peer:
+    """The client end: reads without yielding to the hub (the scenario decides when the hub runs)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.raw = sock.fd  # the non-blocking socket under eventlet's GreenSocket
+        self.buffer = b""
+        self.closed = False
+
+    def read(self, limit=65536):
+        """Read what the kernel holds, at most ``limit`` bytes; never waits."""
+        try:
+            chunk = self.raw.recv(limit)
+        except BlockingIOError:
+            return 0
+        if not chunk:
+            self.closed = True
+        self.buffer += chunk
+        return len(chunk)
+
+    def catch_up(self, count, timeout=10):
+        """Read until ``count`` whole frames have arrived, letting the hub run between reads."""
+
+        def arrived():
+            self.read()
+            return len(self.frames()) >= count
+
+        wait_until(arrived, timeout, 0, f"{count} frames")
+
+    def frames(self):
+        """Every whole frame received so far, as (opcode, fin, text)."""
+        buffer, frames = self.buffer, []
+        while parsed := next_frame(buffer):
+            frame, buffer = parsed
+            frames.append(frame)
+        return frames
+
+
+def connection(server, sndbuf=4096):
+    """A python-engineio socket upgraded to a websocket on a loopback connection with small buffers,
+    its handler (reader + writer) running: (engine.io socket, eventlet websocket, client socket)."""
     listener = eventlet.listen(("127.0.0.1", 0))  # accepted as eventlet's WSGI server accepts
     far = socket.create_connection(listener.getsockname())
     near, _ = listener.accept()
-    near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    listener.close()
+    near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     ws = websocket.RFC6455WebSocket(near, {}, version=13)
-    compressed = websocket.RFC6455WebSocket(near, {}, version=13, extensions={"permessage-deflate": {}})
-    sock = eio_socket_module.Socket(server, "sid-1")
-    server.sockets["sid-1"] = sock
+    sock = eio_socket_module.Socket(server, SID)
+    server.sockets[SID] = sock
     setattr(sock, fanout.ATTRIBUTE, fanout.DirectWebsocket.of(ws))
-    handler = eventlet.spawn(sock._websocket_handler, ws)  # python-engineio's handler: reader + writer
-    wait_until(lambda: sock.upgraded, 5, 0.001, "python-engineio's websocket handler to start")
+    eventlet.spawn(sock._websocket_handler, ws)  # python-engineio's handler: reader + writer
+    wait_until(lambda: sock.upgraded, 5, 0, "python-engineio's websocket handler to start")
+    wait_until(lambda: writer_parked(sock), 5, 0, "python-engineio's writer to wait for packets")
+    return sock, ws, far
+
+
+def writer_parked(sock):
+    """python-engineio's writer waits in ``queue.get`` (so it holds no packet)."""
+    return sock.queue.getting() == 1 and not sock.queue.qsize()
+
+
+def turns(predicate, what, limit=1000):
+    """Let the hub run, one turn at a time, until ``predicate()`` holds."""
+    for _ in range(limit):
+        if predicate():
+            return
+        eventlet.sleep(0)
+    raise AssertionError(f"not reached after {limit} hub turns: {what}")
+
+
+def stream(count):
+    server = engineio.Server(async_mode="eventlet")
+    writes = fanout.install(server)
+    sock, ws, far = connection(server)
+    compressed = websocket.RFC6455WebSocket(ws.socket, {}, version=13, extensions={"permessage-deflate": {}})
 
     sent_before_peer_read = 0
     with eventlet.Timeout(10, False):
-        for i in range(PACKETS):
-            pkt = eio_packet.Packet(eio_packet.MESSAGE, json.dumps({"i": i, "pad": PAD}))
+        for i in range(count):
+            pkt = numbered(i)
             if i % 7 == 6:
                 sock.send(pkt)
             else:
-                server.send_packet("sid-1", pkt)
+                server.send_packet(SID, pkt)
             sent_before_peer_read += 1
             if i % 5 == 4:
                 # Not a wait but a yield: between two emits the hub runs once (writers and
                 # finishers move on), as it does between two messages of the Socket.IO queue.
                 eventlet.sleep(0)
-    frames = read_frames(far, PACKETS)
-    numbers = [json.loads(text[1:])["i"] if text.startswith("4{") else None for _, _, text in frames]
-    print(
-        json.dumps(
-            {
-                "emitter_sent_before_peer_read": sent_before_peer_read,
-                "frames": len(frames),
-                "all_final_text_frames": all(opcode == 1 and fin for opcode, fin, _ in frames),
-                "in_order": numbers == list(range(PACKETS)),
-                "first_out_of_place": next((k for k, n in enumerate(numbers) if n != k), None),
-                "direct": writes.direct,
-                "queued": writes.queued,
-                "partial": writes.partial,
-                "compressed_websocket_is_direct": fanout.DirectWebsocket.of(compressed) is not None,
-            }
-        ),
-        flush=True,
-    )
-    handler.kill()
+    frames = read_frames(far, count)
+    return {
+        "emitter_sent_before_peer_read": sent_before_peer_read,
+        **order_findings([number_of(text) for _, _, text in frames], list(range(count))),
+        "all_final_text_frames": all(opcode == 1 and fin for opcode, fin, _ in frames),
+        "direct": writes.direct,
+        "queued": writes.queued,
+        "partial": writes.partial,
+        "compressed_websocket_is_direct": fanout.DirectWebsocket.of(compressed) is not None,
+    }
+
+
+def overtake(rounds, emits_after=4):
+    server = engineio.Server(async_mode="eventlet")
+    writes = fanout.install(server)
+    sock, ws, far = connection(server)
+    lock, peer = ws._sendlock, Peer(far)
+    sent = []
+
+    def emit(pad=PAD):
+        sent.append(len(sent))
+        server.send_packet(SID, numbered(sent[-1], pad))  # what python-socketio calls per recipient
+
+    writer_waited_holding_a_packet = emitted_while_writer_scheduled = 0
+    for _ in range(rounds):
+        emit(BIG)  # written in part; the rest by a background task that holds the send lock
+        emit()  # queued: the lock is held...
+        # ...and python-engineio's writer takes it off the queue, then waits for the send lock.
+        turns(lambda: not sock.queue.qsize() and not sock.queue.getting(), "the writer to take the packet")
+        writer_waited_holding_a_packet += lock.balance < 0
+        # The slow reader: 1 KB per hub turn, until the background finish releases the lock.
+        while lock.locked():
+            peer.read(1024)
+            eventlet.sleep(0)
+        # eventlet's release only scheduled the writer: the lock is free, the writer holds its
+        # packet and has not run. The next emit comes now, and emits go on while the peer reads.
+        emitted_while_writer_scheduled += lock.balance == 0 and not sock.queue.getting()
+        for _ in range(emits_after):
+            emit()
+            peer.read(1024)
+            eventlet.sleep(0)
+        # The peer catches up, so that the next round starts with the writer idle.
+        peer.catch_up(len(sent))
+        turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to be idle")
+    frames = peer.frames()
+    return {
+        **order_findings([number_of(text) for _, _, text in frames], sent),
+        "all_final_text_frames": all(opcode == 1 and fin for opcode, fin, _ in frames),
+        "rounds": rounds,
+        "writer_waited_holding_a_packet": writer_waited_holding_a_packet,
+        "emitted_while_writer_scheduled": emitted_while_writer_scheduled,
+        "direct": writes.direct,
+        "queued": writes.queued,
+        "partial": writes.partial,
+    }
+
+
+def failed_finish():
+    server = engineio.Server(async_mode="eventlet")
+    writes = fanout.install(server)
+    sock, ws, far = connection(server)
+    # python-engineio set the socket's timeout to ping_interval + ping_timeout (45 s, also how long
+    # its idle writer waits for a packet before it closes the connection): 2 s for the writes here.
+    ws.socket.settimeout(2.0)
+    lock, peer = ws._sendlock, Peer(far)
+    frames = [numbered(0, BIG), numbered(1)]
+    server.send_packet(SID, frames[0])  # written in part: the finish waits for a peer that stopped reading
+    server.send_packet(SID, frames[1])  # queued; the writer takes it and waits for the send lock
+    turns(lambda: not sock.queue.qsize() and lock.balance < 0, "the writer to wait holding the packet")
+    # The peer still talks (an Engine.IO message every 0.3 s), so the server's reader never times out.
+    failed_at = None
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and failed_at is None:
+        far.sendall(client_text_frame("4still here"))
+        eventlet.sleep(0.3)
+        if lock.balance >= 0 or sock.closed:  # the writer no longer waits: the finish ended
+            failed_at = time.monotonic()
+    # Then it reads everything the server wrote: it must see the end of the stream soon.
+    while not peer.closed and time.monotonic() < (failed_at or deadline) + 5:
+        if not peer.read():
+            eventlet.sleep(0.01)
+    eof_after = time.monotonic() - failed_at if failed_at and peer.closed else None
+    wait_until(lambda: sock.closed, 3, 0.01, "python-engineio to close the socket") if peer.closed else None
+    expected = b"".join(fanout.websocket_text_frame(pkt.encode()) for pkt in frames)
+    return {
+        "finish_failed": failed_at is not None,
+        "peer_saw_end_of_stream": peer.closed,
+        "seconds_from_failure_to_end_of_stream": eof_after,
+        "received": len(peer.buffer),
+        "first_frame_length": len(expected) - len(fanout.websocket_text_frame(frames[1].encode())),
+        "received_is_a_prefix_of_the_frames_in_order": expected.startswith(peer.buffer),
+        "first_unexpected_byte": next((k for k, (a, b) in enumerate(zip(peer.buffer, expected)) if a != b), None),
+        "engineio_socket_closed": sock.closed,
+        "partial": writes.partial,
+        "broken": getattr(writes, "broken", None),
+    }
+
+
+def internals():
+    """python-engineio's writer and eventlet's queue and lock behave as sockets/fanout.py assumes."""
+    from eventlet import queue, semaphore
+
+    server = engineio.Server(async_mode="eventlet")
+    writes = fanout.install(server)
+    sock, ws, far = connection(server)
+    lock, peer = ws._sendlock, Peer(far)
+    found = {
+        "queue_is_eventlets": isinstance(sock.queue, queue.LightQueue),
+        "send_lock_is_eventlets_semaphore": type(lock) is semaphore.Semaphore,
+        "direct_websocket_recorded": isinstance(getattr(sock, fanout.ATTRIBUTE), fanout.DirectWebsocket),
+        "idle_writer_waits_in_queue_get": writer_parked(sock),
+    }
+    lock.acquire()  # as the background finish of a partly written frame holds it
+    sock.send(numbered(0))
+    sock.send(numbered(1))
+    turns(lambda: not sock.queue.qsize(), "the writer to take both packets")
+    found["writer_took_the_batch_then_waits_for_the_lock"] = not sock.queue.getting() and lock.balance == -1
+    lock.release()
+    found["release_only_schedules_the_waiting_writer"] = not lock.locked() and lock.balance == 0
+    found["direct_write_refused_meanwhile"] = not writes.write(sock, numbered(2))
+    turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to write its batch")
+    peer.catch_up(2)
+    found["batch_written_in_order"] = [number_of(text) for _, _, text in peer.frames()] == [0, 1]
+    found["direct_write_when_idle"] = writes.write(sock, numbered(2)) and writes.direct == 0  # counted by send_packet
+    return found
+
+
+SCENARIOS = {
+    "stream": lambda n: stream(n or 400),
+    "overtake": lambda n: overtake(n or 5),
+    "failed-finish": lambda n: failed_finish(),
+    "internals": lambda n: internals(),
+}
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(SCENARIOS[sys.argv[1]](int(sys.argv[2]) if len(sys.argv) > 2 else None)), flush=True)

@@ -14,17 +14,22 @@ from tests.test_pipeline import started, status
 PACKETS = "campaign_live_socketio_packets_sent_total"
 
 
-def test_frames_stay_whole_and_in_order_when_the_client_stops_reading():
-    """A real python-engineio socket and writer over a real eventlet websocket with 4 KB buffers."""
+def run_child(scenario, *args, timeout=120):
+    """Run one scenario of tests/fanout_child.py in its own process; its JSON findings."""
     run = subprocess.run(
-        [support.PYTHON, "-m", "tests.fanout_child", "400"],
+        [support.PYTHON, "-m", "tests.fanout_child", scenario, *map(str, args)],
         cwd=support.REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_frames_stay_whole_and_in_order_when_the_client_stops_reading():
+    """A real python-engineio socket and writer over a real eventlet websocket with 4 KB buffers."""
+    found = run_child("stream", 400)
     assert found["emitter_sent_before_peer_read"] == 400, "the emitter blocked on a client that does not read"
     assert found["frames"] == 400
     assert found["all_final_text_frames"]
@@ -32,6 +37,40 @@ def test_frames_stay_whole_and_in_order_when_the_client_stops_reading():
     # Both paths and the background finish of a partly written frame were exercised.
     assert found["direct"] > 0 and found["queued"] > 0 and found["partial"] > 0, found
     assert not found["compressed_websocket_is_direct"]
+
+
+def test_a_direct_write_never_overtakes_the_frames_the_writer_holds():
+    """Issue 11: a slow reader, emits that go on, and python-engineio's writer holding a packet it
+    took off the queue while the background finish of a partly written frame had the send lock.
+    eventlet's release only schedules the writer, so a direct write right after it could go first."""
+    found = run_child("overtake", 5)
+    # The interleaving happened in every round (otherwise the test proves nothing).
+    assert found["partial"] == found["rounds"], found
+    assert found["writer_waited_holding_a_packet"] == found["rounds"], found
+    assert found["emitted_while_writer_scheduled"] == found["rounds"], found
+    assert found["all_final_text_frames"]
+    assert found["in_order"], f"frame {found['first_out_of_place']} out of place: {found['numbers']}"
+
+
+def test_a_failed_finish_closes_the_connection_without_writing_after_half_a_frame():
+    found = run_child("failed-finish")
+    assert found["finish_failed"] and found["partial"] == 1, found
+    # Half of the first frame at most, and nothing after it.
+    assert found["received_is_a_prefix_of_the_frames_in_order"], found
+    assert found["received"] < found["first_frame_length"], found
+    # The failure closed the connection: the peer saw the end of the stream within 5 s (TCP's
+    # zero-window probes pace the last bytes), and python-engineio closed its socket (disconnect
+    # handlers ran).
+    assert found["peer_saw_end_of_stream"], found
+    assert found["broken"] == 1, found
+    assert found["engineio_socket_closed"], found
+
+
+def test_the_library_internals_direct_writes_rely_on_still_hold():
+    """Fails loudly when an upgrade of python-engineio or eventlet changes what sockets/fanout.py
+    relies on (its docstring lists it); turn direct writes off (DIRECT_WEBSOCKET_WRITES=0) meanwhile."""
+    found = run_child("internals")
+    assert found == dict.fromkeys(found, True), {key: value for key, value in found.items() if value is not True}
 
 
 def packets_sent(server):
