@@ -8,6 +8,7 @@
 #   make test       lint, then the test suite on real PostgreSQL and RabbitMQ
 #                   (extra pytest arguments: make test PYTEST_ARGS="-k pipeline -x")
 #   make bench      the ingest and latency benchmarks
+#   make bench-peer campaign-live side by side with the Node reference peer (../shared/peer/)
 #   make clean      caches and the demo database
 
 PYTHON ?= python3
@@ -26,7 +27,7 @@ JS_DIR := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.lock-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run worker services lint test browser-deps js-deps nginx-deps bench clean
+.PHONY: help venv run worker services lint test browser-deps js-deps nginx-deps bench bench-peer clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -97,6 +98,9 @@ test: $(TEST_DEPS)
 bench: venv services
 	$(PY) bench/ingest.py
 	$(PY) bench/latency.py
+
+bench-peer: venv services
+	$(PY) bench/vs_peer.py
 
 clean:
 	rm -rf instance .pytest_cache .ruff_cache
