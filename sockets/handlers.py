@@ -104,13 +104,25 @@ def _connect(auth):
     budgets[request.sid] = TokenBucket(
         current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
     )
+    engineio_session = _engineio_session()
     try:
         tenant_states.acquire(tenant_id)
     except UnknownTenant:
         refuse("unauthorized")
     holding[request.sid] = tenant_id
+    if engineio_session is not None and engineio_session.closed:
+        # Gone while the tenant loaded: python-socketio ignores a disconnect while a connect is
+        # pending (a long-polling CLOSE in another request, the sweeper), so nothing would free this slot.
+        refuse("unavailable")
     tenant_states.serve(tenant_id, last_seq, epoch, _send, lambda: join_room(tenant_room(tenant_id)))
     log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq)
+
+
+def _engineio_session():
+    """The Engine.IO socket of the client being connected (None under Flask-SocketIO's test client)."""
+    server = socketio.server
+    eio_sid = server.manager.eio_sid_from_sid(request.sid, "/")
+    return server.eio.sockets.get(eio_sid) if eio_sid is not None else None
 
 
 def _slow_down(token, identity):

@@ -2,6 +2,7 @@
 server itself, bounded replay, epochs and the connect throttle (CONTRACT.md section 2)."""
 
 import json
+import threading
 import time
 
 import engineio
@@ -316,3 +317,30 @@ def test_a_busy_tenant_is_never_taken_for_a_new_epoch(stack, tenant, publisher, 
     watcher.wait_for(lambda updates: len(updates) >= published, 20, "every update")
     assert watcher.resyncs == [] and len(watcher.snapshots) == 1
     assert watcher.seqs() == list(range(1, published + 1))
+
+
+def test_long_polling_clients_that_close_while_their_tenant_loads_free_their_slots(stack, tenant):
+    """A CLOSE in another long-polling request while the connect handler waits: python-socketio
+    ignores it (the connect is pending), so the handler itself must see the session is gone."""
+    url = f"{stack.servers[0].url}/socket.io/?EIO=4&transport=polling"
+    wait_until(lambda: connected_clients(stack) == 0, 10, 0.1, "no client of earlier tests")
+    connects = []
+    with psycopg2.connect(stack.database_url) as connection, connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE campaign_updates IN ACCESS EXCLUSIVE MODE")  # the tenant's load waits
+        sids = []
+        for _ in range(MAX_CONNECTIONS_PER_TENANT):
+            opened = requests.get(url, timeout=5).text
+            sids.append(json.loads(opened[opened.index("{"):])["sid"])
+            body = "40" + json.dumps({"token": stack.token(tenant)})
+            post = threading.Thread(target=requests.post, args=(f"{url}&sid={sids[-1]}",), kwargs={"data": body})
+            post.start()
+            connects.append(post)
+        waiting = MAX_CONNECTIONS_PER_TENANT
+        wait_until(lambda: connected_clients(stack) == waiting, 10, 0.05, "every connect to wait on the load")
+        for sid in sids:
+            requests.post(f"{url}&sid={sid}", data="1", timeout=5)  # CLOSE
+        connection.rollback()
+    for post in connects:
+        post.join(10)
+    stayer = stack.client(tenant)  # refused with too_many_connections if the slots leaked
+    stayer.close()
