@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
 from campaigns.reason_counts import count_failures
-from campaigns.rules import FailureAlertRule, alert_changed, record_message, window_counts
+from campaigns.rules import FailureAlertRule, alert_changed, record_message, window_counts, window_phase
 from campaigns.timeutil import utcnow
 from campaigns.updates import store_updates
 
@@ -253,7 +253,8 @@ def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=D
             campaign.last_emitted_at = now
             result.merged += count - 1
         else:
-            campaign.emit_due_at = campaign.last_emitted_at + window
+            phase = timedelta(seconds=window_phase(campaign.tenant_id, campaign.id))
+            campaign.emit_due_at = campaign.last_emitted_at + window + phase
             result.merged += count
             result.throttled.append(
                 (campaign.tenant_id, campaign.id, campaign.name, (campaign.emit_due_at - now).total_seconds())

@@ -1,5 +1,7 @@
 """The rules of a campaign that are not bookkeeping: plain code, no database (CONTRACT.md section 2).
 
+- Throttle window phase (``window_phase``): spreads the merged updates of campaigns started
+  together.
 - Failure alert: while a running campaign fails too much, its ``failure_alert`` says so.
   Over the last ``window_seconds`` of its events, at least ``min_messages`` messages sent
   or failed and a failed share of at least ``rate`` set it; a share below ``rate / 2`` (the
@@ -9,6 +11,7 @@
   workers and across their restarts (``campaigns/ingest.py``).
 """
 
+import zlib
 from dataclasses import dataclass
 
 from campaigns.timeutil import isoformat
@@ -77,3 +80,17 @@ def window_counts(rule, window, now):
     current = _bucket(rule, now)
     recent = [entry for entry in (window or []) if entry[0] > current - WINDOW_BUCKETS]
     return sum(entry[1] for entry in recent), sum(entry[2] for entry in recent)
+
+
+# Throttle windows: campaigns started together would have their merged updates fall due
+# together every THROTTLE_SECONDS, a burst that status events then wait behind. Each campaign's
+# window ends a little later than the throttle, by a phase of its own within the contract's
+# slack (the latest state arrives within THROTTLE_SECONDS + 0.5 s; the worker looks for due
+# updates every 0.1 s).
+WINDOW_PHASE_SPREAD_SECONDS = 0.3
+
+
+def window_phase(tenant_id, campaign_id):
+    """Seconds added to a campaign's throttle window: stable per campaign, in [0, 0.3)."""
+    digest = zlib.crc32(f"{tenant_id}/{campaign_id}".encode())
+    return WINDOW_PHASE_SPREAD_SECONDS * (digest % 1000) / 1000

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from campaigns.events import validate_event
 from campaigns.ingest import TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.models import Campaign, CampaignUpdate, Tenant
+from campaigns.rules import window_phase
 from campaigns.timeutil import isoformat, utcnow
 from tests.support import wait_until
 
@@ -158,26 +159,29 @@ def test_progress_is_throttled_leading_then_trailing(db_session, tenants):
     merged = apply(db_session, [sent(2), sent(3)], now=T0 + timedelta(seconds=0.5))
     assert merged.updates == []
     assert merged.merged == 2
-    assert campaign(db_session).emit_due_at == T0 + timedelta(seconds=2)
+    due_at = T0 + timedelta(seconds=2 + window_phase("acme", "bf"))
+    assert campaign(db_session).emit_due_at == due_at
     more = apply(db_session, [sent(4)], now=T0 + timedelta(seconds=1.5))
     assert more.updates == []
-    early = flush_due_updates(db_session, T0 + timedelta(seconds=1.9))
+    early = flush_due_updates(db_session, due_at - timedelta(milliseconds=1))
     assert early == []
-    due = flush_due_updates(db_session, T0 + timedelta(seconds=2))
+    due = flush_due_updates(db_session, due_at)
     db_session.commit()
     assert [(u["type"], u["campaign"]["sent"]) for u in due] == [("message_sent", 4)]
     assert campaign(db_session).emit_due_at is None
     # the window restarts at the trailing emit
     assert apply(db_session, [sent(5)], now=T0 + timedelta(seconds=3)).updates == []
-    assert apply(db_session, [sent(6)], now=T0 + timedelta(seconds=4.1)).updates == []
-    assert [u["campaign"]["sent"] for u in flush_due_updates(db_session, T0 + timedelta(seconds=4.1))] == [6]
+    assert apply(db_session, [sent(6)], now=T0 + timedelta(seconds=3.5)).updates == []
+    next_due = due_at + timedelta(seconds=2 + window_phase("acme", "bf"))
+    assert flush_due_updates(db_session, next_due - timedelta(milliseconds=1)) == []
+    assert [u["campaign"]["sent"] for u in flush_due_updates(db_session, next_due)] == [6]
 
 
 def test_a_burst_gives_one_update_at_once_and_one_at_the_window_end(db_session, tenants):
     first = apply(db_session, [started(200)], now=T0)
     lead = apply(db_session, [sent(0)], now=T0 + timedelta(seconds=0.01))
     burst = apply(db_session, [sent(i) for i in range(1, 200)], now=T0 + timedelta(seconds=0.02))
-    due = flush_due_updates(db_session, T0 + timedelta(seconds=2.01))
+    due = flush_due_updates(db_session, T0 + timedelta(seconds=2.01 + window_phase("acme", "bf")))
     db_session.commit()
     assert [u["type"] for u in first.updates] == ["campaign_started"]
     # a status update does not open the progress window: the first progress goes at once
@@ -350,3 +354,14 @@ def test_pausing_a_campaign_clears_its_alert(db_session, tenants):
     result = apply(db_session, [ev("campaign_paused", at=T0 + timedelta(seconds=2))], now=T0 + timedelta(seconds=2))
     assert [u["campaign"]["failure_alert"] for u in result.updates] == [None]
     assert campaign(db_session).failure_alert is None
+
+
+def test_the_windows_of_campaigns_started_together_fall_due_spread_out(db_session, tenants):
+    ids = [f"c{number}" for number in range(50)]
+    apply(db_session, [started(100, campaign=c) for c in ids] + [sent(0, campaign=c) for c in ids], now=T0)
+    apply(db_session, [sent(1, campaign=c) for c in ids], now=T0 + timedelta(seconds=0.5))
+    due = sorted(campaign(db_session, campaign_id=c).emit_due_at for c in ids)
+    offsets = [(at - T0).total_seconds() for at in due]
+    assert all(2.0 <= offset < 2.3 for offset in offsets), offsets
+    assert offsets[-1] - offsets[0] >= 0.25, "spread over the phase range, not one burst"
+    assert len(set(offsets)) >= 40
