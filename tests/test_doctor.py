@@ -180,3 +180,26 @@ def test_the_demo_checks_what_applies_and_says_what_does_not():
         assert marks(checks)[name] == "-" and "demo mode" in checks[name][1], output
     assert marks(checks)["open files"] == marks(checks)["cors"] == "✓"
     assert "demo mode: neither DATABASE_URL nor BROKER_URL is set" in output
+
+
+def test_a_clock_off_by_more_than_two_seconds_fails(healthy, template_database):
+    # PostgreSQL's now() shifted 10 s for doctor's sessions only: a function named now() in a
+    # schema searched before pg_catalog (PGOPTIONS reaches libpq), so the clocks differ for real.
+    skewed = support.create_database(template_database)
+    try:
+        support.Stack(skewed, healthy.vhost, healthy.log_dir).sql(
+            "CREATE SCHEMA skew; CREATE FUNCTION skew.now() RETURNS timestamptz LANGUAGE sql "
+            "AS $$ SELECT pg_catalog.now() + interval '10 seconds' $$"
+        )
+        env = healthy.env(
+            MAX_CONNECTIONS=500,
+            DATABASE_URL=support.pg_url(skewed),
+            PGOPTIONS="-c search_path=skew,pg_catalog,public",
+        )
+        code, checks, output = doctor(env)
+    finally:
+        support.drop_database(skewed)
+    assert code == 1 and marks(checks)["clock"] == "✗", output
+    assert re.search(r"clock: (9|10)\.\d\d s behind the database's clock", output), output
+    assert "JWT_LEEWAY_SECONDS (30 s)" in output
+    assert marks(checks)["database"] == "✓"
