@@ -7,6 +7,7 @@ replay acknowledgement) matches the document's Socket.IO payload schemas.
 """
 
 import copy
+import json
 import re
 from datetime import datetime
 
@@ -215,6 +216,14 @@ def test_the_worker_and_the_schemas_agree(document):
         f"schema {'accepts' if expected else 'refuses'} but the worker does not: {document!r}; "
         f"schema says {[error.message for error in INBOUND.iter_errors(document)][:3]}"
     )
+
+
+def test_the_document_is_a_valid_asyncapi_3_document():
+    schema = json.loads((REPO / "tests" / "data" / "asyncapi-3.0.0-schema.json").read_text())
+    errors = [
+        f"{list(error.absolute_path)}: {error.message[:200]}" for error in Draft7Validator(schema).iter_errors(DOCUMENT)
+    ]
+    assert DOCUMENT["asyncapi"] == "3.0.0" and not errors, errors
 
 
 def test_the_examples_cover_both_answers_for_every_type():
