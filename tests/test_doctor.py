@@ -157,17 +157,24 @@ def test_missing_queues_then_no_worker_fail_and_doctor_creates_nothing(healthy, 
     assert "python -m worker" in output
 
 
-def test_a_message_queue_the_user_may_not_use_fails(healthy):
+def test_a_message_queue_the_user_may_not_use_fails_and_its_own_vhost_passes(healthy):
     user, password = support.create_broker_user()
+    own_vhost = support.create_vhost(user)
     try:
         env = healthy.env(
             MAX_CONNECTIONS=500, SOCKETIO_MESSAGE_QUEUE_URL=support.amqp_url(healthy.vhost, user, password)
         )
         code, checks, output = doctor(env)
+        assert code == 1 and marks(checks)["message queue"] == "✗", output
+        assert "cannot use the message queue at SOCKETIO_MESSAGE_QUEUE_URL" in checks["message queue"][1]
+        # Production's layout: the message queue on a vhost and user of its own.
+        env["SOCKETIO_MESSAGE_QUEUE_URL"] = support.amqp_url(own_vhost, user, password)
+        code, checks, output = doctor(env)
+        assert code == 0 and marks(checks)["message queue"] == "✓", output
+        assert "round trip on exchange 'flask-socketio' at SOCKETIO_MESSAGE_QUEUE_URL" in output
     finally:
+        support.delete_vhost(own_vhost)
         support.delete_broker_user(user)
-    assert code == 1 and marks(checks)["message queue"] == "✗", output
-    assert "cannot use the message queue at SOCKETIO_MESSAGE_QUEUE_URL" in checks["message queue"][1]
 
 
 def test_the_demo_checks_what_applies_and_says_what_does_not():

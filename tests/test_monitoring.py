@@ -108,6 +108,16 @@ def test_every_dashboard_and_alert_expression_names_an_exported_metric():
     )
 
 
+def test_every_alert_says_how_bad_and_what_to_do():
+    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    names = {rule["alert"] for rule in rules}
+    assert {"CampaignLiveWorkerDown", "CampaignLiveLagHigh", "CampaignLiveDeadLettersRising"} <= names
+    assert "CampaignLiveFailureAlerts" in names and len(names) == len(rules)
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
 def test_the_dashboard_covers_what_operators_look_at():
     used = set().union(*(metric_names(expression) for _, expression in expressions()))
     for name in (
