@@ -8,6 +8,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from campaigns.auth import create_api_key
+from campaigns.doctor import GUIDE, format_result, run_checks
 from campaigns.events import TENANT_ID
 from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
@@ -102,6 +103,24 @@ def simulate(duration, tenants, campaigns):
         CampaignSimulator(publisher.publish, tenants, campaigns_per_tenant=campaigns).run(duration=duration)
 
 
+@click.command("doctor")
+@click.option("--url", help="A running server to connect to (e.g. http://127.0.0.1:5000).")
+@click.option("--tenant", "tenant_id", help="The tenant of the token for --url (default: the first tenant).")
+@with_appcontext
+def doctor(url, tenant_id):
+    """Check this deployment: one line per check, exit 1 when one fails (docs/troubleshooting.md)."""
+    results = run_checks(current_app.config, url, tenant_id)
+    for result in results:
+        click.echo(format_result(result))
+    failed = [result.name for result in results if result.ok is False]
+    if current_app.config["DEMO"]:
+        click.echo("demo mode: neither DATABASE_URL nor BROKER_URL is set, so only what the demo uses was checked")
+    if failed:
+        click.echo(f"doctor: {len(failed)} check(s) failed ({', '.join(failed)}); see {GUIDE}")
+        sys.exit(1)
+    click.echo("doctor: every check passed")
+
+
 @click.group("dead-letters")
 def dead_letters():
     """Messages the worker refused (queue campaign.events.dead)."""
@@ -154,5 +173,5 @@ def dead_letters_discard(reason, limit, yes):
 
 def register_commands(app):
     """Add the commands to ``flask --app app``."""
-    for command in (create_tenant, delete_tenant, create_api_key_command, create_user, simulate, dead_letters):
+    for command in (create_tenant, delete_tenant, create_api_key_command, create_user, simulate, dead_letters, doctor):
         app.cli.add_command(command)

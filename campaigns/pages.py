@@ -1,6 +1,8 @@
 """Admin pages: the live dashboard and the campaign page (HTML, login required)."""
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from pathlib import Path
+
+from flask import Blueprint, abort, redirect, render_template, request, send_file, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from sqlalchemy import select
@@ -13,6 +15,7 @@ from campaigns.timeutil import utcnow
 from extensions import db
 
 bp = Blueprint("pages", __name__)
+TROUBLESHOOTING = Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md"
 STATUSES = ("running", "paused", "completed", "failed", "cancelled")
 STATUS_ORDER = {status: rank for rank, status in enumerate(STATUSES)}
 
@@ -151,3 +154,13 @@ def switch_tenant():
         abort(400)
     session["tenant_id"] = tenant_id
     return redirect(url_for("pages.dashboard"))
+
+
+@bp.get("/help/troubleshooting")
+def troubleshooting():
+    """docs/troubleshooting.md as plain text: the guide the connection indicator links to.
+
+    Served by the app itself, so it is reachable from any deployment (no repository host to
+    know, none to reach) and always matches the running version; no login, it holds nothing secret.
+    """
+    return send_file(TROUBLESHOOTING, mimetype="text/plain; charset=utf-8", max_age=300)

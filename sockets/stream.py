@@ -17,6 +17,8 @@ from extensions import socketio
 log = logging.getLogger(__name__)
 # A new listener queue is bound a moment after it is named: reconcile once it surely is.
 RECONCILE_AFTER_RECONNECT_SECONDS = 1.0
+# What `flask --app app doctor` emits to a room nobody is in, to see the queue go round trip.
+PROBE_EVENT = "doctor_probe"
 
 
 def campaign_update_of(event, data, room):
@@ -45,6 +47,9 @@ class UpdateStreamManager(KombuManager):
         data = message.get("data")
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
+        if message.get("event") == PROBE_EVENT:
+            log.debug("[WEBSOCKET] doctor's probe seen on the message queue (dropped)")
+            return
         payload = campaign_update_of(message.get("event"), data, message.get("room"))
         if payload is None or message.get("namespace") not in (None, "/"):
             log.warning("[WEBSOCKET] dropped a message-queue emit that is no campaign update: %r", message.get("event"))

@@ -185,6 +185,11 @@
     if (button) {
       button.hidden = state !== "disconnected";
     }
+    // The guide (docs/troubleshooting.md) for whoever sees the indicator turn red or grey.
+    var help = this.indicator.querySelector(".help");
+    if (help) {
+      help.hidden = state !== "error" && state !== "disconnected";
+    }
   };
 
   // REST fallback -----------------------------------------------------------------------
