@@ -238,7 +238,7 @@ def test_an_open_page_resyncs_when_its_tenant_is_created_again(stack, page, publ
     assert page.locator("#connection").get_attribute("data-state") == "live"
 
 
-def test_a_failing_campaign_shows_its_alert_on_the_dashboard_and_its_page(stack, page, publisher):
+def test_a_failing_campaign_shows_its_alert_on_the_dashboard_and_its_page(stack, page, publisher, screenshot):
     tenant = stack.create_tenant(name="Failing Co")
     log_in(page, stack.servers[0], create_user(stack, tenant))
     page.wait_for_selector(LIVE, timeout=15000)
@@ -255,5 +255,6 @@ def test_a_failing_campaign_shows_its_alert_on_the_dashboard_and_its_page(stack,
     page.goto(stack.servers[0].url + "/campaigns/promo")
     page.wait_for_selector(LIVE, timeout=15000)
     assert "Failing: 40%" in page.locator('#campaign [data-field="failure_alert"]').inner_text()
+    screenshot_path(screenshot, "failure-alert.png")
     publisher.publish(event(tenant, "promo", "campaign_paused", reason="provider outage"))
     page.locator('#campaign [data-field="failure_alert"]').wait_for(state="hidden", timeout=10000)
