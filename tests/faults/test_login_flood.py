@@ -173,9 +173,14 @@ def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(log
 
     assert {answer.status_code for answer in open_answers} == {401}
     assert set(open_health.statuses) == set(api.statuses) == set(limited_health.statuses) == {"200"}
-    assert max(open_latencies) < HEALTHZ_BUDGET_SECONDS, "wrong logins held the server up"
-    assert max(api_latencies) < API_BUDGET_SECONDS, "logins held the database's connections"
-    assert max(limited_latencies) < HEALTHZ_BUDGET_SECONDS
+    # Checks on the hub made a probe wait behind a queue of them (1.1-3.5 s, several checks in a
+    # row). Off the hub, the slowest probe stays under 100 ms with CPU to spare; on a machine
+    # that other runs saturate, everything slows down together, the checks too: the budget is
+    # then two checks as measured in this very run, which one check on the hub already exceeds.
+    budget = max(HEALTHZ_BUDGET_SECONDS, 2 * wrong_seconds)
+    assert max(open_latencies) < budget, f"wrong logins held the server up (budget {budget:.3f} s)"
+    assert max(api_latencies) < max(API_BUDGET_SECONDS, 3 * wrong_seconds), "logins held the database's connections"
+    assert max(limited_latencies) < budget
     assert 429 in statuses and set(statuses) <= {401, 429}
     limited = next(answer for answer in limited_answers if answer.status_code == 429)
     assert int(limited.headers["Retry-After"]) > 0
