@@ -176,7 +176,7 @@ def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(log
     # Checks on the hub made a probe wait behind a queue of them (1.1-3.5 s, several checks in a
     # row). Off the hub, the slowest probe stays under 100 ms with CPU to spare; on a machine
     # that other runs saturate, everything slows down together, the checks too: the budget is
-    # then two checks as measured in this very run, which one check on the hub already exceeds.
+    # then two logins as measured in this very run, which the queue of checks on the hub far exceeds.
     budget = max(HEALTHZ_BUDGET_SECONDS, 2 * wrong_seconds)
     assert max(open_latencies) < budget, f"wrong logins held the server up (budget {budget:.3f} s)"
     assert max(api_latencies) < max(API_BUDGET_SECONDS, 3 * wrong_seconds), "logins held the database's connections"
