@@ -48,6 +48,7 @@ from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import connections, per_tenant, register_handlers
+from sockets.nodelay import server_options
 from sockets.presence import Presence
 from sockets.stream import UpdateStreamManager
 from sockets.sweeper import start_sweeper
@@ -213,6 +214,7 @@ def main():
     if not config["DEMO"]:
         declare_broker_topology(config)
     extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
+    extra.update(server_options(config["ASYNC_MODE"], enabled=config["TCP_NODELAY"]))
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     socketio.start_background_task(tenant_states.run_reconciliation)
     presence = app.extensions["presence"] = Presence(app, connections, per_tenant, socketio.server.transport)
