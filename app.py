@@ -48,7 +48,7 @@ from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import connections, per_tenant, register_handlers
-from sockets.nodelay import server_options
+from sockets.http_server import serve
 from sockets.presence import Presence
 from sockets.stream import UpdateStreamManager
 from sockets.sweeper import start_sweeper
@@ -213,8 +213,6 @@ def main():
     check_cooperative_database(app)
     if not config["DEMO"]:
         declare_broker_topology(config)
-    extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
-    extra.update(server_options(config["ASYNC_MODE"], enabled=config["TCP_NODELAY"]))
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     socketio.start_background_task(tenant_states.run_reconciliation)
     presence = app.extensions["presence"] = Presence(app, connections, per_tenant, socketio.server.transport)
@@ -227,7 +225,18 @@ def main():
         config["ASYNC_MODE"],
         config["PING_INTERVAL"],
     )
-    socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
+    if config["ASYNC_MODE"] == "eventlet":
+        # socketio.run's listener has a backlog of 50: a burst of long-polling requests overflows it.
+        serve(
+            app,
+            config["HOST"],
+            config["PORT"],
+            backlog=config["LISTEN_BACKLOG"],
+            nodelay=config["TCP_NODELAY"],
+            max_size=config["MAX_CONNECTIONS"],
+        )
+    else:
+        socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False)
     return 0
 
 
