@@ -236,7 +236,9 @@ def main():
             max_size=config["MAX_CONNECTIONS"],
         )
     else:
-        socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False)
+        # gevent's WSGIServer takes the backlog (its own default is 128); werkzeug's would not.
+        extra = {"backlog": config["LISTEN_BACKLOG"]} if config["ASYNC_MODE"] == "gevent" else {}
+        socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
     return 0
 
 

@@ -27,8 +27,9 @@ TCP_NODELAY
 What it relies on
     ``eventlet.wsgi.server(..., protocol=...)`` (still accepted in 0.41, documented as
     deprecated) and ``HttpProtocol.setup`` with the accepted socket in ``self.request``
-    (checked by ``tests/http_server_child.py``). Other async modes keep ``socketio.run`` and
-    their server's defaults (gevent's ``pywsgi`` listens with a backlog of 256).
+    (checked by ``tests/http_server_child.py``). Other async modes keep ``socketio.run`` with
+    TCP_NODELAY off; under gevent ``main`` passes ``LISTEN_BACKLOG`` to ``pywsgi.WSGIServer``
+    (whose own default is 128).
 """
 
 import contextlib
