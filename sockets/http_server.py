@@ -24,6 +24,16 @@ TCP_NODELAY
     42 ms p50 without TCP_NODELAY, 2.1 ms with it; a 2,000-byte body 1.8 ms either way. Node's
     ``http`` server sets ``noDelay`` on every socket too. ``TCP_NODELAY=0`` turns it off.
 
+Measured with both (bench/vs_peer.py poll-300, --repeat 2, same hour, box 95-98 % busy with
+    other suites, load average 4.5): with ``LISTEN_BACKLOG=50 TCP_NODELAY=0`` (what
+    ``socketio.run`` did) campaign-live p50/p99 2,078/4,135 and 2,753/6,044 ms against the
+    peer's 410/1,075 and 831/1,891, ~1,700 (poll-300) and ~5,000 (poll-500) listen overflows
+    per round; with them 1,365/2,734 and 2,333/3,958 against 327/837 and 417/1,158, no
+    overflow. The dropped SYNs are gone; the rest of the gap is CPU per update on a full
+    machine (server 1.3-1.5x the peer's, server + worker 2.3-2.7x; eventlet's per-connection
+    HTTP handling is about half the server's CPU while polling) and shows over websocket too
+    (ws-300 in the same hour: 1,003 ms p50 against the peer's 44).
+
 What it relies on
     ``eventlet.wsgi.server(..., protocol=...)`` (still accepted in 0.41, documented as
     deprecated) and ``HttpProtocol.setup`` with the accepted socket in ``self.request``
