@@ -48,6 +48,7 @@ from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import connections, per_tenant, register_handlers
+from sockets.http_server import serve
 from sockets.presence import Presence
 from sockets.stream import UpdateStreamManager
 from sockets.sweeper import start_sweeper
@@ -212,7 +213,6 @@ def main():
     check_cooperative_database(app)
     if not config["DEMO"]:
         declare_broker_topology(config)
-    extra = {"max_size": config["MAX_CONNECTIONS"]} if config["ASYNC_MODE"] == "eventlet" else {}
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     socketio.start_background_task(tenant_states.run_reconciliation)
     presence = app.extensions["presence"] = Presence(app, connections, per_tenant, socketio.server.transport)
@@ -225,7 +225,20 @@ def main():
         config["ASYNC_MODE"],
         config["PING_INTERVAL"],
     )
-    socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
+    if config["ASYNC_MODE"] == "eventlet":
+        # socketio.run's listener has a backlog of 50: a burst of long-polling requests overflows it.
+        serve(
+            app,
+            config["HOST"],
+            config["PORT"],
+            backlog=config["LISTEN_BACKLOG"],
+            nodelay=config["TCP_NODELAY"],
+            max_size=config["MAX_CONNECTIONS"],
+        )
+    else:
+        # gevent's WSGIServer takes the backlog (its own default is 128); werkzeug's would not.
+        extra = {"backlog": config["LISTEN_BACKLOG"]} if config["ASYNC_MODE"] == "gevent" else {}
+        socketio.run(app, host=config["HOST"], port=config["PORT"], log_output=False, **extra)
     return 0
 
 

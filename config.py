@@ -91,6 +91,10 @@ class Config:
         self.CORS_ALLOWED_ORIGINS = os.environ.get("CORS_ALLOWED_ORIGINS", "")
         self.WEBSOCKET_COMPRESSION = os.environ.get("WEBSOCKET_COMPRESSION", "0") == "1"
         self.DIRECT_WEBSOCKET_WRITES = os.environ.get("DIRECT_WEBSOCKET_WRITES", "1") == "1"
+        # Responses over 16 KB (a long-polling GET's backlog, a snapshot) without Nagle's 40 ms wait.
+        self.TCP_NODELAY = os.environ.get("TCP_NODELAY", "1") == "1"
+        # Connections the kernel queues for accept(): every long-polling GET of a Node client is a new one.
+        self.LISTEN_BACKLOG = _int("LISTEN_BACKLOG", 1024)
         self.WORKER_BATCH_SIZE = _int("WORKER_BATCH_SIZE", 500)
         self.WORKER_BATCH_LINGER_MS = _int("WORKER_BATCH_LINGER_MS", 20)
         self.WORKER_QUEUE = os.environ.get("WORKER_QUEUE", "campaign.events.worker")

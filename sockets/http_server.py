@@ -1,0 +1,94 @@
+"""The eventlet HTTP server: a listen backlog that holds a burst of long-polling requests, and
+TCP_NODELAY on every connection it accepts.
+
+Listen backlog
+    A long-polling client of the Node ``socket.io-client`` (``xmlhttprequest-ssl``, no agent)
+    opens a new TCP connection for every GET: after an update is fanned out to a room, all its
+    polling clients connect again within a few milliseconds. Flask-SocketIO's ``run`` listens
+    with eventlet's default backlog of 50; the kernel drops the SYNs beyond it
+    (``TcpExtListenOverflows``) and each of those clients retries only after TCP's initial
+    retransmission timeout, 1 s (then 3 s). Measured with bench/vs_peer.py poll-300: the
+    counter grew by hundreds every 5 s during campaign-live's round and not at all during the
+    Node peer's (Node listens with 511); latency p50/p99 425/1,973 ms against the peer's
+    33/118. ``serve`` listens itself with ``LISTEN_BACKLOG`` (default 1024; the kernel caps it
+    at ``net.core.somaxconn``).
+
+TCP_NODELAY
+    eventlet's WSGI server writes a response through a 16 KB buffered file: the headers go in
+    one ``send()`` and a body of 16 KB or more in a second one. With Nagle's algorithm on (the
+    default; eventlet only sets ``TCP_QUICKACK``, which changes our ACKs, not our sends), the
+    kernel holds that second write until the client ACKs the first, and the client delays its
+    ACK (40 ms on Linux). A long-polling GET returns every packet queued for the client, so the
+    clients that fell behind get the big responses, and each of those then waits 40 ms more.
+    Measured on loopback (eventlet 0.41, sequential keep-alive GETs): a 40,000-byte body took
+    42 ms p50 without TCP_NODELAY, 2.1 ms with it; a 2,000-byte body 1.8 ms either way. Node's
+    ``http`` server sets ``noDelay`` on every socket too. ``TCP_NODELAY=0`` turns it off.
+
+Measured with both (bench/vs_peer.py poll-300, --repeat 2, same hour, box 95-98 % busy with
+    other suites, load average 4.5): with ``LISTEN_BACKLOG=50 TCP_NODELAY=0`` (what
+    ``socketio.run`` did) campaign-live p50/p99 2,078/4,135 and 2,753/6,044 ms against the
+    peer's 410/1,075 and 831/1,891, ~1,700 (poll-300) and ~5,000 (poll-500) listen overflows
+    per round; with them 1,365/2,734 and 2,333/3,958 against 327/837 and 417/1,158, no
+    overflow. The dropped SYNs are gone; the rest of the gap is CPU per update on a full
+    machine (server 1.3-1.5x the peer's, server + worker 2.3-2.7x; eventlet's per-connection
+    HTTP handling is about half the server's CPU while polling) and shows over websocket too
+    (ws-300 in the same hour: 1,003 ms p50 against the peer's 44).
+
+What it relies on
+    ``eventlet.wsgi.server(..., protocol=...)`` (still accepted in 0.41, documented as
+    deprecated) and ``HttpProtocol.setup`` with the accepted socket in ``self.request``
+    (checked by ``tests/http_server_child.py``). Other async modes keep ``socketio.run`` with
+    TCP_NODELAY off; under gevent ``main`` passes ``LISTEN_BACKLOG`` to ``pywsgi.WSGIServer``
+    (whose own default is 128).
+"""
+
+import contextlib
+import logging
+import socket
+
+log = logging.getLogger(__name__)
+
+
+def no_delay_protocol():
+    """An ``eventlet.wsgi.HttpProtocol`` subclass that sets TCP_NODELAY on the connection."""
+    from eventlet import wsgi
+
+    class NoDelayHttpProtocol(wsgi.HttpProtocol):
+        def setup(self):
+            # Not TCP (a UNIX socket), or an SSL wrapper without setsockopt: leave it.
+            with contextlib.suppress(OSError, AttributeError):
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().setup()
+
+    return NoDelayHttpProtocol
+
+
+def server_options(async_mode, enabled=True):
+    """Extra keyword arguments of eventlet's ``wsgi.server``: the no-delay protocol, if enabled."""
+    if not enabled:
+        log.info("[WEBSOCKET] TCP_NODELAY off (TCP_NODELAY=0)")
+        return {}
+    if async_mode != "eventlet":
+        return {}
+    return {"protocol": no_delay_protocol()}
+
+
+def listen(host, port, backlog):
+    """An eventlet listening socket on ``host:port`` with ``backlog`` (as Flask-SocketIO resolves it)."""
+    import eventlet
+    from eventlet.green import socket as green_socket
+
+    addresses = green_socket.getaddrinfo(host, port)
+    if not addresses:
+        raise RuntimeError(f"could not resolve {host}")
+    return eventlet.listen(addresses[0][4], addresses[0][0], backlog=backlog)
+
+
+def serve(app, host, port, backlog, nodelay=True, **options):
+    """Serve ``app`` (its wsgi_app wrapped by Flask-SocketIO) with eventlet's WSGI server, as
+    ``socketio.run`` does, but with our listen backlog and TCP_NODELAY."""
+    from eventlet import wsgi
+
+    listener = listen(host, port, backlog)
+    log.info("[WEBSOCKET] listening with a backlog of %s, TCP_NODELAY %s", backlog, "on" if nodelay else "off")
+    wsgi.server(listener, app, log_output=False, **server_options("eventlet", enabled=nodelay), **options)
