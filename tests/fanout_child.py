@@ -27,6 +27,7 @@ import eventlet
 
 eventlet.monkey_patch()
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
@@ -123,6 +124,12 @@ class Peer:
         self.buffer += chunk
         return len(chunk)
 
+    def ended(self):
+        """Read what arrived; True once the server ended the stream (nothing is read after that)."""
+        if not self.closed:
+            self.read()
+        return self.closed
+
     def catch_up(self, count, timeout=10):
         """Read until ``count`` whole frames have arrived, letting the hub run between reads."""
 
@@ -165,12 +172,18 @@ def writer_parked(sock):
     return sock.queue.getting() == 1 and not sock.queue.qsize()
 
 
+def hub_turn():
+    """Let the hub run once. Not a wait: the scenarios below set up interleavings turn by turn,
+    as the hub interleaves two emits of the Socket.IO queue (writers and finishers move on)."""
+    eventlet.sleep(0)
+
+
 def turns(predicate, what, limit=1000):
-    """Let the hub run, one turn at a time, until ``predicate()`` holds."""
+    """The deadline loop of these scenarios, counted in hub turns: until ``predicate()`` holds."""
     for _ in range(limit):
         if predicate():
             return
-        eventlet.sleep(0)
+        hub_turn()
     raise AssertionError(f"not reached after {limit} hub turns: {what}")
 
 
@@ -190,9 +203,7 @@ def stream(count):
                 server.send_packet(SID, pkt)
             sent_before_peer_read += 1
             if i % 5 == 4:
-                # Not a wait but a yield: between two emits the hub runs once (writers and
-                # finishers move on), as it does between two messages of the Socket.IO queue.
-                eventlet.sleep(0)
+                hub_turn()
     frames = read_frames(far, count)
     return {
         "emitter_sent_before_peer_read": sent_before_peer_read,
@@ -223,17 +234,16 @@ def overtake(rounds, emits_after=4):
         # ...and python-engineio's writer takes it off the queue, then waits for the send lock.
         turns(lambda: not sock.queue.qsize() and not sock.queue.getting(), "the writer to take the packet")
         writer_waited_holding_a_packet += lock.balance < 0
-        # The slow reader: 1 KB per hub turn, until the background finish releases the lock.
-        while lock.locked():
-            peer.read(1024)
-            eventlet.sleep(0)
+        # The slow reader: 1 KB per hub turn (tens of thousands of them), until the background
+        # finish releases the lock.
+        wait_until(lambda: peer.read(1024) is not None and not lock.locked(), 20, 0, "the finish to release the lock")
         # eventlet's release only scheduled the writer: the lock is free, the writer holds its
         # packet and has not run. The next emit comes now, and emits go on while the peer reads.
         emitted_while_writer_scheduled += lock.balance == 0 and not sock.queue.getting()
         for _ in range(emits_after):
             emit()
             peer.read(1024)
-            eventlet.sleep(0)
+            hub_turn()
         # The peer catches up, so that the next round starts with the writer idle.
         peer.catch_up(len(sent))
         turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to be idle")
@@ -262,18 +272,20 @@ def failed_finish():
     server.send_packet(SID, frames[0])  # written in part: the finish waits for a peer that stopped reading
     server.send_packet(SID, frames[1])  # queued; the writer takes it and waits for the send lock
     turns(lambda: not sock.queue.qsize() and lock.balance < 0, "the writer to wait holding the packet")
-    # The peer still talks (an Engine.IO message every 0.3 s), so the server's reader never times out.
-    failed_at = None
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and failed_at is None:
-        far.sendall(client_text_frame("4still here"))
-        eventlet.sleep(0.3)
+    # The peer still talks (an Engine.IO message at each poll, every 0.3 s), so the server's reader
+    # never times out, while the finish waits for a peer that does not read.
+    def finish_ended():
         if lock.balance >= 0 or sock.closed:  # the writer no longer waits: the finish ended
-            failed_at = time.monotonic()
+            return True
+        far.sendall(client_text_frame("4still here"))  # (never to a closing socket: that resets it)
+        return False
+
+    failed_at = None
+    with contextlib.suppress(AssertionError):
+        failed_at = wait_until(lambda: finish_ended() and time.monotonic(), 6, 0.3, "the finish to fail")
     # Then it reads everything the server wrote: it must see the end of the stream soon.
-    while not peer.closed and time.monotonic() < (failed_at or deadline) + 5:
-        if not peer.read():
-            eventlet.sleep(0.01)
+    with contextlib.suppress(AssertionError):
+        wait_until(peer.ended, 5, 0.01, "the end of the stream")
     eof_after = time.monotonic() - failed_at if failed_at and peer.closed else None
     wait_until(lambda: sock.closed, 3, 0.01, "python-engineio to close the socket") if peer.closed else None
     expected = b"".join(fanout.websocket_text_frame(pkt.encode()) for pkt in frames)
