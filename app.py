@@ -47,7 +47,7 @@ from ops.recent_errors import install as keep_recent_errors
 from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
-from sockets.handlers import connections, per_tenant, register_handlers
+from sockets.handlers import connections, register_handlers
 from sockets.http_server import serve
 from sockets.presence import Presence
 from sockets.stream import UpdateStreamManager
@@ -215,7 +215,7 @@ def main():
         declare_broker_topology(config)
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     socketio.start_background_task(tenant_states.run_reconciliation)
-    presence = app.extensions["presence"] = Presence(app, connections, per_tenant, socketio.server.transport)
+    presence = app.extensions["presence"] = Presence(app, connections, tenant_states.clients, socketio.server.transport)
     socketio.start_background_task(presence.run)
     freeze_startup_objects()
     log.info(

@@ -145,30 +145,35 @@ def dead_letters_list(limit):
     click.echo(f"{len(letters)} dead letter(s) shown")
 
 
+def _dead_letters_action(action, verb, done_verb, reason, limit, yes):
+    """Run a dead-letter ``action`` after a confirmation; say how many it took and kept."""
+    if not yes:
+        click.confirm(f"{verb} dead letters{' with reason ' + reason if reason else ''}?", abort=True)
+    done, kept = action(_broker_url(), reason, limit)
+    click.echo(f"{done_verb} {done}, kept {kept}")
+
+
+def _dead_letters_options(function):
+    """The options shared by ``requeue`` and ``discard``."""
+    function = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(function)
+    function = click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")(function)
+    return click.option("--reason", help="Only those whose reason starts with this (e.g. unknown_tenant).")(function)
+
+
 @dead_letters.command("requeue")
-@click.option("--reason", help="Only those whose reason starts with this (e.g. unknown_tenant).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_dead_letters_options
 @with_appcontext
 def dead_letters_requeue(reason, limit, yes):
     """Publish dead letters back to campaign.events after the cause was fixed."""
-    if not yes:
-        click.confirm(f"Requeue dead letters{' with reason ' + reason if reason else ''}?", abort=True)
-    requeued, kept = requeue_dead_letters(_broker_url(), reason, limit)
-    click.echo(f"requeued {requeued}, kept {kept}")
+    _dead_letters_action(requeue_dead_letters, "Requeue", "requeued", reason, limit, yes)
 
 
 @dead_letters.command("discard")
-@click.option("--reason", help="Only those whose reason starts with this (e.g. invalid_json).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_dead_letters_options
 @with_appcontext
 def dead_letters_discard(reason, limit, yes):
     """Delete dead letters for good (those that can never be applied)."""
-    if not yes:
-        click.confirm(f"Discard dead letters{' with reason ' + reason if reason else ''} for good?", abort=True)
-    discarded, kept = discard_dead_letters(_broker_url(), reason, limit)
-    click.echo(f"discarded {discarded}, kept {kept}")
+    _dead_letters_action(discard_dead_letters, "Discard for good", "discarded", reason, limit, yes)
 
 
 def register_commands(app):

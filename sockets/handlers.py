@@ -7,7 +7,6 @@ no contention on the process's one publishing connection when many clients conne
 """
 
 import logging
-from collections import Counter
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
@@ -17,7 +16,7 @@ from campaigns.auth import AuthError, identity_from_session, identity_from_token
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, tenant_room
 from extensions import db, socketio
 from sockets.limits import ConnectThrottle, TokenBucket
-from sockets.tenants import Unavailable, UnknownTenant, tenant_states
+from sockets.tenants import TooManyConnections, Unavailable, UnknownTenant, tenant_states
 
 log = logging.getLogger(__name__)
 DISCONNECT_AFTER_REFUSALS = 20
@@ -25,7 +24,6 @@ DISCONNECT_AFTER_REFUSALS = 20
 # Every connection this process serves: sid -> Identity, and the client-event budget.
 connections = {}
 budgets = {}
-per_tenant = Counter()
 # sid -> tenant whose state (sockets/tenants.py) this connection holds.
 holding = {}
 connect_throttle = None
@@ -90,8 +88,6 @@ def connect(auth=None):
 def _connect(auth):
     identity = authenticate_socket(auth)
     tenant_id = identity.tenant_id
-    if per_tenant[tenant_id] >= current_app.config["MAX_CONNECTIONS_PER_TENANT"]:
-        refuse("too_many_connections")
     auth = auth if isinstance(auth, dict) else {}
     last_seq = _parse_seq(auth.get("last_seq"))
     if auth.get("last_seq") is not None and last_seq is None:
@@ -100,15 +96,16 @@ def _connect(auth):
     _slow_down(auth.get("token"), identity)
     db.session.remove()  # nothing below needs the request's session: give its connection back
     connections[request.sid] = identity
-    per_tenant[tenant_id] += 1
     budgets[request.sid] = TokenBucket(
         current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
     )
     engineio_session = _engineio_session()
     try:
-        tenant_states.acquire(tenant_id)
+        tenant_states.acquire(tenant_id, current_app.config["MAX_CONNECTIONS_PER_TENANT"])
     except UnknownTenant:
         refuse("unauthorized")
+    except TooManyConnections:
+        refuse("too_many_connections")
     holding[request.sid] = tenant_id
     if engineio_session is not None and engineio_session.closed:
         # Gone while the tenant loaded: python-socketio ignores a disconnect while a connect is
@@ -151,10 +148,6 @@ def _forget(sid):
     held = holding.pop(sid, None)
     if held is not None:
         tenant_states.release(held)
-    if identity is not None:
-        per_tenant[identity.tenant_id] -= 1
-        if per_tenant[identity.tenant_id] <= 0:
-            del per_tenant[identity.tenant_id]
     return identity
 
 

@@ -53,6 +53,10 @@ class Unavailable(Exception):
     """What a client needs could not be read in time (database slow, down, or busy)."""
 
 
+class TooManyConnections(Exception):
+    """The tenant has ``MAX_CONNECTIONS_PER_TENANT`` clients on this server already."""
+
+
 class UnknownTenant(Exception):
     """The tenant does not exist (or no longer does)."""
 
@@ -137,13 +141,17 @@ class TenantStates:
 
     # clients -----------------------------------------------------------------------------
 
-    def acquire(self, tenant_id):
+    def acquire(self, tenant_id, limit=None):
         """Count one more client of ``tenant_id``, loading the tenant first if it is not held.
 
-        Raises ``Unavailable`` (and counts nothing) when the load fails or takes too long, and
-        ``UnknownTenant`` when the tenant does not exist.
+        ``clients`` is the one count of a tenant's connections on this server, those still
+        connecting included: ``TooManyConnections`` beyond ``limit``. Raises ``Unavailable`` (and
+        counts nothing) when the load fails or takes too long, and ``UnknownTenant`` when the
+        tenant does not exist.
         """
         with self.lock:
+            if limit is not None and self.clients[tenant_id] >= limit:
+                raise TooManyConnections(tenant_id)
             self.clients[tenant_id] += 1
             state = self.states.get(tenant_id)
         if state is None:

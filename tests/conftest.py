@@ -52,29 +52,42 @@ def vhost(services):
 
 
 @pytest.fixture
-def app(database):
-    """An app on its own database, without a message queue (handlers run in-process)."""
+def make_app(database):
+    """``make_app(**settings)``: an app on the test's database, without a message queue (handlers
+    run in-process), with settings of the test's choosing; disposed of afterwards."""
     from app import create_app
     from config import Config
     from extensions import db
 
-    config = Config().update(
-        DATABASE_URL=support.pg_url(database),
-        SQLALCHEMY_DATABASE_URI=support.pg_url(database),
-        BROKER_URL="",
-        SOCKETIO_MESSAGE_QUEUE_URL="",
-        EVENTS_BROKER_URL="memory://",
-        DEMO=False,
-        SIMULATOR=False,
-        JWT_SECRET=support.JWT_SECRET,
-        SECRET_KEY=support.SECRET_KEY,
-        ASYNC_MODE="threading",
-        TESTING=True,
-    )
-    app = create_app(config)
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    made = []
+
+    def build(**settings):
+        config = Config().update(
+            DATABASE_URL=support.pg_url(database),
+            SQLALCHEMY_DATABASE_URI=support.pg_url(database),
+            BROKER_URL="",
+            SOCKETIO_MESSAGE_QUEUE_URL="",
+            EVENTS_BROKER_URL="memory://",
+            DEMO=False,
+            SIMULATOR=False,
+            JWT_SECRET=support.JWT_SECRET,
+            SECRET_KEY=support.SECRET_KEY,
+            ASYNC_MODE="threading",
+            TESTING=True,
+        )
+        made.append(create_app(config.update(**settings)))
+        return made[-1]
+
+    yield build
+    for app in made:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    """An app on its own database, without a message queue (handlers run in-process)."""
+    return make_app()
 
 
 @pytest.fixture

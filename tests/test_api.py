@@ -6,13 +6,13 @@ import jwt
 import pytest
 from flask_socketio import SocketIOTestClient
 
-import sockets.handlers
 from campaigns import metrics
 from campaigns.auth import hash_api_key
 from campaigns.ingest import apply_batch
 from campaigns.models import ApiKey, User
 from campaigns.timeutil import utcnow
 from extensions import socketio
+from sockets.tenants import tenant_states
 from tests.support import JWT_SECRET
 from tests.test_ingest import ev, started
 
@@ -277,13 +277,13 @@ def test_a_client_that_floods_replay_is_slowed_then_disconnected(app, token):
 
 def test_clients_cannot_pick_rooms_or_fake_reserved_events(app, token):
     client = socket_client(app, token)
-    counted = sockets.handlers.per_tenant["acme"]
+    counted = tenant_states.clients["acme"]
     for name in ("join", "join_room", "subscribe", "enter_room", "connect", "disconnect"):
         answer = client.emit(name, {"room": "tenant:globex", "token": token}, callback=True)
         assert answer["error"] == "unknown_event", name
     assert client.is_connected()
     assert client.emit("replay", {"after_seq": 0}, callback=True)["ok"] is True
-    assert sockets.handlers.per_tenant["acme"] == counted
+    assert tenant_states.clients["acme"] == counted == 1
 
 
 def test_the_admin_session_cookie_authenticates_a_socket(app, acme, store):
@@ -315,4 +315,4 @@ def test_a_connect_that_fails_unexpectedly_is_refused_not_half_accepted(app, tok
     client = socket_client(app, token)
     assert not client.is_connected()
     assert refusals("unavailable") == before + 1
-    assert not any(sockets.handlers.per_tenant.get(t, 0) < 0 for t in sockets.handlers.per_tenant)
+    assert tenant_states.clients["acme"] == 0

@@ -21,32 +21,12 @@ from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, declare_topology
 
 
 @pytest.fixture
-def ops_app(database, vhost):
+def ops_app(make_app, vhost):
     """An app whose broker is a real vhost with the topology declared."""
-    from app import create_app
-    from config import Config
-    from extensions import db
-
     url = support.amqp_url(vhost)
     with Connection(url) as connection:
         declare_topology(connection)
-    config = Config().update(
-        DATABASE_URL=support.pg_url(database),
-        SQLALCHEMY_DATABASE_URI=support.pg_url(database),
-        BROKER_URL="",
-        EVENTS_BROKER_URL=url,
-        DEMO=False,
-        SIMULATOR=False,
-        JWT_SECRET=support.JWT_SECRET,
-        SECRET_KEY=support.SECRET_KEY,
-        ASYNC_MODE="threading",
-        TESTING=True,
-        SERVER_HEARTBEAT_SECONDS=1.0,
-    )
-    app = create_app(config)
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    return make_app(EVENTS_BROKER_URL=url, SERVER_HEARTBEAT_SECONDS=1.0)
 
 
 @pytest.fixture

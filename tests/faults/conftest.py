@@ -3,6 +3,16 @@
 import pytest
 from engineio import payload
 
+from tests import support
+
+
+@pytest.fixture
+def stack(database, vhost, tmp_path):
+    """A stack on the test's own database and vhost; the test starts its servers and workers
+    (tests that need other settings define their own ``stack``)."""
+    with support.Stack(database, vhost, tmp_path) as stack:
+        yield stack
+
 
 @pytest.fixture
 def many_packets_per_poll(monkeypatch):

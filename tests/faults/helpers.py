@@ -42,6 +42,12 @@ def report(fault, **numbers):
     print(f"{RESULT_PREFIX} {json.dumps({'fault': fault, **_rounded(numbers)})}", flush=True)
 
 
+def report_outcome(fault, result, **numbers):
+    """``report`` of a fault with the counts of an ``outcome`` (published, applied, lost, duplicated) first."""
+    counts = {key: result[key] for key in ("published", "applied", "lost", "duplicated")}
+    report(fault, **counts, **numbers)
+
+
 def _rounded(value):
     if isinstance(value, float):
         return round(value, 3)
@@ -944,3 +950,24 @@ def assert_in_order_without_gaps(client, stored):
     assert applied == expected, f"{client.name}: applied {len(applied)} updates, stored {len(expected)}"
     for session, seqs in client.live_seqs_by_session().items():
         assert seqs == sorted(set(seqs)), f"{client.name}: live updates out of order in connection {session}: {seqs}"
+
+
+# Set-ups the fault tests share ---------------------------------------------------------------
+
+
+def proxied_database_url(stack, proxy):
+    """The stack's database URL through a ``TcpProxy`` the test controls."""
+    return f"postgresql://{support.PG_USER}@127.0.0.1:{proxy.port}/{stack.database}"
+
+
+def start_progress_stream(stack, campaigns, seed, rate):
+    """A paced publisher of progress events for ``campaigns``, started; ``(ledger, stream)``."""
+    ledger = Ledger()
+    stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=seed), rate, ledger)
+    stream.start()
+    return ledger, stream
+
+
+def tenant_client(stack, server, tenant, transport="websocket", name=None):
+    """A connected ``SeqClient`` of ``tenant`` on ``server``."""
+    return SeqClient(server.url, stack.token(tenant), [transport], name or transport).connect()

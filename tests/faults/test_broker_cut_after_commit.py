@@ -16,9 +16,6 @@ import pytest
 from tests import support
 from tests.faults.helpers import (
     CommitTrigger,
-    Ledger,
-    SeqClient,
-    StreamPublisher,
     TcpProxy,
     applied_count,
     assert_exact,
@@ -27,20 +24,16 @@ from tests.faults.helpers import (
     is_applied,
     last_seqs,
     outcome,
-    progress_events,
-    report,
+    proxied_database_url,
+    report_outcome,
+    start_progress_stream,
     stored_updates,
+    tenant_client,
 )
 from tests.support import wait_until
 
 RATE = 60  # events per second
 TAKE_OVER_LIMIT = 10.0  # seconds for worker B to apply an event published after the cut
-
-
-@pytest.fixture
-def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path) as stack:
-        yield stack
 
 
 @pytest.fixture
@@ -77,15 +70,13 @@ def test_a_broker_cut_between_commit_and_ack_leaves_no_tenant_locked(
     proxied_broker = support.amqp_url(vhost).replace(
         f"{support.AMQP_HOST}:{support.AMQP_PORT}", f"127.0.0.1:{broker_proxy.port}"
     )
-    proxied_database = f"postgresql://{support.PG_USER}@127.0.0.1:{database_proxy.port}/{stack.database}"
+    proxied_database = proxied_database_url(stack, database_proxy)
     cut_worker = stack.start_worker(DATABASE_URL=proxied_database, BROKER_URL=proxied_broker)
     other_worker = stack.start_worker()
     tenant = stack.create_tenant()
     campaigns = [(tenant, f"cut-{i}") for i in range(3)]
-    client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
-    ledger = Ledger()
-    stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=11), RATE, ledger)
-    stream.start()
+    client = tenant_client(stack, server, tenant)
+    ledger, stream = start_progress_stream(stack, campaigns, 11, RATE)
     try:
         wait_until(lambda: applied_count(stack) >= 2 * RATE, 30, 0.05, "both workers to apply events")
         trigger.arm()
@@ -115,12 +106,9 @@ def test_a_broker_cut_between_commit_and_ack_leaves_no_tenant_locked(
     )
 
     result = outcome(stack, ledger)
-    report(
+    report_outcome(
         "broker connection of 1 of 2 workers reset between COMMIT and ack",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=taken_over_at - fired_at,
         updates=final_seq,
         replay_requests=client.replay_requests,

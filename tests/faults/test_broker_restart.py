@@ -11,19 +11,18 @@ import pytest
 
 from tests import support
 from tests.faults.helpers import (
-    Ledger,
     PrivateBroker,
     SeqClient,
-    StreamPublisher,
     assert_exact,
     assert_in_order_without_gaps,
     complete_campaigns,
     is_applied,
     last_seqs,
     outcome,
-    progress_events,
-    report,
+    report_outcome,
+    start_progress_stream,
     stored_updates,
+    tenant_client,
 )
 from tests.support import wait_until
 
@@ -63,12 +62,10 @@ def test_worker_and_server_recover_from_a_broker_restart_without_losing_confirme
     tenant = stack.create_tenant()
     campaigns = [(tenant, f"broker-{i}") for i in range(3)]
     clients = [
-        SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect(),
-        SeqClient(server.url, stack.token(tenant), ["polling"], "polling").connect(),
+        tenant_client(stack, server, tenant),
+        tenant_client(stack, server, tenant, "polling"),
     ]
-    ledger = Ledger()
-    stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=2), RATE, ledger)
-    stream.start()
+    ledger, stream = start_progress_stream(stack, campaigns, 2, RATE)
     try:
         wait_until(lambda: all(len(c.applied) >= 3 for c in clients), 30, 0.05, "live updates before the restart")
         down_at = time.monotonic()
@@ -110,12 +107,9 @@ def test_worker_and_server_recover_from_a_broker_restart_without_losing_confirme
 
     result = outcome(stack, ledger)
     recovery = max(worker_back, server_back) - up_at
-    report(
+    report_outcome(
         "broker stop_app/start_app",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=recovery,
         worker_recovery_seconds=worker_back - up_at,
         server_recovery_seconds=server_back - up_at,

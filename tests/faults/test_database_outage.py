@@ -11,9 +11,6 @@ import pytest
 
 from tests import support
 from tests.faults.helpers import (
-    Ledger,
-    SeqClient,
-    StreamPublisher,
     TcpProxy,
     applied_count,
     assert_exact,
@@ -23,9 +20,11 @@ from tests.faults.helpers import (
     is_applied,
     last_seqs,
     outcome,
-    progress_events,
-    report,
+    proxied_database_url,
+    report_outcome,
+    start_progress_stream,
     stored_updates,
+    tenant_client,
     wait_applied,
 )
 from tests.support import wait_until
@@ -42,12 +41,6 @@ def proxy():
     proxy.close()
 
 
-@pytest.fixture
-def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path) as stack:
-        yield stack
-
-
 def in_queue(vhost):
     """Messages of the worker queue held by the broker: ready plus delivered but unacknowledged."""
     ready, unacked = support.list_queues(vhost)[QUEUE]
@@ -55,16 +48,14 @@ def in_queue(vhost):
 
 
 def test_a_database_outage_acknowledges_nothing_and_loses_nothing(stack, proxy, vhost):
-    proxied = f"postgresql://{support.PG_USER}@127.0.0.1:{proxy.port}/{stack.database}"
+    proxied = proxied_database_url(stack, proxy)
     server = stack.start_server(DATABASE_URL=proxied)
     worker = stack.start_worker(DATABASE_URL=proxied)
     tenant = stack.create_tenant()
     campaigns = [(tenant, f"db-{i}") for i in range(3)]
-    client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
+    client = tenant_client(stack, server, tenant)
     assert http_get(f"{server.url}/readyz")[0] == 200
-    ledger = Ledger()
-    stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=3), RATE, ledger)
-    stream.start()
+    ledger, stream = start_progress_stream(stack, campaigns, 3, RATE)
     try:
         wait_until(lambda: applied_count(stack) >= RATE, 30, 0.05, "events applied before the outage")
         cut_at = time.monotonic()
@@ -106,12 +97,9 @@ def test_a_database_outage_acknowledges_nothing_and_loses_nothing(stack, proxy, 
     client.wait_caught_up(final_seq, 30)
 
     result = outcome(stack, ledger)
-    report(
+    report_outcome(
         f"database outage ({OUTAGE_SECONDS:.0f} s, TCP proxy cut)",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=backlog_applied - restored_at,
         worker_recovery_seconds=worker_back - restored_at,
         readyz_recovery_seconds=ready_again - restored_at,

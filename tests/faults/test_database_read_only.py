@@ -13,16 +13,14 @@ import pytest
 
 from tests import support
 from tests.faults.helpers import (
-    Ledger,
-    StreamPublisher,
     applied_count,
     assert_exact,
     complete_campaigns,
     is_applied,
     outcome,
-    progress_events,
     queue_ready,
-    report,
+    report_outcome,
+    start_progress_stream,
     wait_applied,
     worker_metrics,
     worker_probe,
@@ -61,9 +59,7 @@ def test_a_read_only_database_dead_letters_nothing_and_the_worker_waits(stack):
     worker = stack.start_worker(WORKER_METRICS_PORT=port)
     tenant = stack.create_tenant()
     campaigns = [(tenant, f"ro-{i}") for i in range(3)]
-    ledger = Ledger()
-    stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=17), RATE, ledger)
-    stream.start()
+    ledger, stream = start_progress_stream(stack, campaigns, 17, RATE)
     readiness = []
     try:
         wait_until(lambda: applied_count(stack) >= RATE, 30, 0.05, "events applied before the fault")
@@ -99,12 +95,9 @@ def test_a_read_only_database_dead_letters_nothing_and_the_worker_waits(stack):
     ready_after = wait_until(lambda: worker_probe(port)[0] == 200, 10, 0.1, "the worker's /readyz 200 again")
     scrape = worker_metrics(port)
     retries = metric(scrape, "campaign_live_worker_retries_total", reason="read_only")
-    report(
+    report_outcome(
         f"database read-only for {READ_ONLY_SECONDS:.0f} s (failover), sessions terminated",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=backlog_applied - writable_at,
         worker_recovery_seconds=worker_back - writable_at,
         dead_lettered=dead,

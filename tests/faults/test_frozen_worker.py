@@ -17,9 +17,6 @@ import pytest
 from tests import support
 from tests.faults.helpers import (
     CommitTrigger,
-    Ledger,
-    SeqClient,
-    StreamPublisher,
     TcpProxy,
     applied_count,
     assert_exact,
@@ -27,9 +24,11 @@ from tests.faults.helpers import (
     complete_campaigns,
     last_seqs,
     outcome,
-    progress_events,
-    report,
+    proxied_database_url,
+    report_outcome,
+    start_progress_stream,
     stored_updates,
+    tenant_client,
 )
 from tests.support import wait_until
 
@@ -53,15 +52,13 @@ def test_a_worker_frozen_while_holding_a_tenant_lock_loses_it_and_the_other_take
     stopped = False
     try:
         server = stack.start_server()
-        proxied = f"postgresql://{support.PG_USER}@127.0.0.1:{proxy.port}/{stack.database}"
+        proxied = proxied_database_url(stack, proxy)
         frozen["worker"] = worker = stack.start_worker(DATABASE_URL=proxied)
         other = stack.start_worker()
         tenant = stack.create_tenant()
         campaigns = [(tenant, f"frozen-{i}") for i in range(3)]
-        client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
-        ledger = Ledger()
-        stream = StreamPublisher(stack.broker_url, progress_events(campaigns, seed=31), RATE, ledger)
-        stream.start()
+        client = tenant_client(stack, server, tenant)
+        ledger, stream = start_progress_stream(stack, campaigns, 31, RATE)
         try:
             wait_until(lambda: applied_count(stack) >= 2 * RATE, 30, 0.05, "both workers to apply events")
             trigger.arm()
@@ -100,12 +97,9 @@ def test_a_worker_frozen_while_holding_a_tenant_lock_loses_it_and_the_other_take
         proxy.close()
 
     result = outcome(stack, ledger)
-    report(
+    report_outcome(
         f"1 of 2 workers frozen after a COMMIT, tenant lock held (idle session timeout {IDLE_SESSION_TIMEOUT:.0f} s)",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=taken_over_at - frozen_at,
     )
     assert_exact(result)

@@ -8,8 +8,6 @@ database is put one migration behind whatever the newest real migration is.
 
 import time
 
-import pytest
-
 from tests import support
 from tests.faults.helpers import (
     Ledger,
@@ -19,7 +17,7 @@ from tests.faults.helpers import (
     outcome,
     progress_events,
     queue_ready,
-    report,
+    report_outcome,
     started,
     wait_applied,
     worker_metrics,
@@ -31,12 +29,6 @@ from worker.queues import DEAD_LETTER_QUEUE
 
 EVENTS = 300  # published while the schema is behind
 RETRIES = 3  # the worker's failed attempts to wait for before the upgrade
-
-
-@pytest.fixture
-def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path) as stack:
-        yield stack
 
 
 def column_exists(stack):
@@ -93,12 +85,9 @@ def test_events_wait_for_db_upgrade_instead_of_being_dead_lettered(stack, tmp_pa
 
     result = outcome(stack, ledger)
     dead = queue_ready(stack.broker_url, DEAD_LETTER_QUEUE)
-    report(
+    report_outcome(
         "schema one migration behind the code, then flask db upgrade",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=flowing_at - upgraded_at,
         seconds_behind=upgraded_at - behind_since,
         dead_lettered=dead,

@@ -23,7 +23,7 @@ from tests.faults.helpers import (
     last_seqs,
     mixed_events,
     outcome,
-    report,
+    report_outcome,
     stored_updates,
 )
 from tests.support import wait_until
@@ -83,12 +83,9 @@ def test_clients_of_a_killed_server_reconnect_with_last_seq_and_miss_nothing(sta
     caught_up_at = time.monotonic()
 
     result = outcome(stack, ledger, tenants=set(tenants))
-    report(
+    report_outcome(
         "server kill -9, restarted on the same port",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=reconnected_at - killed_at,
         server_start_seconds=started_at - killed_at,
         clients=CLIENTS,

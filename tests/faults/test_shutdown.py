@@ -6,10 +6,8 @@ import signal
 import subprocess
 import time
 
-import pytest
 from kombu import Connection
 
-from tests import support
 from tests.faults.helpers import (
     Ledger,
     SeqClient,
@@ -21,8 +19,9 @@ from tests.faults.helpers import (
     outcome,
     progress_events,
     queue_ready,
-    report,
+    report_outcome,
     stored_updates,
+    tenant_client,
     wait_applied,
 )
 from tests.support import event, wait_until
@@ -32,12 +31,6 @@ BACKLOG = 3000
 THROTTLE_SECONDS = 10  # long enough for a merged update to be pending when SIGTERM comes
 EXIT_LIMIT = 10.0  # SIGTERM to exit, on a busy machine (about 2 s on a quiet one)
 QUEUE = "campaign.events.worker"
-
-
-@pytest.fixture
-def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path) as stack:
-        yield stack
 
 
 def stop_with_sigterm(process, limit):
@@ -55,7 +48,7 @@ def test_sigterm_to_a_worker_flushes_its_merged_update_and_loses_nothing(stack):
     server = stack.start_server()
     tenant = stack.create_tenant()
     campaigns = [(tenant, "term-a"), (tenant, "term-b")]
-    client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
+    client = tenant_client(stack, server, tenant)
     with Connection(stack.broker_url) as connection:
         declare_topology(connection, QUEUE)
     ledger = Ledger()
@@ -94,12 +87,9 @@ def test_sigterm_to_a_worker_flushes_its_merged_update_and_loses_nothing(stack):
     complete_campaigns(stack, campaigns, ledger, 30)
     client.wait_caught_up(last_seqs(stack)[tenant], 20)
     result = outcome(stack, ledger)
-    report(
+    report_outcome(
         "worker SIGTERM with a batch in hand and merged updates pending",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=drained_at - started_at,
         exit_seconds=exit_seconds,
         exit_code=code,
@@ -150,12 +140,9 @@ def test_sigterm_to_a_server_disconnects_its_clients_who_reconnect_to_another(st
     for client in clients:
         client.wait_caught_up(final, 15)
     result = outcome(stack, ledger)
-    report(
+    report_outcome(
         "server SIGTERM, clients move to another server",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=reconnected_at - stopped_at,
         exit_seconds=exit_seconds,
         exit_code=code,

@@ -24,7 +24,7 @@ from tests.faults.helpers import (
     outcome,
     progress_events,
     queue_ready,
-    report,
+    report_outcome,
     wait_applied,
     worker_metrics,
     worker_probe,
@@ -37,12 +37,6 @@ TIMEOUTS = {
     "lock_timeout": {"WORKER_LOCK_TIMEOUT_SECONDS": 1, "WORKER_STATEMENT_TIMEOUT_SECONDS": 30},
     "statement_timeout": {"WORKER_LOCK_TIMEOUT_SECONDS": 30, "WORKER_STATEMENT_TIMEOUT_SECONDS": 1},
 }
-
-
-@pytest.fixture
-def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path) as stack:
-        yield stack
 
 
 @pytest.mark.parametrize("reason", list(TIMEOUTS))
@@ -78,12 +72,9 @@ def test_a_tenant_lock_that_is_not_given_back_times_out_and_is_retried(stack, re
     complete_campaigns(stack, campaigns, ledger, 30)
     result = outcome(stack, ledger)
     dead = queue_ready(stack.broker_url, DEAD_LETTER_QUEUE)
-    report(
+    report_outcome(
         f"tenant lock held by a stuck session until 2 timeouts ({reason} 1 s)",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=flowing_at - released_at,
         dead_lettered=dead,
         readyz_while_held=readiness,

@@ -10,9 +10,7 @@ from contextlib import closing
 from datetime import datetime
 
 import psycopg2
-import pytest
 
-from tests import support
 from tests.faults.helpers import (
     PROGRESS_TYPES,
     Ledger,
@@ -25,8 +23,10 @@ from tests.faults.helpers import (
     mixed_events,
     outcome,
     report,
+    report_outcome,
     started,
     stored_updates,
+    tenant_client,
 )
 from tests.support import event, wait_until
 
@@ -38,12 +38,6 @@ THROTTLE_SECONDS = 2.0
 # long-polling), which on a loaded 2-core machine reached 0.15 s.
 MIN_GAP = 1.5
 LOCK_HELD = 0.6  # seconds another worker keeps a tenant's lock, in the targeted throttle test
-
-
-@pytest.fixture
-def stack(database, vhost, tmp_path):
-    with support.Stack(database, vhost, tmp_path) as stack:
-        yield stack
 
 
 def progress_gaps(updates, campaign_id, moment):
@@ -127,12 +121,9 @@ def test_two_workers_and_two_servers_keep_order_throttle_and_counts_through_a_wo
         for tenant, client in clients
         if tenant == burst_tenant
     }
-    report(
+    report_outcome(
         "2 workers + 2 servers, one worker kill -9",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=recovered_at - killed_at,
         burst_seconds=burst_seconds,
         updates_per_tenant=[final[t] for t in tenants],
@@ -180,7 +171,7 @@ def test_a_worker_that_waits_for_the_tenant_lock_still_keeps_the_throttle_window
     server = stack.start_server()
     stack.start_worker()
     tenant = stack.create_tenant()
-    client = SeqClient(server.url, stack.token(tenant), ["websocket"], "websocket").connect()
+    client = tenant_client(stack, server, tenant)
     with stack.publisher() as publisher:
         publisher.publish(started(tenant, "locked", 100))
         wait_until(lambda: client.latest("locked"), 10, 0.05, "the campaign_started update")

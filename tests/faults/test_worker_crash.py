@@ -18,7 +18,7 @@ from tests.faults.helpers import (
     progress_events,
     queue_ready,
     queue_state,
-    report,
+    report_outcome,
     wait_applied,
 )
 from tests.support import wait_until
@@ -79,12 +79,9 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(stack):
         for tenant, campaign, version in stack.sql("SELECT tenant_id, id, version FROM campaigns")
     }
     expected = ledger.expected()
-    report(
+    report_outcome(
         "worker kill -9 mid-backlog",
-        published=result["published"],
-        applied=result["applied"],
-        lost=result["lost"],
-        duplicated=result["duplicated"],
+        result,
         recovery_seconds=recovered_at - killed_at,
         applied_at_kill=applied_at_kill,
         redelivered_after_commit=committed_not_acked,
