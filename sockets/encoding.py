@@ -2,7 +2,8 @@
 
 python-socketio encodes an event's payload again for every client it is sent to (and walks
 it looking for binary parts first). A snapshot of 500 campaigns is about 200 KB of JSON: a
-connect storm of 5,000 clients would encode the same snapshot 5,000 times. ``PreEncoded``
+connect storm of 5,000 clients would encode the same snapshot 5,000 times, and the same
+replayed updates as often. ``PreEncoded``
 holds the JSON text of a payload, built once (``TenantState.snapshot``); ``PacketJSON``, the
 JSON module the Socket.IO server is given (``json=`` of ``SocketIO``), writes that text as is.
 A ``PreEncoded`` is neither a dict nor a list, so python-socketio's binary check stops at it.
@@ -16,12 +17,17 @@ COMPACT = (",", ":")
 
 
 class PreEncoded:
-    """A payload already encoded as JSON text, sent as is by ``PacketJSON``."""
+    """A payload already encoded as JSON text, sent as is by ``PacketJSON``; its fields stay
+    readable (``payload["seq"]``)."""
 
-    __slots__ = ("text",)
+    __slots__ = ("text", "value")
 
     def __init__(self, value):
+        self.value = value
         self.text = json.dumps(value, separators=COMPACT)
+
+    def __getitem__(self, key):
+        return self.value[key]
 
 
 class PacketJSON:

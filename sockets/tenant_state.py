@@ -54,6 +54,8 @@ class TenantState:
         self.recent = deque(maxlen=ring_size)
         self.campaigns = {}
         self.ahead = {}
+        # seq -> the replayed copy of a recent update, encoded once for every client it is replayed to.
+        self._replayed = {}
         self._snapshot = None
         self._snapshot_built = None
         self._encoded = None
@@ -65,6 +67,7 @@ class TenantState:
         for entry in entries:
             self.merge_entry(entry)
         self.recent.clear()
+        self._replayed.clear()
         self.recent.extend(payload for payload in recent if payload["seq"] <= self.seq)
         if self.recent and self.recent[-1]["seq"] != self.seq:
             self.recent.clear()  # not contiguous up to seq: replay will ask the database instead
@@ -104,6 +107,8 @@ class TenantState:
 
     def _take(self, payload):
         self.seq = payload["seq"]
+        if len(self.recent) == self.recent.maxlen:
+            self._replayed.pop(self.recent[0]["seq"], None)  # leaves the ring with this append
         self.recent.append(payload)
         campaign = payload["campaign"]
         held = self.campaigns.get(campaign["id"])
@@ -179,4 +184,10 @@ class TenantState:
         wanted = list(islice(self.recent, after_seq + 1 - self.recent[0]["seq"], None))
         if parse_time(wanted[0]["timestamp"]) < not_before:
             return None
-        return [as_replayed(payload) for payload in wanted]
+        return [self._replayed_copy(payload) for payload in wanted]
+
+    def _replayed_copy(self, payload):
+        replayed = self._replayed.get(payload["seq"])
+        if replayed is None:
+            replayed = self._replayed[payload["seq"]] = PreEncoded(as_replayed(payload))
+        return replayed

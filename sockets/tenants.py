@@ -36,6 +36,7 @@ from campaigns.models import Campaign, CampaignUpdate, Tenant
 from campaigns.timeutil import utcnow
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, as_replayed, tenant_room
 from extensions import db, socketio
+from sockets.encoding import PreEncoded
 from sockets.tenant_state import CampaignEntry, TenantState
 
 log = logging.getLogger(__name__)
@@ -234,12 +235,14 @@ class TenantStates:
         up_to = state.seq
         stored = self.flights.run(
             ("replay", tenant_id, after_seq, up_to),
-            lambda: self._read(lambda: _stored_between(tenant_id, after_seq, up_to, self.not_before())),
+            lambda: _encoded_replay(
+                self._read(lambda: _stored_between(tenant_id, after_seq, up_to, self.not_before()))
+            ),
             self.connect_wait,
         )
         if stored is None:
             return "history_expired", None
-        return None, [as_replayed(payload) for payload in stored]
+        return None, stored
 
     def encoded_snapshot(self, tenant_id):
         """The tenant's current snapshot, encoded once (the tenant must be held)."""
@@ -464,6 +467,11 @@ class TenantStates:
                 entry = state.campaigns.get(campaign_id)
                 if entry is not None:
                     state.merge_entry(CampaignEntry(entry.campaign, created_at, ended_at))
+
+
+def _encoded_replay(stored):
+    """Stored updates as replayed, encoded once for every client that waited on the same read."""
+    return None if stored is None else [PreEncoded(as_replayed(payload)) for payload in stored]
 
 
 def _stored_between(tenant_id, after_seq, up_to, not_before):

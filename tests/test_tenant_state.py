@@ -127,3 +127,15 @@ def test_the_connect_throttle_slows_then_refuses_and_forgets_refilled_credential
     clock[0] += 10
     throttle.prune()
     assert throttle._tokens == {}
+
+
+def test_a_replayed_update_is_encoded_once_for_every_client_it_is_replayed_to():
+    state = loaded(ring_size=3)
+    for seq in range(1, 6):
+        state.apply(update(seq, campaign("a", seq)))
+    kept_since = NOW - timedelta(hours=1)
+    first, second = state.replay_from_memory(3, kept_since), state.replay_from_memory(3, kept_since)
+    assert [u["seq"] for u in first] == [4, 5] and all(a is b for a, b in zip(first, second))
+    assert json.loads(first[0].text) == {**update(4, campaign("a", 4)), "replayed": True}
+    state.apply(update(6, campaign("a", 6)))
+    assert set(state._replayed) <= {4, 5, 6}  # what left the ring leaves the cache
