@@ -13,8 +13,9 @@ from sqlalchemy import select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from campaigns import passwords
 from campaigns.models import User
-from campaigns.passwords import login_matches
+from campaigns.passwords import ChecksBusy, login_matches
 from extensions import db, limiter
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,13 @@ def login():
         # Give the connection back before the check: logins queued for scrypt must not hold the
         # pool's connections, or a flood of them would stall every request that needs one.
         db.session.close()
-        if login_matches(user, form.password.data):
+        try:
+            matches = login_matches(user, form.password.data)
+        except ChecksBusy:
+            error = _("The server is busy checking logins. Try again in a few seconds.")
+            page = render_template("campaigns/login.html", form=form, error=error)
+            return page, 429, {"Retry-After": str(max(1, round(passwords.CHECK_WAIT_SECONDS)))}
+        if matches:
             session.clear()
             login_user(user)
             log.info("user %s logged in", user.id)

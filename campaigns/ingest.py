@@ -60,12 +60,13 @@ class TenantLocks:
         self.enabled = session.get_bind().dialect.name == "postgresql"
         self.held = False
 
-    # One round trip; the sorted subquery fixes the order in which the locks are taken. It also
-    # says which tenants exist, which saves the batch a query of its own.
+    # One round trip; the sorted subquery fixes the order in which the locks are taken (by the
+    # lock key itself: two tenants whose hashes collide share one lock, taken once, in one
+    # order). It also says which tenants exist, which saves the batch a query of its own.
     ACQUIRE = text(
         "SELECT t, pg_advisory_lock(7281, hashtext(t)) IS NOT NULL "
         "AND EXISTS (SELECT 1 FROM tenants WHERE tenants.id = t) "
-        "FROM (SELECT t FROM unnest(CAST(:tenants AS text[])) AS t ORDER BY t) AS sorted"
+        "FROM (SELECT t FROM unnest(CAST(:tenants AS text[])) AS t ORDER BY hashtext(t), t) AS sorted"
     )
 
     def acquire(self, tenant_ids):
@@ -322,7 +323,8 @@ PRUNE_CHUNK = 5000
 
 def _delete_older(session, model, key, column, cutoff, limit):
     """Delete up to ``limit`` rows of ``model`` whose ``column`` is before ``cutoff``; return how many."""
-    oldest = select(*key).where(column < cutoff).limit(limit)
+    # Rows another worker is pruning right now are left to it (two prunes would deadlock).
+    oldest = select(*key).where(column < cutoff).limit(limit).with_for_update(skip_locked=True)
     return session.execute(delete(model).where(tuple_(*key).in_(oldest))).rowcount
 
 

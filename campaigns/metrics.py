@@ -22,6 +22,10 @@ replayed_updates = Counter(f"{PREFIX}_replayed_updates_total", "Stored updates s
 failure_alerts_raised = Counter(
     f"{PREFIX}_failure_alerts_raised_total", "Failure alerts set on running campaigns (campaigns/rules.py)"
 )
+updates_not_emitted = Counter(
+    f"{PREFIX}_updates_not_emitted_total",
+    "Stored updates a worker did not emit because the message queue failed (servers deliver them from PostgreSQL)",
+)
 resyncs_sent = Counter(f"{PREFIX}_resyncs_sent_total", "resync events sent to clients", ["reason"])
 reconciled_updates = Counter(
     f"{PREFIX}_reconciled_updates_total",
@@ -45,6 +49,19 @@ batch_size = Histogram(
 )
 
 
+def clients_by_transport(connections, transport_of):
+    """``{"websocket": n, "polling": m}`` of the connections right now (a client that left while
+    they were counted is skipped)."""
+    counts = {"websocket": 0, "polling": 0}
+    for sid in list(connections):
+        try:
+            transport = transport_of(sid)
+        except Exception:  # noqa: BLE001 - the client left while we counted
+            continue
+        counts[transport] = counts.get(transport, 0) + 1
+    return counts
+
+
 class ConnectionsCollector:
     """Connected Socket.IO clients by transport, read at scrape time (clients upgrade transports)."""
 
@@ -55,14 +72,7 @@ class ConnectionsCollector:
     def collect(self):
         """Yield the gauge."""
         gauge = GaugeMetricFamily(f"{PREFIX}_connected_clients", "Connected Socket.IO clients", labels=["transport"])
-        counts = {"websocket": 0, "polling": 0}
-        for sid in list(self.connections):
-            try:
-                transport = self.transport_of(sid)
-            except Exception:  # noqa: BLE001 - the client left while we counted
-                continue
-            counts[transport] = counts.get(transport, 0) + 1
-        for transport, count in counts.items():
+        for transport, count in clients_by_transport(self.connections, self.transport_of).items():
             gauge.add_metric([transport], count)
         yield gauge
 

@@ -19,6 +19,14 @@ _checks = threading.BoundedSemaphore(CONCURRENT_CHECKS)
 # with other work: 82-324 ms (mean 175) at 0, 68-191 ms (mean 110) at 19 (a check then waited
 # twice as long). 10 keeps ~10 % of a contended core for logins instead of ~1.5 %.
 CHECK_NICENESS = 10
+# A login waits this long at most for a check's turn: a flood from many addresses then costs
+# at most (logins per second x this) waiting requests, not a queue that grows until the
+# server's connection pool is full (it is shared with every socket).
+CHECK_WAIT_SECONDS = 5.0
+
+
+class ChecksBusy(Exception):
+    """Every password check is taken and the login waited ``CHECK_WAIT_SECONDS`` for one."""
 
 
 @functools.cache
@@ -38,12 +46,17 @@ def login_matches(user, password):
     An unknown e-mail (``user`` None) is checked against a dummy hash, so the answer takes as
     long as a wrong password and does not tell which e-mails have an account. The scrypt work
     runs on a thread (``run_blocking``), at most ``CONCURRENT_CHECKS`` at once (the others
-    wait their turn without blocking the hub): other clients keep being served meanwhile.
+    wait their turn without blocking the hub, ``ChecksBusy`` after ``CHECK_WAIT_SECONDS``):
+    other clients keep being served meanwhile.
     """
     # The hash is read here, on the request's greenlet: a model attribute read on the pool's
     # thread could load from the database there, outside the hub.
     stored_hash = None if user is None else user.password_hash
-    with _checks:
+    if not _checks.acquire(timeout=CHECK_WAIT_SECONDS):
+        raise ChecksBusy()
+    try:
         if stored_hash is None:
             return run_blocking(_check_unknown, password, niceness=CHECK_NICENESS)
         return run_blocking(check_password_hash, stored_hash, password, niceness=CHECK_NICENESS)
+    finally:
+        _checks.release()

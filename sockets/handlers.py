@@ -20,6 +20,8 @@ from sockets.tenants import TooManyConnections, Unavailable, UnknownTenant, tena
 
 log = logging.getLogger(__name__)
 DISCONNECT_AFTER_REFUSALS = 20
+# Packets waiting in a connection's Engine.IO queue above which it gets no more replays.
+REPLAY_BACKLOG_LIMIT = 200
 
 # Every connection this process serves: sid -> Identity, and the client-event budget.
 connections = {}
@@ -169,6 +171,10 @@ def replay(data=None):
         return {"error": "unauthorized", "message": "not connected"}
     if not _within_budget():
         return {"error": "rate_limited", "message": "too many client events; slow down"}
+    engineio_session = _engineio_session()
+    if engineio_session is not None and engineio_session.queue.qsize() > REPLAY_BACKLOG_LIMIT:
+        # A client that does not read what it asked for would make this server queue without end.
+        return {"error": "rate_limited", "message": "read what was sent first"}
     after_seq = _parse_seq(data.get("after_seq")) if isinstance(data, dict) else None
     if after_seq is None:
         return {"error": "bad_request", "message": "after_seq must be an integer >= 0"}

@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from campaigns.metrics import clients_by_transport
 from campaigns.models import ServerPresence
 from campaigns.timeutil import utcnow
 from extensions import db, socketio
@@ -33,20 +34,15 @@ def server_id(port):
     return f"{socket.gethostname()}:{port}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def count_clients(connections, per_tenant, transport_of, tenants_published=TENANTS_PUBLISHED):
+def count_clients(connections, tenant_clients, transport_of, tenants_published=TENANTS_PUBLISHED):
     """``{"transports": {...}, "tenants": {...}}`` of this server's connections right now."""
-    transports = Counter({"websocket": 0, "polling": 0})
-    for sid in list(connections):
-        try:
-            transports[transport_of(sid)] += 1
-        except Exception:  # noqa: BLE001 - the client left while we counted
-            continue
-    ranked = Counter(per_tenant).most_common()
+    transports = clients_by_transport(connections, transport_of)
+    ranked = Counter(tenant_clients).most_common()
     tenants = dict(ranked[:tenants_published])
     rest = sum(count for _, count in ranked[tenants_published:])
     if rest:
         tenants["(other tenants)"] = rest
-    return {"transports": dict(transports), "tenants": tenants}
+    return {"transports": transports, "tenants": tenants}
 
 
 def publish(identity, clients, now, heartbeat_seconds, started_at):
@@ -76,10 +72,10 @@ def live_servers(now, heartbeat_seconds):
 class Presence:
     """The heartbeat task of one server process."""
 
-    def __init__(self, app, connections, per_tenant, transport_of):
+    def __init__(self, app, connections, tenant_clients, transport_of):
         self.app = app
         self.connections = connections
-        self.per_tenant = per_tenant
+        self.tenant_clients = tenant_clients
         self.transport_of = transport_of
         self.heartbeat_seconds = app.config["SERVER_HEARTBEAT_SECONDS"]
         self.identity = server_id(app.config["PORT"])
@@ -89,7 +85,7 @@ class Presence:
         """Publish the counts once."""
         with self.app.app_context():
             try:
-                clients = count_clients(self.connections, self.per_tenant, self.transport_of)
+                clients = count_clients(self.connections, self.tenant_clients, self.transport_of)
                 publish(self.identity, clients, utcnow(), self.heartbeat_seconds, self.started_at)
             finally:
                 db.session.remove()

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from campaigns import passwords
 from campaigns.models import Tenant, User
 from campaigns.passwords import login_matches
 
@@ -77,3 +78,18 @@ def test_an_unknown_e_mail_costs_as_much_as_a_wrong_password(app, ana):
     wrong = statistics.median(seconds(ana) for _ in range(5))
     unknown = statistics.median(seconds(None) for _ in range(5))
     assert 0.6 < unknown / wrong < 1.6, (unknown, wrong)
+
+
+def test_a_login_that_waits_too_long_for_a_password_check_gets_429(app, ana, monkeypatch):
+    """A flood from many addresses must not queue logins without end (they hold server slots)."""
+    monkeypatch.setattr(passwords, "CHECK_WAIT_SECONDS", 0.2)
+    held = [passwords._checks.acquire(blocking=False) for _ in range(passwords.CONCURRENT_CHECKS)]
+    assert all(held)
+    try:
+        answer = attempt(app.test_client(), "ana@acme.test", password=PASSWORD)
+    finally:
+        for _ in held:
+            passwords._checks.release()
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) > 0
+    assert "busy checking logins" in answer.get_data(as_text=True)
+    assert attempt(app.test_client(), "ana@acme.test", password=PASSWORD).status_code == 302

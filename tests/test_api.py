@@ -6,6 +6,7 @@ import jwt
 import pytest
 from flask_socketio import SocketIOTestClient
 
+import sockets.handlers
 from campaigns import metrics
 from campaigns.auth import hash_api_key
 from campaigns.ingest import apply_batch
@@ -316,3 +317,20 @@ def test_a_connect_that_fails_unexpectedly_is_refused_not_half_accepted(app, tok
     assert not client.is_connected()
     assert refusals("unavailable") == before + 1
     assert tenant_states.clients["acme"] == 0
+
+
+def test_a_client_that_does_not_read_gets_no_more_replays(app, token, monkeypatch):
+    client = socket_client(app, token)
+    assert client.emit("replay", {"after_seq": 0}, callback=True)["ok"] is True
+
+    class Backlog:
+        def qsize(self):
+            return sockets.handlers.REPLAY_BACKLOG_LIMIT + 1
+
+    class Session:
+        queue = Backlog()
+
+    monkeypatch.setattr(sockets.handlers, "_engineio_session", lambda: Session())
+    answer = client.emit("replay", {"after_seq": 0}, callback=True)
+    assert answer == {"error": "rate_limited", "message": "read what was sent first"}
+    assert client.is_connected()

@@ -371,11 +371,11 @@ class EventConsumer(ConsumerProducerMixin):
             metrics.worker_retries.labels("broker_lost_after_commit").inc()
             raise
         finally:
-            self.record(result)
             try:
                 self.emit_under_locks(result.updates)
             finally:
                 self.release_locks()
+            self.record(result)  # committed, acknowledged or not; after the release, whatever it raises
         for event, message in pairs:
             if event.tenant_id in unknown:
                 self.dead_letter(message, f"unknown_tenant: {event.tenant_id}")
@@ -394,6 +394,8 @@ class EventConsumer(ConsumerProducerMixin):
         if self.locks is not None and self.locks.enabled and self.locks.held:
             try:
                 self.session.execute(text("SELECT 1"))
+                # Idle again, not "idle in transaction": idle_session_timeout keeps watching it.
+                self.session.commit()
             except Exception as exc:  # noqa: BLE001 - any failure: the session, and the locks, may be gone
                 log.warning(
                     "[WORKER] database session lost before emitting %d updates (%s); not emitting them out of "

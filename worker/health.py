@@ -70,6 +70,8 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # seconds: an idle connection does not keep its thread
+
     def log_message(self, format, *args):  # noqa: A002 - the standard library's signature
         """Scrapes and probes are not worth a log line each."""
 

@@ -240,16 +240,17 @@
   // updates -----------------------------------------------------------------------------
 
   CampaignLive.prototype.snapshot = function (snapshot) {
-    // After a resync, or in another epoch (the tenant's seq started again from 1), the snapshot
-    // is the truth: its campaigns replace ours whatever their version, and seq restarts from it.
+    // After a resync, or in another epoch (the tenant's seq started again from 1), seq restarts
+    // from the snapshot. Versions of another epoch mean nothing here: they are forgotten (the
+    // rows stay until updated); within one epoch a campaign still keeps its highest version
+    // (what polling fetched while away may be ahead of the snapshot).
     var newEpoch = this.resyncReason === "epoch_changed" ||
       Boolean(this.epoch && snapshot.epoch && snapshot.epoch !== this.epoch);
     var replace = this.resyncPending || newEpoch;
     if (newEpoch) {
-      // Versions of another epoch mean nothing here: forget them (the rows stay until updated).
       this.campaigns = {};
     }
-    snapshot.campaigns.forEach(function (campaign) { this.apply(campaign, null, replace); }, this);
+    snapshot.campaigns.forEach(function (campaign) { this.apply(campaign, null); }, this);
     this.snapshotSeq = snapshot.seq;
     if (replace) {
       console.log(LOG, "snapshot replaces our state from seq " + snapshot.seq);
@@ -311,9 +312,9 @@
     }, GAP_RETRY_MS);
   };
 
-  CampaignLive.prototype.apply = function (campaign, update, replace) {
+  CampaignLive.prototype.apply = function (campaign, update) {
     var previous = this.campaigns[campaign.id];
-    if (previous && previous.version >= campaign.version && !(replace && previous.version !== campaign.version)) {
+    if (previous && previous.version >= campaign.version) {
       return false;
     }
     this.campaigns[campaign.id] = campaign;
