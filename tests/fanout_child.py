@@ -324,11 +324,11 @@ def internals():
     found["writer_took_the_batch_then_waits_for_the_lock"] = not sock.queue.getting() and lock.balance == -1
     lock.release()
     found["release_only_schedules_the_waiting_writer"] = not lock.locked() and lock.balance == 0
-    found["direct_write_refused_meanwhile"] = not writes.write(sock, numbered(2))
+    found["direct_write_refused_meanwhile"] = not writes.write(sock, (numbered(2),))
     turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to write its batch")
     peer.catch_up(2)
     found["batch_written_in_order"] = [number_of(text) for _, _, text in peer.frames()] == [0, 1]
-    found["direct_write_when_idle"] = writes.write(sock, numbered(2)) and writes.direct == 0  # counted by send_packet
+    found["direct_write_when_idle"] = writes.write(sock, (numbered(2),)) and writes.direct == 0  # counted by send_packet
     return found
 
 

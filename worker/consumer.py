@@ -173,20 +173,21 @@ class EventConsumer(ConsumerProducerMixin):
     def batch_due(self, now):
         """True when the batch in hand should be applied now.
 
-        - A status event goes at once: it is never throttled, and waiting gains it nothing.
         - A full batch, or one that waited ``WORKER_BATCH_LINGER_MS``, goes.
         - While the broker has more bytes ready, the batch keeps filling (a backlog is applied
           in large batches).
+        - Then a batch with a status event goes at once: it is never throttled, and waiting
+          gains it nothing.
         - Progress events wait for more while the stream is steady (this batch began within the
           linger of the previous one): at 1,000 events/s that makes ~20 transactions a second
           instead of one per few events, and costs nothing the user sees, since progress is
           merged per THROTTLE_SECONDS anyway. A lone event after a quiet spell goes at once.
         """
-        if self.batch_has_status or len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger:
+        if len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger:
             return True
         if self.more_ready():
             return False
-        return self.batch_started - self.last_batch_at >= self.linger
+        return self.batch_has_status or self.batch_started - self.last_batch_at >= self.linger
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
