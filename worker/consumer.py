@@ -25,12 +25,12 @@ from campaigns import metrics
 from campaigns.events import InvalidEvent, parse_event
 from campaigns.ingest import DUE_BATCH, PRUNE_CHUNK, TenantLocks, apply_batch, flush_due_updates, prune
 from campaigns.models import PROGRESS_EVENTS
+from campaigns.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
 from campaigns.rules import FailureAlertRule
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
 from worker.failures import caused_by_event, describe, retry_reason
 from worker.health import WorkerHealth
-from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, worker_queue
 from worker.throttle_log import ThrottleSummary
 
 log = logging.getLogger(__name__)
