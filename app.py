@@ -32,6 +32,7 @@ from extensions import socketio
 from factory import create_app, freeze_startup_objects
 from sockets.handlers import connections
 from sockets.http_server import serve
+from sockets.pings import start_ping_schedule
 from sockets.presence import Presence
 from sockets.sweeper import start_sweeper
 from sockets.tenants import tenant_states
@@ -86,6 +87,7 @@ def main():
     if not config["DEMO"]:
         declare_broker_topology(config)
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
+    start_ping_schedule(socketio.server.eio)
     socketio.start_background_task(tenant_states.run_reconciliation)
     presence = app.extensions["presence"] = Presence(app, connections, tenant_states.clients, socketio.server.transport)
     socketio.start_background_task(presence.run)

@@ -47,30 +47,41 @@ import logging
 import socket
 
 log = logging.getLogger(__name__)
+# eventlet's WSGI server gives every connection an 8 KB read buffer and a 16 KB write buffer, and
+# a websocket keeps both for as long as it lasts without using them after its upgrade (it reads
+# and writes the socket itself). Measured with tracemalloc over 1,000 idle websockets: 24 KB of
+# the 60 KB traced per connection. A request line and headers of 2 KB take one read; a longer
+# one, a few more. A response of up to 4 KB with its headers still goes in one send(); a bigger
+# body is written straight from the application's bytes (BufferedWriter), after the headers.
+READ_BUFFER_BYTES = 2048
+WRITE_BUFFER_BYTES = 4096
 
 
-def no_delay_protocol():
-    """An ``eventlet.wsgi.HttpProtocol`` subclass that sets TCP_NODELAY on the connection."""
+def http_protocol(nodelay=True):
+    """An ``eventlet.wsgi.HttpProtocol`` subclass with small buffers that sets TCP_NODELAY (if asked)."""
     from eventlet import wsgi
 
-    class NoDelayHttpProtocol(wsgi.HttpProtocol):
+    class CampaignLiveHttpProtocol(wsgi.HttpProtocol):
+        rbufsize = READ_BUFFER_BYTES
+        wbufsize = WRITE_BUFFER_BYTES
+
         def setup(self):
-            # Not TCP (a UNIX socket), or an SSL wrapper without setsockopt: leave it.
-            with contextlib.suppress(OSError, AttributeError):
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if nodelay:
+                # Not TCP (a UNIX socket), or an SSL wrapper without setsockopt: leave it.
+                with contextlib.suppress(OSError, AttributeError):
+                    self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().setup()
 
-    return NoDelayHttpProtocol
+    return CampaignLiveHttpProtocol
 
 
-def server_options(async_mode, enabled=True):
-    """Extra keyword arguments of eventlet's ``wsgi.server``: the no-delay protocol, if enabled."""
-    if not enabled:
-        log.info("[WEBSOCKET] TCP_NODELAY off (TCP_NODELAY=0)")
-        return {}
+def server_options(async_mode, nodelay=True):
+    """Extra keyword arguments of eventlet's ``wsgi.server``: our protocol."""
     if async_mode != "eventlet":
         return {}
-    return {"protocol": no_delay_protocol()}
+    if not nodelay:
+        log.info("[WEBSOCKET] TCP_NODELAY off (TCP_NODELAY=0)")
+    return {"protocol": http_protocol(nodelay)}
 
 
 def listen(host, port, backlog):
@@ -91,4 +102,4 @@ def serve(app, host, port, backlog, nodelay=True, **options):
 
     listener = listen(host, port, backlog)
     log.info("[WEBSOCKET] listening with a backlog of %s, TCP_NODELAY %s", backlog, "on" if nodelay else "off")
-    wsgi.server(listener, app, log_output=False, **server_options("eventlet", enabled=nodelay), **options)
+    wsgi.server(listener, app, log_output=False, **server_options("eventlet", nodelay=nodelay), **options)

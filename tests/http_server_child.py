@@ -22,18 +22,21 @@ import sys  # noqa: E402
 
 from eventlet import wsgi  # noqa: E402
 
-from sockets.http_server import listen, no_delay_protocol, server_options  # noqa: E402
+from sockets.http_server import READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, http_protocol, listen, server_options  # noqa: E402
 from tests.support import wait_until  # noqa: E402
 
 BODY = b"x" * 40000
 # A connect whose SYN the kernel dropped (backlog full) is retried after 1 s: count before that.
 DROPPED_SYN_RETRY_SECONDS = 0.9
 seen = []
+buffers = []
 
 
-class Recording(no_delay_protocol()):
+class Recording(http_protocol()):
     def handle_one_response(self):
         seen.append(self.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0)
+        # A buffered file's size counts its buffer: what each connection keeps for as long as it lasts.
+        buffers.append((sys.getsizeof(self.rfile), sys.getsizeof(self.wfile)))
         return super().handle_one_response()
 
 
@@ -53,8 +56,13 @@ def nodelay():
     return {
         "nodelay_on_every_request": len(seen) == 3 and all(seen),
         "bodies_whole": all(whole),
+        "small_buffers": all(
+            READ_BUFFER_BYTES <= read < READ_BUFFER_BYTES + 1024
+            and WRITE_BUFFER_BYTES <= write < WRITE_BUFFER_BYTES + 1024
+            for read, write in buffers
+        ),
         "eventlet_gets_the_protocol": issubclass(server_options("eventlet").get("protocol", object), wsgi.HttpProtocol),
-        "other_modes_unchanged": server_options("gevent") == {} and server_options("eventlet", enabled=False) == {},
+        "other_modes_unchanged": server_options("gevent") == {},
     }
 
 
