@@ -291,6 +291,21 @@ def test_a_long_polling_client_gets_live_updates(stack, tenant, publisher, clien
     assert done["campaign"]["sent"] == 1
 
 
+def test_long_polling_clients_get_every_update_in_seq_order(stack, tenant, publisher, clients):
+    """Several long-polling clients, a burst of status updates over several campaigns: each
+    client sees every ``seq`` once, in order (batched responses keep the order of the queue)."""
+    polling = [stack.client(tenant, transports=["polling"]) for _ in range(4)]
+    clients.extend(polling)
+    kinds = ("campaign_paused", "campaign_resumed")
+    events = [started(tenant, f"lp{c}", 10) for c in range(4)]
+    events += [status(tenant, f"lp{i % 4}", kinds[(i // 4) % 2], 1 + i) for i in range(40)]
+    for e in events:
+        publisher.publish(e)
+    for client in polling:
+        client.wait_for(lambda updates: len(updates) >= len(events), 20, "every update")
+        assert client.seqs() == list(range(1, len(events) + 1))
+
+
 def websocket_upgrade_answer(port):
     """The server's answer to a browser-like WebSocket upgrade that offers permessage-deflate."""
     key = base64.b64encode(os.urandom(16)).decode()
