@@ -17,7 +17,9 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import quote
 
+import engineio
 import psycopg2
+import socketio
 
 from campaigns.publisher import EventPublisher
 from campaigns.tokens import mint_token
@@ -348,3 +350,23 @@ class Stack:
     def publisher(self, confirm=True):
         """An ``EventPublisher`` on the stack's vhost."""
         return EventPublisher(self.broker_url, confirm=confirm)
+
+
+class OrderedEngineIOClient(engineio.Client):
+    """Handles messages on the reading thread, in arrival order, as the JavaScript client does.
+
+    python-engineio's client starts a thread per message, so two updates that arrive close
+    together may be handled (and recorded) out of order.
+    """
+
+    def _trigger_event(self, event, *args, **kwargs):
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class OrderedClient(socketio.Client):
+    """A python-socketio client whose event handlers run in arrival order (see ``OrderedEngineIOClient``)."""
+
+    def _engineio_client_class(self):
+        return OrderedEngineIOClient

@@ -8,8 +8,6 @@ import threading
 import time
 import uuid  # noqa: F401 - tests use support.uuid
 
-import engineio
-import socketio
 from kombu import Connection
 
 import stack
@@ -24,6 +22,8 @@ from stack import (  # noqa: F401 - the tests reach these through ``support``
     PYTHON,
     REPO,
     SECRET_KEY,
+    OrderedClient,
+    OrderedEngineIOClient,
     Process,
     _rabbitmqctl,
     amqp_url,
@@ -89,26 +89,6 @@ def consume(broker_url, queue, wanted, timeout, accept=None):
                 break
     return found
 
-
-
-class OrderedEngineIOClient(engineio.Client):
-    """Handles messages on the reading thread, in arrival order, as the JavaScript client does.
-
-    python-engineio's client starts a thread per message, so two updates that arrive close
-    together may be handled (and recorded) out of order.
-    """
-
-    def _trigger_event(self, event, *args, **kwargs):
-        if event == "message":
-            kwargs["run_async"] = False
-        return super()._trigger_event(event, *args, **kwargs)
-
-
-class OrderedClient(socketio.Client):
-    """A python-socketio client whose event handlers run in arrival order (see ``OrderedEngineIOClient``)."""
-
-    def _engineio_client_class(self):
-        return OrderedEngineIOClient
 
 
 class LiveClient:
