@@ -133,7 +133,7 @@ def measure(services, args):
 
 
 def main():
-    parser = harness.options(__doc__, "latency", "4 s of measurement, 1 s warm-up")
+    parser = harness.options(__doc__, "latency", "3 s of samples, 0.5 s warm-up, 2 client processes")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of samples")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of background traffic first")
     parser.add_argument("--tenants", type=int, default=10)
@@ -148,7 +148,7 @@ def main():
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds for the worker's backlog")
     args = parser.parse_args()
     if args.quick:
-        args.duration, args.warmup = 4.0, 1.0
+        args.duration, args.warmup, args.client_processes = 3.0, 0.5, 2
     info = harness.machine()
     with harness.environment("latency", args.keep_logs, LOG_LEVEL="WARNING") as services:
         result = measure(services, args)

@@ -176,7 +176,7 @@ def measure_phases(services, args):
             harness.sleep_checking(args.idle, traffic, server, worker)
             phases[key] = {"mode": mode, "dashboards": 0, "window": window(before, measure()), "delivered": 0}
 
-        harness.sleep_checking(2.0, traffic, worker)  # warm-up: the worker and the throttle reach their pace
+        harness.sleep_checking(min(2.0, args.duration), traffic, worker)  # warm-up: the worker and throttle settle
         if args.idle:
             idle("idle", "idle, no Socket.IO yet")
         print(f"phase A: polling, {args.dashboards} dashboards ...", flush=True)
@@ -184,7 +184,7 @@ def measure_phases(services, args):
         print(f"phase B: Socket.IO, {args.dashboards} clients ...", flush=True)
         phases["socket"] = run_socket(measure, server, dashboards, args)
         if args.idle:  # python-socketio consumes the message queue since the first connection
-            harness.sleep_checking(2.0, traffic, server)
+            harness.sleep_checking(min(2.0, args.idle), traffic, server)
             idle("idle_after", "idle, queue listener on")
     return {"phases": phases, "events_published": traffic.count,
             "worker_queue_depth_at_end": harness.queue_depth(services.broker_url)}
@@ -215,7 +215,7 @@ def summarize(result, args):
 
 
 def main():
-    parser = harness.options(__doc__, "polling_vs_socket", "100 dashboards, 3 s windows, 1 s idle, polls every 3 s")
+    parser = harness.options(__doc__, "polling_vs_socket", "100 dashboards, 2 s windows, 1 s idle, polls every 2 s")
     parser.add_argument("--dashboards", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of each window")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls of a dashboard")
@@ -229,7 +229,7 @@ def main():
     parser.add_argument("--stock-writes", action="store_true", help="DIRECT_WEBSOCKET_WRITES=0")
     args = parser.parse_args()
     if args.quick:
-        args.dashboards, args.duration, args.idle, args.interval = 100, 3.0, 1.0, 3.0
+        args.dashboards, args.duration, args.idle, args.interval = 100, 2.0, 1.0, 2.0
     settings = {"LOG_LEVEL": "WARNING", "API_RATE_LIMIT": "100000 per minute", "MAX_CONNECTIONS_PER_TENANT": 100000,
                 "DIRECT_WEBSOCKET_WRITES": 0 if args.stock_writes else 1}
     info = harness.machine()

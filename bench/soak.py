@@ -161,7 +161,7 @@ def measure(services, args):
 
 
 def main():
-    parser = harness.options(__doc__, "soak", "100 clients, 8 s of traffic")
+    parser = harness.options(__doc__, "soak", "100 clients, 4 s of traffic")
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--client", default="python-socketio", choices=["python-socketio", "selector"])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic")
@@ -176,7 +176,7 @@ def main():
     parser.add_argument("--strict-python-pings", action="store_true", help="give up when a PING is 5 s late")
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.duration, args.sample_interval, args.status_interval = 100, 8.0, 2.0, 1.0
+        args.clients, args.duration, args.sample_interval, args.status_interval = 100, 4.0, 1.0, 0.5
     limit = harness.raise_open_files_limit()  # before any process starts: they all inherit it
     info = harness.machine()
     settings = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS_PER_TENANT": max(2000, args.clients)}

@@ -42,7 +42,7 @@ TENANT = "anchor"
 RUNNER_EXTRA = {
     "idle-5000": {"n": 5000, "transport": "websocket", "probes": 20, "interval_ms": 200, "bg_rate": 0,
                   "bg_campaigns": 5},
-    "quick-200": {"n": 200, "transport": "websocket", "probes": 20, "interval_ms": 100, "bg_rate": 200,
+    "quick-200": {"n": 200, "transport": "websocket", "probes": 10, "interval_ms": 100, "bg_rate": 200,
                   "bg_campaigns": 10},
 }
 AT_REST = {"idle-10000": 10_000, "idle-200": 200}
