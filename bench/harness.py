@@ -41,13 +41,21 @@ class BenchFailure(Exception):
     """A benchmark could not measure what it should (a stall, a lost message, a dead process)."""
 
 
-def options(doc, name, quick):
+def options(doc, name, quick, **defaults):
     """An argument parser with what every benchmark has: ``--quick`` (``quick`` says what it
-    runs), ``--keep-logs`` and ``--output``."""
+    runs), ``--keep-logs``, ``--output``, and those of ``defaults`` it has (``duration``, ``rate``,
+    ``tenants``, ``campaigns``: numbers; ``client``: the default kind of ``bench.clients``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
     parser.add_argument("--output", default=name, help=f"results file name under bench/results/ (default {name})")
+    helps = {"duration": "seconds of measurement", "rate": "campaign events published per second",
+             "tenants": "tenants", "campaigns": "running campaigns over all tenants"}
+    for key, value in defaults.items():
+        if key == "client":
+            parser.add_argument("--client", default=value, choices=["selector", "python-socketio"])
+        else:
+            parser.add_argument(f"--{key}", type=type(value), default=value, help=f"{helps[key]} (default {value})")
     return parser
 
 
@@ -368,6 +376,20 @@ def foreign_processes():
 def fmt(value, digits=1):
     """A number for a table ("-" for None)."""
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def figures(data, *paths):
+    """A table (headers, rows) of the figures of ``data`` at ``paths`` ("a.b"; a dict: a row per item)."""
+    rows = []
+    for path in paths:
+        value = data
+        for part in path.split("."):
+            value = value[part]
+        for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+            shown = fmt(item, 2) if isinstance(item, float) else item
+            shown = json.dumps(shown, default=str)[:160] if isinstance(shown, (dict, list, tuple)) else shown
+            rows.append([path if key is None else f"{path}.{key}", shown])
+    return ["figure", "value"], rows
 
 
 def table(headers, rows):

@@ -215,16 +215,14 @@ def summarize(result, args):
 
 
 def main():
-    parser = harness.options(__doc__, "polling_vs_socket", "100 dashboards, 2 s windows, 1 s idle, polls every 2 s")
+    parser = harness.options(__doc__, "polling_vs_socket", "100 dashboards, 2 s windows, 1 s idle, polls every 2 s",
+                             duration=60.0, rate=200.0, client="selector")
     parser.add_argument("--dashboards", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of each window")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls of a dashboard")
-    parser.add_argument("--rate", type=float, default=200.0, help="campaign events per second")
     parser.add_argument("--idle", type=float, default=15.0, help="seconds of each idle window (0: none)")
     parser.add_argument("--poll-threads", type=int, default=32)
     parser.add_argument("--clients-per-process", type=int, default=125)
     parser.add_argument("--connect-threads", type=int, default=4, help="connects at a time per process")
-    parser.add_argument("--client", default="selector", choices=["selector", "python-socketio"])
     parser.add_argument("--stock-heartbeat", action="store_true", help="python-socketio: python-engineio's 35 s")
     parser.add_argument("--stock-writes", action="store_true", help="DIRECT_WEBSOCKET_WRITES=0")
     args = parser.parse_args()
@@ -244,36 +242,24 @@ def main():
                      fmt(1000 * phase.get("server_cpu_per_dashboard_minute", 0) or None, 3), phase["delivered"],
                      fmt(phase.get("server_cpu_ms_per_delivery"), 3), fmt(w["cpu_seconds"]["worker"], 2),
                      fmt(w["postgres_cpu_seconds"], 2), w["events_published"], fmt(w["machine_busy_percent"], 0)])
-    polling, socket_ = result["phases"]["polling"], result["phases"]["socket"]
-    lat, resp, setup = polling["start_lateness_ms"], polling["response_ms"], socket_["setup"]
-    packets = socket_["window"]["packets_sent"]
     harness.report(args, {"machine": info, "settings": settings, "target": {"ratio_at_least": TARGET_RATIO,
                                                                             "verdict": verdict}, **result},
                    [(["mode", "dashboards", "seconds", "server CPU s", "user / kernel", "ms per dashboard-minute",
                       "polls or updates", "ms per poll or update", "worker CPU s", "postgres CPU s", "events",
-                      "machine %"], rows)], [
-        f"polling: {polling['achieved_polls_per_second']:.1f} polls/s of {polling['expected_polls_per_second']:.1f} "
-        f"expected ({polling['polls_due_in_window']} due); statuses {polling['statuses']}; start lateness p50/p99/max "
-        f"{fmt(lat['p50'])}/{fmt(lat['p99'])}/{fmt(lat['max'])} ms, response {fmt(resp['p50'])}/{fmt(resp['p99'])}/"
-        f"{fmt(resp['max'])} ms; set-up {polling['setup']['cpu_seconds']['server']:.2f} server CPU s",
-        f"socket: {socket_['delivered']:,} updates of ~{socket_['expected_updates']:,} expected, replayed "
-        f"{socket_['replayed_in_window']}, seq gaps {socket_['seq_gaps_in_window']}; connected "
-        f"{socket_['connected_at_start']} -> {socket_['connected_at_end']} of {socket_['dashboards']}; connect "
-        f"failures {socket_['connect_failures']} {socket_['connect_failure_reasons'][:2]}; unrequested "
-        f"disconnects {socket_['unrequested_disconnects']}",
-        f"  packets: {packets['direct']:,.0f} direct, {packets['queued']:,.0f} through the writer; "
-        f"{socket_['client_processes']} {args.client} client processes used "
-        f"{100 * socket_['client_processes_cpu'] / socket_['window']['seconds']:.0f}% of a core",
-        f"  set-up: {setup['cpu_seconds']['server']:.2f} server CPU s "
-        f"({1000 * setup['cpu_seconds']['server'] / max(socket_['connected_at_start'], 1):.2f} ms per connection); "
-        f"connect + snapshot p50/p99/max {fmt(setup['connect_ms']['p50'], 0)}/{fmt(setup['connect_ms']['p99'], 0)}/"
-        f"{fmt(setup['connect_ms']['max'], 0)} ms; per process {setup['process_connect_seconds']} s; retries "
-        f"{setup['retries']} {setup['retry_reasons'][:2]}",
-        f"server + PostgreSQL ratio {result['ratio_with_postgres']:.1f}x; worker queue depth at the end "
-        f"{result['worker_queue_depth_at_end']}; load generator {polling['window']['bench_cpu_seconds']:.1f} CPU s "
-        f"in the polling window",
-        f"ratio polling/socket (server CPU per dashboard-minute): {result['ratio_polling_over_socket']:.1f}x; "
-        f"target >= {TARGET_RATIO:.0f}x: {verdict}"])
+                      "machine %"], rows),
+                    harness.figures(result["phases"], *(f"polling.{key}" for key in (
+                        "achieved_polls_per_second", "expected_polls_per_second", "polls_due_in_window", "statuses",
+                        "kept_up", "start_lateness_ms", "response_ms", "setup.cpu_seconds", "setup.polls",
+                        "window.bench_cpu_seconds")),
+                        *(f"socket.{key}" for key in (
+                            "expected_updates", "replayed_in_window", "seq_gaps_in_window", "connected_at_start",
+                            "connected_at_end", "connect_failures", "connect_failure_reasons",
+                            "unrequested_disconnects", "client_processes", "client_processes_cpu",
+                            "window.packets_sent", "setup.cpu_seconds", "setup.connect_ms",
+                            "setup.process_connect_seconds", "setup.retries", "setup.retry_reasons"))),
+                    harness.figures(result, "ratio_with_postgres", "worker_queue_depth_at_end", "projected_ratio")],
+                   [f"ratio polling/socket (server CPU per dashboard-minute): "
+                    f"{result['ratio_polling_over_socket']:.1f}x; target >= {TARGET_RATIO:.0f}x: {verdict}"])
     return 0
 
 

@@ -161,13 +161,9 @@ def measure(services, args):
 
 
 def main():
-    parser = harness.options(__doc__, "soak", "100 clients, 4 s of traffic")
+    parser = harness.options(__doc__, "soak", "100 clients, 4 s of traffic", duration=600.0, rate=500.0, tenants=10,
+                             campaigns=50, client="python-socketio")
     parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--client", default="python-socketio", choices=["python-socketio", "selector"])
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic")
-    parser.add_argument("--rate", type=float, default=500.0, help="message_sent per second")
-    parser.add_argument("--tenants", type=int, default=10)
-    parser.add_argument("--campaigns", type=int, default=50)
     parser.add_argument("--status-interval", type=float, default=3.0, help="seconds between status events")
     parser.add_argument("--sample-interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--clients-per-process", type=int, default=250)
@@ -182,57 +178,32 @@ def main():
     settings = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS_PER_TENANT": max(2000, args.clients)}
     with harness.environment("soak", args.keep_logs, **settings) as services:
         result = measure(services, args)
-    d, c, t = result["delivery"], result["connect"], result["traffic"]
-    ok = (not d["clients_missing_after_final_replay"] and t["final_state_reached"]
+    d, c = result["delivery"], result["connect"]
+    ok = (not d["clients_missing_after_final_replay"] and result["traffic"]["final_state_reached"]
           and c["connected"] == args.clients and not d["disconnected"])
+    c["server_kb_per_connection"] = 1024 * (c["rss_after_mb"]["server"] - c["rss_before_mb"]["server"]) / max(
+        c["connected"], 1)
     rows = [[fmt(s["t"], 0), fmt(s["server_rss_mb"]), fmt(s["worker_rss_mb"]), fmt(s["clients_rss_mb"], 0),
              *(fmt(s.get("cpu_percent", {}).get(n), 0) for n in ("server", "worker", "clients")),
              s["clients_connected"], fmt(s["server_sockets"], 0), fmt(s.get("published_per_s"), 0),
              fmt(s.get("applied_per_s"), 0), fmt(s.get("mean_batch"), 0), s["queue_depth"],
              fmt(s.get("received_per_s"), 0), *(fmt(s["lag_ms"][f], 0) for f in ("p50", "p99", "max")),
              fmt(s["ping_gap_s"]["max"]), s["gap_requests"], fmt(s["loadavg"])] for s in result["samples"]]
-    memory = [[name, fmt(m["first_avg_mb"]), fmt(m["last_avg_mb"]), f"{m['growth_mb']:+.1f}",
-               f"{m['growth_percent']:+.1f}%", fmt(m["min_mb"]), fmt(m["max_mb"])]
-              for name, m in result["memory"].items()]
-    per_connection = 1024 * (c["rss_after_mb"]["server"] - c["rss_before_mb"]["server"]) / max(c["connected"], 1)
-    cpu, window = result["cpu_percent_of_one_core"], result["memory_window_seconds"]
     for sample in result["samples"]:
         del sample["reading"]
     harness.report(args, {"machine": info, "ok": ok, "rlimit_nofile": limit, **result}, [
         (["t (s)", "server MB", "worker MB", "clients MB", "server CPU %", "worker CPU %", "clients CPU %",
           "clients up", "server sockets", "published/s", "applied/s", "batch", "queue", "received/s",
           "lag p50 ms", "lag p99 ms", "lag max ms", "ping gap max s", "gap replays", "load"], rows),
-        (["RSS (MB)", f"first {window:.0f} s", f"last {window:.0f} s", "growth", "growth %", "min", "max"], memory),
-        (["delivery", "value"], [
-            ["clients connected / requested", f"{c['connected']:,} / {c['requested']:,}"],
-            ["connect errors / retries", f"{c['errors']} / {c['retries']} {c['error_examples'][:1]}"],
-            ["connect + snapshot p50 / p99 / max (ms)", " / ".join(fmt(c["connect_ms"][f], 0)
-                                                                   for f in ("p50", "p99", "max"))],
-            ["clients disconnected during the run", f"{d['disconnected']} {d['disconnect_examples'][:1]}"],
-            ["clients that saw their tenant's final seq", d["reached_final_state"]],
-            ["updates expected (stored after snapshot x clients)", f"{d['expected_updates']:,}"],
-            ["received live / replayed", f"{d['live']:,} / {d['replayed']:,}"],
-            ["not received live (clients)", f"{d['lost_live']:,} ({d['clients_with_live_losses']})"],
-            ["replay requests for holes older than 1 s", d["gap_requests"]],
-            ["duplicates / out of order / other tenant's / unknown seqs",
-             f"{d['duplicates']} / {d['out_of_order']} / {d['foreign']} / {d['unknown_seqs']}"],
-            ["clients missing updates before the final replay",
-             f"{d['clients_missing_before_final_replay']} ({d['missing_before_final_replay']} updates)"],
-            ["clients missing updates after the final replay",
-             f"{d['clients_missing_after_final_replay']} ({d['missing_after_final_replay']} updates)"],
-            ["final state stored (every campaign completed)", "yes" if t["final_state_reached"] else "NO"]])], [
-        f"traffic: {t['message_sent']:,} message_sent + {t['status_events']} status events in {t['seconds']:.0f} s "
-        f"({t['achieved_rate']:.0f}/s); queue depth at the end {t['worker_queue_depth_at_end']}, drained "
-        f"{fmt(t['drained_seconds_after_stop'])} s after; {t['updates_stored']:,} updates stored",
-        f"CPU over the traffic (% of one core): server {cpu['server']:.0f}%, worker {cpu['worker']:.0f}%, clients "
-        f"{cpu['clients']:.0f}%",
-        f"connect phase: {c['seconds']:.1f} s, server {c['cpu_seconds']['server']:.1f} CPU s "
-        f"({1000 * c['cpu_seconds']['server'] / max(c['connected'], 1):.1f} ms per connection), RSS "
-        f"{fmt(c['rss_before_mb']['server'])} -> {fmt(c['rss_after_mb']['server'])} MB ({per_connection:.0f} KB per "
-        f"connection); open files limit: bench {limit[0]}, {result['open_files_limit']}",
-        f"log problems: {result['log_problems']}",
-        "result: OK: every client stayed connected and got every update of its tenant" if ok else
-        "result: NOT OK: see the connect and delivery rows"])
+        (["RSS (MB)", "first window avg", "last window avg", "growth", "growth %", "min", "max"],
+         [[name, *(fmt(m[k]) for k in ("first_avg_mb", "last_avg_mb", "growth_mb", "growth_percent", "min_mb",
+                                       "max_mb"))] for name, m in result["memory"].items()]),
+        harness.figures(result, "delivery", "traffic", "cpu_percent_of_one_core", "connect.connected",
+                        "connect.seconds", "connect.errors", "connect.error_examples", "connect.retries",
+                        "connect.connect_ms", "connect.cpu_seconds", "connect.server_kb_per_connection",
+                        "open_files_limit", "log_problems")],
+        ["result: OK: every client stayed connected and got every update of its tenant" if ok else
+         "result: NOT OK: see the connect and delivery figures"])
     return 0 if ok else 1
 
 
