@@ -29,17 +29,21 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
+
 from bench.harness import BenchFailure, cpu_times, raise_open_files_limit, rss_mb
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
 
 class Record:
-    """What one client received: seqs (live and replayed), holes, duplicates, lag, PINGs, probe arrivals."""
+    """What one client received: seqs (live and replayed), holes, duplicates, lag, PINGs, probe arrivals.
+    ``send(event, data)`` emits on its connection while it is open (None otherwise)."""
 
     def __init__(self, tenant_id, shared, probe_campaign):
         self.tenant_id, self.shared, self.probe_campaign = tenant_id, shared, probe_campaign
-        self.lock, self.snapshot = threading.Lock(), threading.Event()
+        self.lock, self.settled = threading.Lock(), threading.Event()  # settled: snapshot, refusal or close
         self.snapshot_seq = self.max_seq = self.last_ping = self.disconnected = self.send = None
         self.last_live, self.asked_at = 0, 0.0
         self.seqs, self.live_seqs, self.holes, self.probes = set(), set(), {}, {}
@@ -54,7 +58,7 @@ class Record:
                 self.snapshot_seq = self.last_live = data["seq"]
                 self.max_seq = max(self.max_seq or 0, data["seq"])
                 self.connected = True
-                self.snapshot.set()
+                self.settled.set()
             elif name == "campaign_update":
                 self._update(data, arrived)
 
@@ -100,15 +104,60 @@ class Record:
             self.send("replay", {"after_seq": min(old) - 1})
 
 
+class Clients:
+    """Connects every record ``concurrency`` at a time (``attempts`` each); counts what ends them."""
+
+    def __init__(self, url, records, tokens, concurrency, attempts):
+        self.url, self.records, self.tokens = url, records, tokens
+        self.concurrency, self.attempts = concurrency, attempts
+        self.clients, self.disconnects, self.errors, self.retries, self.durations = {}, [], [], [], []
+        self.closing = False
+
+    def connect_all(self):
+        """Connect every client; return when all are connected or gave up."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            list(pool.map(self.connect, range(len(self.records))))
+
+    def connect(self, index):
+        record = self.records[index]
+        for attempt in range(self.attempts):
+            began = time.monotonic()
+            record.settled.clear()
+            record.disconnected = None
+            try:
+                self.open(index)
+                if not record.settled.wait(30) or not record.connected:
+                    raise ConnectionError(f"no campaign_snapshot: {record.disconnected or 'within 30 s'}")
+                return self.durations.append(time.monotonic() - began)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                with contextlib.suppress(Exception):
+                    self.drop(index)
+                (self.errors if attempt == self.attempts - 1 else self.retries).append(repr(exc))
+                time.sleep(1.0 + attempt)
+
+    def ended(self, record, reason):
+        """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
+        if record.connected and not self.closing:
+            self.disconnects.append((time.monotonic(), reason))
+        record.disconnected, record.send = {"at": time.time(), "reason": reason}, None
+        record.settled.set()
+
+    def up(self, record):
+        """True while a client's connection is open."""
+        return record.send is not None
+
+    def close(self):
+        """Close every connection."""
+        self.closing = True
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(self.drop, list(self.clients)))
+
+
 class SelectorClient:
     """One connection read by ``SelectorClients``' thread."""
 
     def __init__(self, record, token, host, port):
-        from wsproto import ConnectionType, WSConnection
-        from wsproto.events import Request
-
-        self.record, self.token, self.buffer, self.closed = record, token, "", False
-        self.started_at, self.send_lock = time.monotonic(), threading.Lock()
+        self.record, self.token, self.buffer, self.send_lock = record, token, "", threading.Lock()
         self.sock = socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.ws = WSConnection(ConnectionType.CLIENT)
@@ -118,8 +167,6 @@ class SelectorClient:
 
     def send_text(self, text):
         """Send one websocket text frame."""
-        from wsproto.events import Message
-
         with self.send_lock:
             self.sock.sendall(self.ws.send(Message(data=text)))
 
@@ -129,8 +176,6 @@ class SelectorClient:
 
     def receive(self, data, arrived):
         """Feed bytes from the socket; return an error text when the connection ended."""
-        from wsproto.events import CloseConnection, Ping, RejectConnection, TextMessage
-
         self.ws.receive_data(data or None)
         for event in self.ws.events():
             if isinstance(event, TextMessage):
@@ -160,112 +205,59 @@ class SelectorClient:
             self.record.on_event(name, data, arrived)
         return None
 
-    def close(self):
-        """Close the socket (no close handshake: the server sees the connection end)."""
-        self.closed = True
-        self.record.send = None
-        self.sock.close()
 
-
-class SelectorClients:
-    """Connects clients ``concurrency`` at a time (``attempts`` each) and reads them all on one thread."""
+class SelectorClients(Clients):
+    """Minimal clients, all read on one selector thread."""
 
     def __init__(self, url, records, tokens, concurrency, attempts, **_):
-        parts = urlsplit(url)
-        self.address, self.records, self.tokens = (parts.hostname, parts.port), records, tokens
-        self.concurrency, self.attempts, self.closing = concurrency, attempts, False
-        self.selector, self.changed = selectors.DefaultSelector(), threading.Event()
-        self.clients, self.disconnects, self.errors, self.retries, self.durations = {}, [], [], [], []
-        self.thread = threading.Thread(target=self.loop, name="selector-clients", daemon=True)
+        super().__init__(url, records, tokens, concurrency, attempts)
+        self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
+        threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
 
-    def connect_all(self, timeout=600.0):
-        """Connect every client (retrying failures); return when all are connected or gave up."""
-        self.thread.start()
-        tries, waiting, in_flight = dict.fromkeys(range(len(self.records)), 0), list(range(len(self.records))), []
-        deadline = time.monotonic() + timeout
-        while (waiting or in_flight) and time.monotonic() < deadline:
-            while waiting and len(in_flight) < self.concurrency:
-                index = waiting.pop(0)
-                tries[index] += 1
-                try:
-                    client = SelectorClient(self.records[index], self.tokens[index], *self.address)
-                    self.clients[index] = client
-                except OSError as exc:
-                    self.failed(index, repr(exc), tries, waiting)
-                    continue
-                self.selector.register(client.sock, selectors.EVENT_READ, client)
-                in_flight.append(index)
-            self.changed.wait(0.5)  # set by the reading thread when a client got its snapshot or ended
-            self.changed.clear()
-            for index in list(in_flight):
-                client = self.clients[index]
-                if client.record.connected:
-                    in_flight.remove(index)
-                    self.durations.append(time.monotonic() - client.started_at)
-                elif client.closed or time.monotonic() - client.started_at > 30:
-                    in_flight.remove(index)
-                    self.drop(client)
-                    self.failed(index, getattr(client, "reason", "no snapshot within 30 s"), tries, waiting)
+    def open(self, index):
+        parts = urlsplit(self.url)
+        client = self.clients[index] = SelectorClient(self.records[index], self.tokens[index], parts.hostname,
+                                                      parts.port)
+        self.selector.register(client.sock, selectors.EVENT_READ, client)
 
-    def failed(self, index, reason, tries, waiting):
-        if tries[index] < self.attempts:
-            self.retries.append(reason)
-            waiting.append(index)
-        else:
-            self.errors.append(reason)
-
-    def drop(self, client):
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.sock)
-        client.close()
+    def drop(self, index):
+        client = self.clients.pop(index, None)
+        if client is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(client.sock)
+            client.sock.close()
+            client.record.send = None
 
     def loop(self):
         """Read every registered connection as data arrives."""
-        while not self.closing:
+        while True:
             for key, _ in self.selector.select(timeout=0.1):
-                client, connected = key.data, key.data.record.connected
+                client = key.data
                 try:
-                    data = client.sock.recv(65536)
-                    error = client.receive(data, time.monotonic())
+                    error = client.receive(client.sock.recv(65536), time.monotonic())
                 except (OSError, ValueError) as exc:
                     error = repr(exc)
-                if error or client.record.connected != connected:
-                    self.changed.set()
                 if error:
-                    client.reason = error
-                    if connected and not self.closing:
-                        self.disconnects.append((time.monotonic(), error))
-                        client.record.disconnected = {"at": time.time(), "reason": error}
-                    self.drop(client)
-
-    def up(self, record):
-        """True while a client's connection is open."""
-        return record.send is not None
-
-    def close(self):
-        """Stop reading and close every connection."""
-        self.closing = True
-        self.thread.join(5)
-        for client in self.clients.values():
-            client.close()
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.selector.unregister(client.sock)
+                    client.sock.close()
+                    self.ended(client.record, error)
 
 
-class LibraryClients:
-    """python-socketio clients (a reader thread each), with the same record and connect protocol."""
+class LibraryClients(Clients):
+    """python-socketio clients (a reader thread each)."""
 
     def __init__(self, url, records, tokens, concurrency, attempts, transport="websocket", stock_heartbeat=False):
-        self.url, self.records, self.tokens, self.transport = url, records, tokens, transport
-        self.concurrency, self.attempts, self.stock_heartbeat = concurrency, attempts, stock_heartbeat
-        self.clients, self.disconnects, self.errors, self.retries, self.durations = {}, [], [], [], []
-        self.closing = False
+        super().__init__(url, records, tokens, concurrency, attempts)
+        self.transport, self.stock_heartbeat = transport, stock_heartbeat
 
-    def make(self, record):
+    def open(self, index):
         import socketio
         from engineio import packet
 
         import stack
 
-        tolerant = not self.stock_heartbeat
+        record, tolerant = self.records[index], not self.stock_heartbeat
 
         class EngineIO(stack.OrderedEngineIOClient):
             def _receive_packet(self, pkt):
@@ -284,49 +276,18 @@ class LibraryClients:
 
         # websocket-client checks every frame's UTF-8 in pure Python: most of a client's CPU.
         client = Client(reconnection=False, websocket_extra_options={"skip_utf8_validation": True})
+        self.clients[index] = client
         for name in ("campaign_snapshot", "campaign_update"):
             client.on(name, lambda data, name=name: record.on_event(name, data, time.monotonic()))
-        client.on("disconnect", lambda *reason: self.disconnected(record, str(reason[0]) if reason else ""))
+        client.on("disconnect", lambda *reason: self.ended(record, str(reason[0]) if reason else ""))
         record.send = client.emit
-        return client
+        client.connect(self.url, auth={"token": self.tokens[index]}, transports=[self.transport], wait_timeout=30)
 
-    def disconnected(self, record, reason):
-        if not self.closing:
-            self.disconnects.append((time.monotonic(), reason))
-            record.disconnected = {"at": time.time(), "reason": reason}
-
-    def connect(self, index):
-        record = self.records[index]
-        for attempt in range(self.attempts):
-            client, began = self.make(record), time.monotonic()
-            try:
-                client.connect(self.url, auth={"token": self.tokens[index]}, transports=[self.transport],
-                               wait_timeout=30)
-                if not record.snapshot.wait(30):
-                    raise TimeoutError("no campaign_snapshot within 30 s")
-                self.clients[index] = client
-                return self.durations.append(time.monotonic() - began)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                with contextlib.suppress(Exception):
-                    client.disconnect()
-                (self.errors if attempt == self.attempts - 1 else self.retries).append(f"{exc!r}")
-                time.sleep(1.0 + attempt)
-
-    def connect_all(self):
-        """Connect every client, ``concurrency`` at a time."""
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            list(pool.map(self.connect, range(len(self.records))))
-
-    def up(self, record):
-        """True while a client's connection is open."""
-        index = self.records.index(record)
-        return index in self.clients and self.clients[index].connected
-
-    def close(self):
-        """Disconnect every client."""
-        self.closing = True
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda c: c.disconnect() if c.connected else None, self.clients.values()))
+    def drop(self, index):
+        client = self.clients.pop(index, None)
+        if client is not None and client.connected:
+            client.disconnect()
+        self.records[index].send = None
 
 
 KINDS = {"selector": SelectorClients, "python-socketio": LibraryClients}

@@ -164,7 +164,7 @@ def main():
     parser.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of the runner's scenarios")
-    parser.add_argument("--rest", type=float, default=5.0, help="seconds of CPU at rest (idle-N)")
+    parser.add_argument("--rest", type=float, default=10.0, help="seconds of CPU at rest (idle-N)")
     parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds after connecting and between targets")
     args = parser.parse_args()
     scenarios = args.scenario or list(DEFAULT_SCENARIOS)
