@@ -78,19 +78,22 @@ def environment(name, keep_logs=False, **settings):
     """Yield a ``stack.Stack`` on a fresh database and vhost (``settings``: environment of its
     processes); remove everything afterwards. Logs are kept (path printed) after a failure."""
     stack.require_services()
-    log_dir = tempfile.mkdtemp(prefix=f"bench-{name}-")
-    template = stack.create_template_database()
-    database, vhost, services, failed = stack.create_database(template), stack.create_vhost(), None, True
+    log_dir, made, failed = tempfile.mkdtemp(prefix=f"bench-{name}-"), [], True
     try:
+        template = stack.create_template_database()
+        made.append(lambda: stack.drop_database(template))
+        database = stack.create_database(template)
+        made.append(lambda: stack.drop_database(database))
+        vhost = stack.create_vhost()
+        made.append(lambda: stack.delete_vhost(vhost))
         services = stack.Stack(database, vhost, log_dir, **settings)
+        made.append(services.stop)
         yield services
         failed = False
     finally:
-        for action in (services.stop if services else None, lambda: stack.drop_database(database),
-                       lambda: stack.drop_database(template), lambda: stack.delete_vhost(vhost)):
+        for undo in reversed(made):  # processes first, then the vhost, the database, the template
             try:
-                if action:
-                    action()
+                undo()
             except Exception as exc:  # noqa: BLE001 - go on cleaning up
                 print(f"cleanup error: {exc!r}", file=sys.stderr)
         if failed or keep_logs:
@@ -404,7 +407,9 @@ def table(headers, rows):
 def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
-    info = {**data.pop("machine"), "loadavg_at_end": os.getloadavg()[0]}
+    info = data.pop("machine")  # other processes: those seen at the start and at the end
+    info.update(loadavg_at_end=os.getloadavg()[0], other_processes=sorted({*info["other_processes"],
+                                                                            *foreign_processes()}))
     for headers, rows in tables:
         print()
         print(table(headers, rows))
