@@ -17,8 +17,10 @@ A hole in a client's seqs still open after 1 s makes it ``replay`` from the hole
 client does (``replay_holes``).
 """
 
+import collections
 import contextlib
 import json
+import logging
 import math
 import multiprocessing
 import selectors
@@ -297,7 +299,10 @@ def child(pipe, url, share, kind, options):
     """A child process holding ``share`` (``(tenant_id, token)`` pairs): sends a ready report, then
     answers ``"mark"``, ``("verify", stored seqs by tenant, timeout)`` and ``"close"``."""
     raise_open_files_limit()
-    shared = {"lags": [], "ping_gaps": []}
+    shared = {"lags": [], "ping_gaps": [], "log_counts": collections.Counter()}
+    counting = logging.Handler(logging.WARNING)  # the client library's warnings, counted, not printed per client
+    counting.emit = lambda record: shared["log_counts"].update([record.getMessage()[:80]])
+    logging.getLogger().handlers[:] = [counting]
     records = [Record(tenant_id, shared, options.get("probe_campaign")) for tenant_id, _ in share]
     group = KINDS[kind](url, records, [token for _, token in share], options.get("connect_threads", 8),
                         options.get("attempts", 5), **options.get("library", {}))
@@ -321,6 +326,7 @@ def child(pipe, url, share, kind, options):
                        "gaps": sum(r.gaps for r in records), "gap_requests": sum(r.gap_requests for r in records),
                        "connected": len(up), "connected_per_tenant": per_tenant, "disconnects": group.disconnects[:],
                        "lags": lags, "ping_gaps": pings, "cpu": sum(cpu_times("self")),
+                       "client_log_messages": dict(shared["log_counts"]),
                        "probes": [(r.tenant_id, dict(r.probes), group.up(r)) for r in records if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in records if r.connected], group, *command[1:]))

@@ -119,6 +119,7 @@ def measure(services, args):
         "samples": len(samples), "clients": len(credentials), "client_processes": len(clients.pids),
         "expected_pairs": len(samples) * args.clients_per_tenant, "received_pairs": len(pairs),
         "missing_pairs": missing, "missing_pairs_lost": lost, "missing_pairs_not_applied_in_time": missing - lost,
+        "disconnected_clients": sum(1 for _, _, up in received if not up),
         "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, _, hit in pairs]),
         "publish_to_worker_ms": stats([(stamp[key] - s["published_wall"]) * 1000 for key, (s, _) in by_sample.items()]),
         "worker_to_client_ms": stats([(hit[0] + offset - stamp[id(s)]) * 1000 for s, _, hit in pairs]),
@@ -161,8 +162,9 @@ def main():
     harness.report(args, {"machine": info, "target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
                    [(["latency (ms)", "n", "p50", "p95", "p99", "max", "mean"], rows), harness.figures(
                        result, "samples", "expected_pairs", "received_pairs", "missing_pairs", "missing_pairs_lost",
-                       "missing_pairs_not_applied_in_time", "background", "window.percent_of_one_core",
-                       "window.machine_busy_percent", "bench_threads", "client_processes", "worker_settings")],
+                       "missing_pairs_not_applied_in_time", "disconnected_clients", "background",
+                       "window.percent_of_one_core", "window.machine_busy_percent", "bench_threads", "client_processes",
+                       "worker_settings")],
                    [f"target: p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'NOT MET'} (p99 {fmt(p99)} ms)"])
     return 0 if not result["missing_pairs"] else 1
 

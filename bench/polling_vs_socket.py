@@ -152,7 +152,8 @@ def run_socket(measure, server, dashboards, args):
             "client_processes": len(clients.pids), "delivered": marks_after["updates"] - marks_before["updates"],
             "expected_updates": expected, "replayed_in_window": marks_after["replayed"] - marks_before["replayed"],
             "seq_gaps_in_window": marks_after["gaps"] - marks_before["gaps"],
-            "client_processes_cpu": marks_after["cpu"] - marks_before["cpu"], "unrequested_disconnects": disconnects}
+            "client_processes_cpu": marks_after["cpu"] - marks_before["cpu"], "unrequested_disconnects": disconnects,
+            "client_log_messages": marks_after["client_log_messages"]}
 
 
 def measure_phases(services, args):
@@ -254,7 +255,8 @@ def main():
                         *(f"socket.{key}" for key in (
                             "expected_updates", "replayed_in_window", "seq_gaps_in_window", "connected_at_start",
                             "connected_at_end", "connect_failures", "connect_failure_reasons",
-                            "unrequested_disconnects", "client_processes", "client_processes_cpu",
+                            "unrequested_disconnects", "client_log_messages", "client_processes",
+                            "client_processes_cpu",
                             "window.packets_sent", "setup.cpu_seconds", "setup.connect_ms",
                             "setup.process_connect_seconds", "setup.retries", "setup.retry_reasons"))),
                     harness.figures(result, "ratio_with_postgres", "worker_queue_depth_at_end", "projected_ratio")],
