@@ -96,7 +96,7 @@ class Config:
         # Connections the kernel queues for accept(): every long-polling GET of a Node client is a new one.
         self.LISTEN_BACKLOG = _int("LISTEN_BACKLOG", 1024)
         self.WORKER_BATCH_SIZE = _int("WORKER_BATCH_SIZE", 500)
-        self.WORKER_BATCH_LINGER_MS = _int("WORKER_BATCH_LINGER_MS", 20)
+        self.WORKER_BATCH_LINGER_MS = _int("WORKER_BATCH_LINGER_MS", 50)
         self.WORKER_QUEUE = os.environ.get("WORKER_QUEUE", "campaign.events.worker")
         self.AMQP_HEARTBEAT = _int("AMQP_HEARTBEAT", 30)
         self.SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "flask-socketio")

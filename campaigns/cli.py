@@ -8,13 +8,13 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from campaigns.auth import create_api_key
+from campaigns.deadletters import discard_dead_letters, list_dead_letters, requeue_dead_letters
 from campaigns.doctor import GUIDE, format_result, run_checks
 from campaigns.events import TENANT_ID
 from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from extensions import db
-from worker.deadletters import discard_dead_letters, list_dead_letters, requeue_dead_letters
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from campaigns.queues import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE
 from config import secret_problems
 from sockets.stream import PROBE_EVENT
-from worker.queues import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

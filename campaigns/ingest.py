@@ -1,16 +1,14 @@
-"""Applying inbound events to the database exactly once, and deciding what to emit.
+"""Applying inbound events to the database exactly once, and storing what to emit.
 
 The worker calls ``apply_batch`` for each batch of valid events and ``flush_due_updates``
 a few times a second. Both run inside the caller's transaction and return the
 ``campaign_update`` payloads that were stored; the caller commits, acknowledges the
 messages and only then emits the payloads, then releases the tenant locks.
 
-Throttle (per campaign, window ``THROTTLE_SECONDS``): a status event is emitted at once;
-a progress event is emitted at once when no progress update was emitted for the campaign in
-the last window (``last_emitted_at``), otherwise ``emit_due_at`` is set to the end of the
-window and a later
-``flush_due_updates`` emits the latest state then. The throttle state lives in the
-``campaigns`` row, so any worker delivers a merged update that another one scheduled.
+This module only moves data: it loads the rows, asks ``campaigns/rules.py CampaignRules``
+what the events make the clients see (status order, throttle, failure alert) and stores the
+campaigns and the updates. ``flush_due_updates`` emits the merged updates the rules
+scheduled (``emit_due_at``), once they fall due.
 """
 
 import json
@@ -23,15 +21,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
 from campaigns.reason_counts import count_failures
-from campaigns.rules import FailureAlertRule, alert_changed, record_message, window_counts, window_phase
+from campaigns.rules import DEFAULT_ALERT_RULE, CampaignRules
 from campaigns.timeutil import utcnow
 from campaigns.updates import store_updates
 
 log = logging.getLogger(__name__)
 # Merged updates emitted per transaction (see EventConsumer.emit_due_updates).
 DUE_BATCH = 20
-DEFAULT_ALERT_RULE = FailureAlertRule()
-FAILURE_WINDOW_EVENTS = ("message_sent", "message_failed")
 
 
 @dataclass
@@ -217,65 +213,21 @@ def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=D
     result.duplicates += len(unique) - len(result.applied)
     campaigns = _load_campaigns(session, {(e.tenant_id, e.campaign_id) for e in result.applied})
     created = []
-    emissions, waiting = [], {}
     for event in result.applied:
         key = (event.tenant_id, event.campaign_id)
-        campaign = campaigns.get(key)
-        if campaign is None:
+        if key not in campaigns:
             campaign = campaigns[key] = Campaign.new(event.tenant_id, event.campaign_id)
             campaign.created_at = now
             created.append(campaign)
-        if campaign.apply(event, now):
-            # A status update carries the latest state, so a pending merge is no longer needed;
-            # it does not open a progress window (only progress updates count against it).
-            _decide_failure_alert(campaign, alert_rule, now, result)
-            emissions.append((event.tenant_id, event.type, campaign.to_dict()))
-            campaign.emit_due_at = None
-            waiting.pop(key, None)
-        else:
-            if event.type in FAILURE_WINDOW_EVENTS:
-                campaign.failure_window = record_message(alert_rule, campaign.failure_window, event.type, now)
-            waiting[key] = waiting.get(key, 0) + 1
-    for key in list(waiting):
-        campaign = campaigns[key]
-        if _decide_failure_alert(campaign, alert_rule, now, result):
-            # Setting or clearing the alert goes at once, like a status change.
-            emissions.append((campaign.tenant_id, campaign.last_event_type, campaign.to_dict()))
-            campaign.emit_due_at = None
-            campaign.last_emitted_at = now
-            result.merged += waiting.pop(key) - 1
-    window = timedelta(seconds=throttle_seconds)
-    for key, count in waiting.items():
-        campaign = campaigns[key]
-        if campaign.emit_due_at is not None:
-            result.merged += count
-        elif campaign.last_emitted_at is None or now - campaign.last_emitted_at >= window:
-            emissions.append((campaign.tenant_id, campaign.last_event_type, campaign.to_dict()))
-            campaign.last_emitted_at = now
-            result.merged += count - 1
-        else:
-            phase = timedelta(seconds=window_phase(campaign.tenant_id, campaign.id))
-            campaign.emit_due_at = campaign.last_emitted_at + window + phase
-            result.merged += count
-            result.throttled.append(
-                (campaign.tenant_id, campaign.id, campaign.name, (campaign.emit_due_at - now).total_seconds())
-            )
+    decisions = CampaignRules(throttle_seconds, alert_rule).apply(campaigns, result.applied, now)
+    result.merged, result.throttled = decisions.merged, decisions.throttled
+    result.alerts_raised = decisions.alerts_raised
     new = {id(campaign) for campaign in created}
     _save_campaigns(session, created, [c for c in campaigns.values() if id(c) not in new])
     # In this transaction, under the campaigns' row locks: counts agree with `failed` whatever the workers.
     count_failures(session, result.applied)
-    result.updates = store_updates(session, emissions, now)
+    result.updates = store_updates(session, decisions.emissions, now)
     return result
-
-
-def _decide_failure_alert(campaign, rule, now, result):
-    """Update the campaign's ``failure_alert``; True when it was set or cleared."""
-    sent, failed = window_counts(rule, campaign.failure_window, now)
-    before = campaign.failure_alert
-    campaign.failure_alert = rule.next(before, campaign.status, sent, failed, now)
-    if before is None and campaign.failure_alert is not None:
-        result.alerts_raised += 1
-    return alert_changed(before, campaign.failure_alert)
 
 
 def next_due_at(session):

@@ -10,8 +10,8 @@ import uuid
 
 from kombu import Connection, Producer
 
+from campaigns.queues import declare_topology, events_exchange
 from campaigns.timeutil import isoformat, utcnow
-from worker.queues import declare_topology, events_exchange
 
 RETRY_POLICY = {"max_retries": 30, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
 

@@ -1,7 +1,4 @@
-"""The operations page for platform admins (``/ops``): workers, dead letters, servers, errors."""
+"""The operations page for platform admins (``/ops``): workers, dead letters, servers, errors.
 
-from flask import Blueprint
-
-bp = Blueprint("ops", __name__)
-
-from ops import views  # registers the routes on bp
+Its blueprint is ``ops.views.bp``.
+"""

@@ -12,13 +12,13 @@ from flask import current_app
 from kombu import Connection
 from sqlalchemy import select
 
+from campaigns.deadletters import inspect_dead_letters
 from campaigns.models import AppliedEvent
 from campaigns.timeutil import isoformat, utcnow
 from extensions import db
 from ops.recent_errors import recent_errors
 from ops.throughput import SAMPLE_LIMIT, throughput, window_start
 from sockets.presence import live_servers
-from worker.deadletters import inspect_dead_letters
 
 log = logging.getLogger(__name__)
 NEWEST_DEAD_LETTERS = 50

@@ -2,19 +2,19 @@
 
 import logging
 
-from flask import abort, current_app, render_template, request
+from flask import Blueprint, abort, current_app, render_template, request
 from flask_babel import gettext as _
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms.validators import ValidationError
 
+from campaigns.deadletters import discard_dead_letters, requeue_dead_letters
 from campaigns.errors import error_response
 from extensions import csrf
-from ops import bp
 from ops.status import forget_dead_letters, ops_status
-from worker.deadletters import discard_dead_letters, requeue_dead_letters
 
 log = logging.getLogger(__name__)
+bp = Blueprint("ops", __name__)
 ACTIONS = {"requeue": requeue_dead_letters, "discard": discard_dead_letters}
 
 

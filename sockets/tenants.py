@@ -37,6 +37,7 @@ from campaigns.timeutil import utcnow
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, as_replayed, tenant_room
 from extensions import db, socketio
 from sockets.encoding import PreEncoded
+from sockets.fanout import emit_in_order
 from sockets.tenant_state import CampaignEntry, TenantState
 
 log = logging.getLogger(__name__)
@@ -309,23 +310,32 @@ class TenantStates:
 
     def receive(self, payload):
         """One ``campaign_update`` from the stream: apply it in order and deliver it."""
-        tenant_id = payload["campaign"]["tenant_id"]
-        with self.lock:
-            loading = self.loading.get(tenant_id)
-            if loading is not None:
-                loading.arrived.append(payload)
-            state = self.states.get(tenant_id)
-            if state is None:
-                return
-            self._deliver(tenant_id, state.apply(payload))
-            gap = state.missing_after()
-        if gap is not None:
-            log.info("[WEBSOCKET] tenant %s: seq %s to %s missing on the message queue", tenant_id, gap[0] + 1, gap[1])
-            self.start_catch_up(tenant_id, "gap")
+        self.receive_many([payload])
+
+    def receive_many(self, payloads):
+        """``campaign_update``s from the stream, in arrival order: each tenant's are applied in
+        ``seq`` order and delivered together (``emit_in_order``: one write per client)."""
+        by_tenant = {}
+        for payload in payloads:
+            by_tenant.setdefault(payload["campaign"]["tenant_id"], []).append(payload)
+        for tenant_id, arrived in by_tenant.items():
+            with self.lock:
+                loading = self.loading.get(tenant_id)
+                if loading is not None:
+                    loading.arrived.extend(arrived)
+                state = self.states.get(tenant_id)
+                if state is None:
+                    continue
+                self._deliver(tenant_id, [ready for payload in arrived for ready in state.apply(payload)])
+                gap = state.missing_after()
+            if gap is not None:
+                log.info(
+                    "[WEBSOCKET] tenant %s: seq %s to %s missing on the message queue", tenant_id, gap[0] + 1, gap[1]
+                )
+                self.start_catch_up(tenant_id, "gap")
 
     def _deliver(self, tenant_id, payloads, cause=None):
-        for payload in payloads:
-            socketio.emit(UPDATE_EVENT, payload, to=tenant_room(tenant_id), ignore_queue=True)
+        emit_in_order(socketio.server, UPDATE_EVENT, payloads, tenant_room(tenant_id))
         if cause and payloads:
             metrics.reconciled_updates.labels(cause).inc(len(payloads))
 

@@ -19,6 +19,10 @@ failed-finish
     The background finish of a partly written frame fails (a peer that stops reading, a socket
     timeout of 2 s) while the writer holds the next packet; the peer keeps talking (so the
     server's reader never times out), then reads everything until the end of the stream.
+burst
+    ``emit_in_order`` sends bursts of updates to a room of a real python-socketio server: to an
+    idle writer in one ``send()``; while the connection's send lock is held, through the queue;
+    every frame arrives in order.
 internals
     What sockets/fanout.py relies on in python-engineio and eventlet, checked by behaviour.
 """
@@ -303,6 +307,54 @@ def failed_finish():
     }
 
 
+class CountingSocket:
+    """A socket that counts its ``send()`` calls (the rest is the socket's own)."""
+
+    def __init__(self, raw):
+        self.raw, self.sends = raw, 0
+
+    def send(self, data):
+        self.sends += 1
+        return self.raw.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def burst():
+    import socketio
+
+    server = socketio.Server(async_mode="eventlet")
+    writes = fanout.install(server.eio)
+    sock, ws, far = connection(server.eio, sndbuf=65536)
+    direct = getattr(sock, fanout.ATTRIBUTE)
+    direct.raw = counting = CountingSocket(direct.raw)
+    sid = server.manager.connect(SID, "/")
+    server.manager.enter_room(sid, "/", "room")
+    peer = Peer(far)
+
+    def updates(first, count):
+        return [{"seq": seq} for seq in range(first, first + count)]
+
+    fanout.emit_in_order(server, "campaign_update", updates(1, 5), "room")
+    sends_for_an_idle_writer = counting.sends
+    ws._sendlock.acquire()  # busy: as while the background finish of a partly written frame runs
+    fanout.emit_in_order(server, "campaign_update", updates(6, 3), "room")
+    queued_while_busy = writes.queued
+    ws._sendlock.release()
+    turns(lambda: writer_parked(sock) and not ws._sendlock.locked(), "the writer to write the queued burst")
+    fanout.emit_in_order(server, "campaign_update", updates(9, 2), "room")
+    peer.catch_up(10)
+    texts = [text for _, _, text in peer.frames()]
+    return {
+        "sends_for_an_idle_writer": sends_for_an_idle_writer,
+        "queued_while_busy": queued_while_busy,
+        "direct": writes.direct,
+        "seqs": [json.loads(text[2:])[1]["seq"] if text.startswith("42[") else text for text in texts],
+        "event_names": sorted({json.loads(text[2:])[0] for text in texts if text.startswith("42[")}),
+    }
+
+
 def internals():
     """python-engineio's writer and eventlet's queue and lock behave as sockets/fanout.py assumes."""
     from eventlet import queue, semaphore
@@ -324,11 +376,12 @@ def internals():
     found["writer_took_the_batch_then_waits_for_the_lock"] = not sock.queue.getting() and lock.balance == -1
     lock.release()
     found["release_only_schedules_the_waiting_writer"] = not lock.locked() and lock.balance == 0
-    found["direct_write_refused_meanwhile"] = not writes.write(sock, numbered(2))
+    found["direct_write_refused_meanwhile"] = not writes.write(sock, (numbered(2),))
     turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to write its batch")
     peer.catch_up(2)
     found["batch_written_in_order"] = [number_of(text) for _, _, text in peer.frames()] == [0, 1]
-    found["direct_write_when_idle"] = writes.write(sock, numbered(2)) and writes.direct == 0  # counted by send_packet
+    # send_packet counts direct writes, write itself does not
+    found["direct_write_when_idle"] = writes.write(sock, (numbered(2),)) and writes.direct == 0
     return found
 
 
@@ -336,6 +389,7 @@ SCENARIOS = {
     "stream": lambda n: stream(n or 400),
     "overtake": lambda n: overtake(n or 5),
     "failed-finish": lambda n: failed_finish(),
+    "burst": lambda n: burst(),
     "internals": lambda n: internals(),
 }
 

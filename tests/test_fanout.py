@@ -52,6 +52,18 @@ def test_a_direct_write_never_overtakes_the_frames_the_writer_holds():
     assert found["in_order"], f"frame {found['first_out_of_place']} out of place: {found['numbers']}"
 
 
+def test_a_burst_of_updates_reaches_an_idle_client_in_one_write_and_in_order():
+    """Updates that arrive together (merged progress falling due at once, then a status change)
+    cost one send() per client, not one per update; a busy connection gets them through its
+    queue; the order holds on both paths."""
+    found = run_child("burst")
+    assert found["sends_for_an_idle_writer"] == 1, found
+    assert found["queued_while_busy"] == 3, found
+    assert found["direct"] == 7, found
+    assert found["seqs"] == list(range(1, 11)), found
+    assert found["event_names"] == ["campaign_update"], found
+
+
 def test_a_failed_finish_closes_the_connection_without_writing_after_half_a_frame():
     found = run_child("failed-finish")
     assert found["finish_failed"] and found["partial"] == 1, found

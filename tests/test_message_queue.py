@@ -88,3 +88,41 @@ def test_producers_cannot_write_into_clients_rooms_on_a_separate_vhost(database,
         # The forged emit went first: on a shared vhost it would have arrived before this one.
         client.wait_campaign("c1", lambda campaign: campaign["name"] == "Genuine")
         assert [update["campaign"]["name"] for update in client.updates] == ["Sent", "Genuine"]
+
+
+class RecordingStates:
+    """Stands for the server's tenant states: records each hand-over."""
+
+    def __init__(self):
+        self.batches = []
+
+    def receive_many(self, payloads):
+        self.batches.append([payload["seq"] for payload in payloads])
+
+
+def update_message(tenant_id, seq):
+    """A worker's ``campaign_update`` emit as it comes off the message queue."""
+    payload = {"seq": seq, "campaign": {"tenant_id": tenant_id, "id": "c"}}
+    return {"method": "emit", "event": "campaign_update", "data": payload, "room": f"tenant:{tenant_id}"}
+
+
+def test_updates_read_together_are_handed_over_together(monkeypatch):
+    """The listener reads every message the broker already sent before the event loop turns: they
+    are delivered as one batch (one write per client), in arrival order; a bad one is dropped."""
+    from sockets import stream
+
+    scheduled = []
+    monkeypatch.setattr(stream.socketio, "start_background_task", lambda task, *args: scheduled.append(task))
+    states = RecordingStates()
+    manager = stream.UpdateStreamManager("amqp://guest:guest@127.0.0.1:5672//", "unused", states)
+    for seq in (1, 2):
+        manager._handle_emit(update_message("t1", seq))
+    manager._handle_emit({"method": "emit", "event": "something_else", "data": {}, "room": "tenant:t1"})
+    manager._handle_emit(update_message("t2", 1))
+    assert len(scheduled) == 1, "one hand-over for what arrived together"
+    scheduled.pop()()
+    assert states.batches == [[1, 2, 1]]
+    manager._handle_emit(update_message("t1", 3))
+    assert len(scheduled) == 1, "the next arrival starts the next hand-over"
+    scheduled.pop()()
+    assert states.batches == [[1, 2, 1], [3]]

@@ -1,36 +1,25 @@
-"""Exchanges and queues, declared once here for the worker, the publisher and the tests."""
+"""The queue topology under its former name, for bench/ and tests/ that still import it from here.
 
-from kombu import Exchange, Queue
+The declarations live in ``campaigns/queues.py`` (campaigns/ never imports worker/); import them
+from there. Remove this module once nothing imports ``worker.queues``.
+"""
 
-EVENTS_EXCHANGE = "campaign.events"
-DEAD_LETTER_QUEUE = "campaign.events.dead"
-REJECTION_HEADER = "x-rejection-reason"
+from campaigns.queues import (
+    DEAD_LETTER_QUEUE,
+    EVENTS_EXCHANGE,
+    REJECTION_HEADER,
+    dead_letter_queue,
+    declare_topology,
+    events_exchange,
+    worker_queue,
+)
 
-events_exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
-dead_letter_queue = Queue(DEAD_LETTER_QUEUE, durable=True)
-
-
-def worker_queue(name="campaign.events.worker"):
-    """The durable queue the workers share, bound to every routing key of the exchange.
-
-    Messages rejected without our own dead-lettering (none today, but a future
-    ``reject(requeue=False)``) still land in the dead-letter queue through the DLX arguments.
-    """
-    return Queue(
-        name,
-        exchange=events_exchange,
-        routing_key="#",
-        durable=True,
-        queue_arguments={
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": DEAD_LETTER_QUEUE,
-        },
-    )
-
-
-def declare_topology(connection, queue_name="campaign.events.worker"):
-    """Declare the exchange, the worker queue and the dead-letter queue on a connection."""
-    channel = connection.default_channel
-    events_exchange(channel).declare()
-    dead_letter_queue(channel).declare()
-    worker_queue(queue_name)(channel).declare()
+__all__ = [
+    "DEAD_LETTER_QUEUE",
+    "EVENTS_EXCHANGE",
+    "REJECTION_HEADER",
+    "dead_letter_queue",
+    "declare_topology",
+    "events_exchange",
+    "worker_queue",
+]

@@ -3,17 +3,19 @@
 import logging
 import os
 import signal
+import warnings
 
 from kombu import Connection
 
 from campaigns import metrics
+from campaigns.queues import declare_topology
 from config import secret_problems
 from extensions import db
+from factory import create_app, freeze_startup_objects
 from worker.consumer import EventConsumer
 from worker.emitter import message_queue_emitter
 from worker.failures import RETRY_REASONS
 from worker.health import WorkerHealth, serve_health
-from worker.queues import declare_topology
 
 log = logging.getLogger(__name__)
 # How long one wait for the broker may block the loop (bounds the merged-update check when idle).
@@ -51,8 +53,8 @@ def run_embedded_worker(app, emitter):
 
 def main():
     """Entry point of ``python -m worker``."""
-    from app import create_app, freeze_startup_objects
-
+    # As in app.py: eventlet (which the app's Socket.IO imports) is the default and deprecated upstream.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     app = create_app()
     config = app.config
     if not config["BROKER_URL"] or not config["DATABASE_URL"]:

@@ -1,4 +1,8 @@
-"""The embedded demo of ``make run``: SQLite, in-process broker, worker and simulator."""
+"""The embedded demo of ``make run``: SQLite, in-process broker, worker and simulator.
+
+Put together here, outside the app and the worker: ``python app.py`` calls it without
+``DATABASE_URL`` and ``BROKER_URL``; nothing in campaigns/ or worker/ knows of it.
+"""
 
 import logging
 

@@ -5,7 +5,7 @@ import hashlib
 from kombu import Connection, Producer
 
 from campaigns.metrics import reason_code
-from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, events_exchange
+from campaigns.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue, events_exchange
 
 OUR_HEADERS = (REJECTION_HEADER, "x-original-routing-key", "x-original-exchange", "x-rejected-at", "x-death")
 
