@@ -7,7 +7,7 @@
 #   make services   makes sure PostgreSQL and RabbitMQ answer (scripts/services.sh)
 #   make test       lint, then the test suite on real PostgreSQL and RabbitMQ
 #                   (extra pytest arguments: make test PYTEST_ARGS="-k pipeline -x")
-#   make bench      the ingest and latency benchmarks
+#   make bench      every benchmark, full runs (bench/*.py; results in bench/results/)
 #   make bench-peer campaign-live side by side with the Node reference peer (../shared/peer/)
 #   make clean      caches and the demo database
 
@@ -95,9 +95,13 @@ test: $(TEST_DEPS)
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Full runs, one after the other (they share the machine's cores): about 20 minutes. A --quick
+# run of each is part of `make test` (tests/test_bench_quick.py).
+BENCHMARKS := ingest latency polling_vs_socket soak
+
 bench: venv services
-	$(PY) bench/ingest.py
-	$(PY) bench/latency.py
+	@for name in $(BENCHMARKS); do $(PY) bench/$$name.py || exit 1; done
+	$(MAKE) --no-print-directory bench-peer
 
 bench-peer: venv services
 	$(PY) bench/vs_peer.py

@@ -1,187 +1,64 @@
-"""Real services and processes for the tests and the benchmarks.
-
-Each test module gets its own PostgreSQL database (cloned from a migrated template) and
-its own RabbitMQ vhost; processes are started with ``subprocess`` and stopped by pid.
-Nothing here mocks the database or the broker.
+"""What the tests add to ``stack.py`` (real services and processes, shared with bench/):
+Socket.IO clients that record what they receive, a queue reader, event shorthands.
 """
 
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
+import os  # noqa: F401 - tests read support.os.environ
 import threading
 import time
-import uuid
-from contextlib import closing
-from pathlib import Path
-from urllib.parse import quote
+import uuid  # noqa: F401 - tests use support.uuid
 
-import engineio
-import psycopg2
-import socketio
 from kombu import Connection
 
-from campaigns.publisher import EventPublisher, make_event
-from campaigns.tokens import mint_token
-
-REPO = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("TEST_PG_USER", "postgres")
-AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1")
-AMQP_PORT = int(os.environ.get("TEST_AMQP_PORT", "5672"))
-JWT_SECRET = "test-jwt-secret-" + "x" * 32
-SECRET_KEY = "test-secret-key-" + "y" * 32
-TEMPLATE_DB = f"cl_template_{os.getpid()}"
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
-def metric(text, name, **labels):
-    """The value of one sample in a Prometheus text scrape (0.0 when the sample is absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = re.escape(f"{name}{{{wanted}}}" if labels else name) + r" ([0-9.e+]+)"
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else 0.0
-
-
-def require_services():
-    """Fail (never skip) with what to start when PostgreSQL or RabbitMQ does not answer."""
-    for name, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("RabbitMQ", AMQP_HOST, AMQP_PORT)):
-        try:
-            socket.create_connection((host, port), timeout=3).close()
-        except OSError as exc:
-            raise RuntimeError(
-                f"{name} does not answer on {host}:{port} ({exc}). Start it with `make services` "
-                "(or `bash scripts/services.sh`), which starts the installed service."
-            ) from None
+import stack
+from campaigns.publisher import make_event
+from stack import (  # noqa: F401 - the tests reach these through ``support``
+    AMQP_HOST,
+    AMQP_PORT,
+    JWT_SECRET,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    PYTHON,
+    REPO,
+    SECRET_KEY,
+    OrderedClient,
+    OrderedEngineIOClient,
+    Process,
+    _rabbitmqctl,
+    amqp_url,
+    create_broker_user,
+    create_database,
+    create_template_database,
+    create_vhost,
+    delete_broker_user,
+    delete_vhost,
+    drop_database,
+    free_port,
+    list_exchanges,
+    list_queues,
+    metric,
+    migrate,
+    pg_admin,
+    pg_url,
+    require_services,
+    server_healthy,
+    set_permissions,
+    wait_until,
+)
 
 
-def free_port():
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+class Stack(stack.Stack):
+    """``stack.Stack`` with a recording test client."""
 
+    def client(self, tenant_id=None, token=None, transports=("websocket",), server=None, auth_extra=None, connect=True):
+        """A connected ``LiveClient`` for a tenant."""
+        client = LiveClient()
+        if connect:
+            auth = {"token": token or self.token(tenant_id), **(auth_extra or {})}
+            client.connect((server or self.servers[0]).url, auth, list(transports))
+        return client
 
-# PostgreSQL ---------------------------------------------------------------------------
-
-
-def pg_url(database):
-    """SQLAlchemy URL of a database on the test server."""
-    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
-
-
-def pg_admin():
-    """An autocommit connection to the maintenance database."""
-    connection = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
-    connection.autocommit = True
-    return connection
-
-
-def migrate(database_url):
-    """Run ``flask --app app db upgrade`` against a database, as an operator would."""
-    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": "memory://"}
-    subprocess.run(
-        [PYTHON, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-
-
-def create_template_database():
-    """A migrated database that test databases are cloned from; returns its name."""
-    with closing(pg_admin()) as connection, connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
-        cursor.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-    migrate(pg_url(TEMPLATE_DB))
-    return TEMPLATE_DB
-
-
-def create_database(template):
-    """A fresh database cloned from ``template``; returns its name."""
-    name = f"cl_test_{uuid.uuid4().hex[:12]}"
-    with closing(pg_admin()) as connection, connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    return name
-
-
-def drop_database(name):
-    """Drop a test database, closing whatever still uses it."""
-    with closing(pg_admin()) as connection, connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# RabbitMQ -----------------------------------------------------------------------------
-
-
-def _rabbitmqctl(*args):
-    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-def create_vhost(user="guest"):
-    """A fresh vhost that ``user`` (only) may use; returns its name."""
-    name = f"cl_test_{uuid.uuid4().hex[:12]}"
-    _rabbitmqctl("add_vhost", name)
-    set_permissions(name, user, ".*", ".*", ".*")
-    return name
-
-
-def create_broker_user():
-    """A broker user with a random password and no permissions yet; returns ``(name, password)``."""
-    name, password = f"cl_test_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
-    _rabbitmqctl("add_user", name, password)
-    return name, password
-
-
-def set_permissions(vhost, user, configure, write, read):
-    """Give ``user`` these permission patterns on ``vhost`` (``rabbitmqctl set_permissions``)."""
-    _rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
-
-
-def delete_broker_user(name):
-    """Delete a user made by ``create_broker_user``."""
-    _rabbitmqctl("delete_user", name)
-
-
-def list_exchanges(vhost):
-    """Names of a vhost's exchanges (``rabbitmqctl``)."""
-    completed = _rabbitmqctl("-p", vhost, "list_exchanges", "--no-table-headers", "name")
-    return set(completed.stdout.decode().split())
-
-
-def delete_vhost(name):
-    """Delete a test vhost with everything in it."""
-    _rabbitmqctl("delete_vhost", name)
-
-
-def list_queues(vhost):
-    """``{queue: (ready, unacknowledged)}`` of a vhost of the shared broker (``rabbitmqctl``)."""
-    completed = _rabbitmqctl(
-        "-p", vhost, "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"
-    )
-    result = {}
-    for line in completed.stdout.decode().splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3 and parts[1].isdigit():
-            result[parts[0]] = (int(parts[1]), int(parts[2]))
-    return result
 
 
 def consume(broker_url, queue, wanted, timeout, accept=None):
@@ -212,204 +89,6 @@ def consume(broker_url, queue, wanted, timeout, accept=None):
                 break
     return found
 
-
-def amqp_url(vhost, user="guest", password="guest"):
-    """Broker URL of a vhost."""
-    return f"amqp://{user}:{password}@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
-
-
-# processes ----------------------------------------------------------------------------
-
-
-class Process:
-    """A child process of the tests, with its output in a log file; stopped by pid."""
-
-    def __init__(self, name, args, env, log_dir):
-        self.name = name
-        self.log_path = Path(log_dir) / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        self.log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.pid = self.popen.pid
-
-    def alive(self):
-        """True while the process runs."""
-        return self.popen.poll() is None
-
-    def log(self):
-        """Everything the process printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout=15.0):
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.popen.wait(10)
-        self.log_file.close()
-        return self.popen.returncode
-
-    def kill(self):
-        """SIGKILL, as a crash would."""
-        if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-
-def server_healthy(process, port):
-    """True once the server process answers ``GET /healthz`` with 200 on ``port``."""
-    if not process.alive():
-        raise AssertionError(f"server exited:\n{process.log()[-3000:]}")
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-            conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            return conn.recv(64).startswith(b"HTTP/1.1 200") or False
-    except OSError:
-        return False
-
-
-class Stack:
-    """Servers and workers of campaign-live on one database and one vhost.
-
-    ``message_queue_url`` puts the Socket.IO message queue (``SOCKETIO_MESSAGE_QUEUE_URL``)
-    somewhere else than the events' vhost, as production should; by default it shares it.
-    """
-
-    def __init__(self, database, vhost, log_dir, message_queue_url=None, **settings):
-        self.database = database
-        self.vhost = vhost
-        self.database_url = pg_url(database)
-        self.broker_url = amqp_url(vhost)
-        self.message_queue_url = message_queue_url or self.broker_url
-        self.log_dir = log_dir
-        self.settings = {key: str(value) for key, value in settings.items()}
-        self.processes = []
-        self.servers = []
-        self.workers = []
-
-    def env(self, **extra):
-        """Environment of a child process."""
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "BROKER_URL": self.broker_url,
-            "SOCKETIO_MESSAGE_QUEUE_URL": self.message_queue_url,
-            "JWT_SECRET": JWT_SECRET,
-            "SECRET_KEY": SECRET_KEY,
-            "LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.update(self.settings)
-        env.update({key: str(value) for key, value in extra.items()})
-        return env
-
-    def start_server(self, port=None, **extra):
-        """Start ``python app.py``; wait for ``/healthz``; return its base URL."""
-        port = port or free_port()
-        process = Process("server", [PYTHON, "app.py"], self.env(PORT=port, **extra), self.log_dir)
-        process.url = f"http://127.0.0.1:{port}"
-        process.port = port
-        self.processes.append(process)
-        self.servers.append(process)
-        wait_until(lambda: server_healthy(process, port), 30, 0.05, f"server on port {port}\n{process.log()[-3000:]}")
-        return process
-
-    def start_worker(self, wait=True, **extra):
-        """Start ``python -m worker``; by default wait until it consumes."""
-        process = Process("worker", [PYTHON, "-m", "worker"], self.env(**extra), self.log_dir)
-        self.processes.append(process)
-        self.workers.append(process)
-        if wait:
-            wait_until(lambda: self._consuming(process), 30, 0.05, f"worker to consume\n{process.log()[-3000:]}")
-        return process
-
-    def _consuming(self, process):
-        if not process.alive():
-            raise AssertionError(f"worker exited:\n{process.log()[-3000:]}")
-        return "[WORKER] consuming from" in process.log()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def stop(self):
-        """Stop every process this stack started."""
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
-
-    # data -----------------------------------------------------------------------------
-
-    def sql(self, query, params=()):
-        """Run one SQL statement on the stack's database; return the rows (if any)."""
-        with psycopg2.connect(self.database_url) as connection, connection.cursor() as cursor:
-            cursor.execute(query, params)
-            rows = cursor.fetchall() if cursor.description else None
-        connection.close()
-        return rows
-
-    def create_tenant(self, tenant_id=None, name=None):
-        """Insert a tenant; returns its id."""
-        tenant_id = tenant_id or f"t{uuid.uuid4().hex[:10]}"
-        self.sql(
-            "INSERT INTO tenants (id, name, last_seq, created_at) VALUES (%s, %s, 0, now())",
-            (tenant_id, name or tenant_id),
-        )
-        return tenant_id
-
-    def campaign(self, tenant_id, campaign_id):
-        """A campaign's row as a dict, or None."""
-        rows = self.sql(
-            "SELECT status, total, sent, failed, version, name, current_message, last_error "
-            "FROM campaigns WHERE tenant_id = %s AND id = %s",
-            (tenant_id, campaign_id),
-        )
-        if not rows:
-            return None
-        keys = ("status", "total", "sent", "failed", "version", "name", "current_message", "last_error")
-        return dict(zip(keys, rows[0]))
-
-    def token(self, tenant_id, ttl=3600, secret=JWT_SECRET, subject="test"):
-        """A JWT for a tenant."""
-        return mint_token(secret, tenant_id, subject, ttl)
-
-    def publisher(self, confirm=True):
-        """An ``EventPublisher`` on the stack's vhost."""
-        return EventPublisher(self.broker_url, confirm=confirm)
-
-    def client(self, tenant_id=None, token=None, transports=("websocket",), server=None, auth_extra=None, connect=True):
-        """A connected ``LiveClient`` for a tenant."""
-        client = LiveClient()
-        if connect:
-            auth = {"token": token or self.token(tenant_id), **(auth_extra or {})}
-            client.connect((server or self.servers[0]).url, auth, list(transports))
-        return client
-
-
-class OrderedEngineIOClient(engineio.Client):
-    """Handles messages on the reading thread, in arrival order, as the JavaScript client does.
-
-    python-engineio's client starts a thread per message, so two updates that arrive close
-    together may be handled (and recorded) out of order.
-    """
-
-    def _trigger_event(self, event, *args, **kwargs):
-        if event == "message":
-            kwargs["run_async"] = False
-        return super()._trigger_event(event, *args, **kwargs)
-
-
-class OrderedClient(socketio.Client):
-    """A python-socketio client whose event handlers run in arrival order (see ``OrderedEngineIOClient``)."""
-
-    def _engineio_client_class(self):
-        return OrderedEngineIOClient
 
 
 class LiveClient:

@@ -1,0 +1,446 @@
+"""Socket.IO clients for the benchmarks, in child processes (real clients are on other machines, and
+one interpreter would queue a fan-out's deliveries behind each other on its GIL).
+
+Two kinds, recording the same things (``Record``):
+
+- ``selector`` (default): minimal clients (websocket upgrade with wsproto, Engine.IO open and pong,
+  Socket.IO CONNECT with ``auth.token``, events) all read by one selector thread per process, and
+  timestamped when the bytes arrive. python-socketio's client runs a reader thread per connection;
+  on loopback the kernel wakes it inside the server's ``send()`` and charges that to the server
+  (2.0 us of server system time per delivery with one selector thread, 4.5-5.7 us with a thread per
+  connection): a browser on another machine costs the server none of that.
+- ``python-socketio``: the library's client (``stack.OrderedClient``: handlers in arrival order),
+  timestamped in its handler. It gives up on a silent server like the JavaScript client, after
+  PING_INTERVAL + PING_TIMEOUT, unless ``stock_heartbeat`` (python-engineio's rule: a PING 5 s late).
+
+A hole in a client's seqs still open after 1 s makes it ``replay`` from the hole, as a real
+client does (``replay_holes``).
+"""
+
+import collections
+import contextlib
+import json
+import logging
+import math
+import multiprocessing
+import selectors
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
+
+from bench.harness import BenchFailure, cpu_times, raise_open_files_limit, rss_mb
+
+HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
+
+
+class Record:
+    """What one client received: seqs (live and replayed), holes, duplicates, lag, PINGs, probe arrivals.
+    ``send(event, data)`` emits on its connection while it is open (None otherwise)."""
+
+    def __init__(self, tenant_id, shared, probe_campaign):
+        self.tenant_id, self.shared, self.probe_campaign = tenant_id, shared, probe_campaign
+        self.lock, self.settled = threading.Lock(), threading.Event()  # settled: snapshot, refusal or close
+        self.snapshot_seq = self.max_seq = self.last_ping = self.disconnected = self.send = None
+        self.last_live, self.asked_at = 0, 0.0
+        self.seqs, self.live_seqs, self.holes, self.probes = set(), set(), {}, {}
+        self.live = self.replayed = self.duplicates = self.out_of_order = self.foreign = 0
+        self.gaps = self.gap_requests = 0
+        self.connected = False
+
+    def on_event(self, name, data, arrived):
+        """A ``campaign_snapshot`` or ``campaign_update`` that arrived at ``arrived`` (monotonic)."""
+        with self.lock:
+            if name == "campaign_snapshot" and self.snapshot_seq is None:
+                self.snapshot_seq = self.last_live = data["seq"]
+                self.max_seq = max(self.max_seq or 0, data["seq"])
+                self.connected = True
+                self.settled.set()
+            elif name == "campaign_update":
+                self._update(data, arrived)
+
+    def _update(self, data, arrived):
+        seq, campaign = data["seq"], data["campaign"]
+        if campaign.get("tenant_id", self.tenant_id) != self.tenant_id:
+            self.foreign += 1
+            return
+        self.duplicates += seq in self.seqs
+        self.seqs.add(seq)
+        self.holes.pop(seq, None)
+        if data.get("replayed"):
+            self.replayed += 1
+        else:
+            self.live += 1
+            self.live_seqs.add(seq)
+            self.out_of_order += seq < self.last_live
+            self.last_live = max(self.last_live, seq)
+            stamp = datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")).timestamp()
+            self.shared["lags"].append(time.time() - stamp)
+        if campaign["id"] == self.probe_campaign:
+            self.probes.setdefault((campaign["id"], data["type"], campaign["version"]), (arrived, data["timestamp"]))
+        if self.max_seq is not None and seq > self.max_seq + 1:
+            self.gaps += seq - self.max_seq - 1
+            for missing in range(self.max_seq + 1, seq):
+                self.holes.setdefault(missing, arrived)
+        self.max_seq = seq if self.max_seq is None else max(self.max_seq, seq)
+
+    def on_ping(self, now):
+        """An Engine.IO PING arrived (gaps between them show a load generator falling behind)."""
+        if self.last_ping is not None:
+            self.shared["ping_gaps"].append(now - self.last_ping)
+        self.last_ping = now
+
+    def ask_for_old_holes(self, now):
+        """``replay`` from the oldest hole once it outlived the grace period (not too often)."""
+        with self.lock:
+            old = [seq for seq, since in self.holes.items() if now - since >= HOLE_GRACE_SECONDS]
+            if not old or now - self.asked_at < ASK_AGAIN_SECONDS or not self.send:
+                return
+            self.asked_at, self.gap_requests = now, self.gap_requests + 1
+        with contextlib.suppress(Exception):  # a disconnected client: counted elsewhere
+            self.send("replay", {"after_seq": min(old) - 1})
+
+
+class Clients:
+    """Connects every record ``concurrency`` at a time (``attempts`` each); counts what ends them."""
+
+    def __init__(self, url, records, tokens, concurrency, attempts):
+        self.url, self.records, self.tokens = url, records, tokens
+        self.concurrency, self.attempts = concurrency, attempts
+        self.clients, self.disconnects, self.errors, self.retries, self.durations = {}, [], [], [], []
+        self.closing = False
+
+    def connect_all(self):
+        """Connect every client; return when all are connected or gave up."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            list(pool.map(self.connect, range(len(self.records))))
+
+    def connect(self, index):
+        record = self.records[index]
+        for attempt in range(self.attempts):
+            began = time.monotonic()
+            record.settled.clear()
+            record.disconnected = None
+            try:
+                self.open(index)
+                if not record.settled.wait(30) or not record.connected:
+                    raise ConnectionError(f"no campaign_snapshot: {record.disconnected or 'within 30 s'}")
+                return self.durations.append(time.monotonic() - began)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                with contextlib.suppress(Exception):
+                    self.drop(index)
+                (self.errors if attempt == self.attempts - 1 else self.retries).append(repr(exc))
+                time.sleep(1.0 + attempt)
+
+    def ended(self, record, reason):
+        """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
+        if record.connected and not self.closing:
+            self.disconnects.append((time.monotonic(), reason))
+        record.disconnected, record.send = {"at": time.time(), "reason": reason}, None
+        record.settled.set()
+
+    def up(self, record):
+        """True while a client's connection is open."""
+        return record.send is not None
+
+    def close(self):
+        """Close every connection."""
+        self.closing = True
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(self.drop, list(self.clients)))
+
+
+class SelectorClient:
+    """One connection read by ``SelectorClients``' thread."""
+
+    def __init__(self, record, token, host, port):
+        self.record, self.token, self.buffer, self.send_lock = record, token, "", threading.Lock()
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.ws.send(Request(host=f"{host}:{port}", target="/socket.io/?EIO=4&transport=websocket")))
+        self.sock.settimeout(None)
+        record.send = self.emit
+
+    def send_text(self, text):
+        """Send one websocket text frame."""
+        with self.send_lock:
+            self.sock.sendall(self.ws.send(Message(data=text)))
+
+    def emit(self, name, data):
+        """Emit a Socket.IO event."""
+        self.send_text("42" + json.dumps([name, data]))
+
+    def receive(self, data, arrived):
+        """Feed bytes from the socket; return an error text when the connection ended."""
+        self.ws.receive_data(data or None)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self.buffer += event.data
+                if event.message_finished:
+                    text, self.buffer = self.buffer, ""
+                    if error := self.packet(text, arrived):
+                        return error
+            elif isinstance(event, Ping):
+                with self.send_lock:
+                    self.sock.sendall(self.ws.send(event.response()))
+            elif isinstance(event, (CloseConnection, RejectConnection)):
+                return f"closed by the server ({getattr(event, 'code', getattr(event, 'status_code', '?'))})"
+        return None if data else "connection lost"
+
+    def packet(self, text, arrived):
+        """Handle one Engine.IO packet."""
+        if text == "2":
+            self.record.on_ping(arrived)
+            self.send_text("3")
+        elif text.startswith("0"):
+            self.send_text("40" + json.dumps({"token": self.token}))
+        elif text.startswith(("44", "41")):
+            return f"refused or disconnected by the server: {text[2:200]}"
+        elif text.startswith("42"):
+            name, data = json.loads(text[2:])[:2]
+            self.record.on_event(name, data, arrived)
+        return None
+
+
+class SelectorClients(Clients):
+    """Minimal clients, all read on one selector thread."""
+
+    def __init__(self, url, records, tokens, concurrency, attempts, **_):
+        super().__init__(url, records, tokens, concurrency, attempts)
+        self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
+        threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
+
+    def open(self, index):
+        parts = urlsplit(self.url)
+        client = self.clients[index] = SelectorClient(self.records[index], self.tokens[index], parts.hostname,
+                                                      parts.port)
+        self.selector.register(client.sock, selectors.EVENT_READ, client)
+
+    def drop(self, index):
+        client = self.clients.pop(index, None)
+        if client is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(client.sock)
+            client.sock.close()
+            client.record.send = None
+
+    def loop(self):
+        """Read every registered connection as data arrives."""
+        while True:
+            for key, _ in self.selector.select(timeout=0.1):
+                client = key.data
+                try:
+                    error = client.receive(client.sock.recv(65536), time.monotonic())
+                except (OSError, ValueError) as exc:
+                    error = repr(exc)
+                if error:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.selector.unregister(client.sock)
+                    client.sock.close()
+                    self.ended(client.record, error)
+
+
+class LibraryClients(Clients):
+    """python-socketio clients (a reader thread each)."""
+
+    def __init__(self, url, records, tokens, concurrency, attempts, transport="websocket", stock_heartbeat=False):
+        super().__init__(url, records, tokens, concurrency, attempts)
+        self.transport, self.stock_heartbeat = transport, stock_heartbeat
+
+    def open(self, index):
+        import socketio
+        from engineio import packet
+
+        import stack
+
+        record, tolerant = self.records[index], not self.stock_heartbeat
+
+        class EngineIO(stack.OrderedEngineIOClient):
+            def _receive_packet(self, pkt):
+                if pkt.packet_type == packet.PING:
+                    record.on_ping(time.monotonic())
+                return super()._receive_packet(pkt)
+
+            def _write_loop(self):
+                if tolerant:  # wait PING_INTERVAL + PING_TIMEOUT for a PING, as the JavaScript client
+                    self.ping_timeout = self.ping_interval + self.ping_timeout - 5
+                return super()._write_loop()
+
+        class Client(socketio.Client):
+            def _engineio_client_class(self):
+                return EngineIO
+
+        # websocket-client checks every frame's UTF-8 in pure Python: most of a client's CPU.
+        client = Client(reconnection=False, websocket_extra_options={"skip_utf8_validation": True})
+        self.clients[index] = client
+        for name in ("campaign_snapshot", "campaign_update"):
+            client.on(name, lambda data, name=name: record.on_event(name, data, time.monotonic()))
+        client.on("disconnect", lambda *reason: self.ended(record, str(reason[0]) if reason else ""))
+        record.send = client.emit
+        client.connect(self.url, auth={"token": self.tokens[index]}, transports=[self.transport], wait_timeout=30)
+
+    def drop(self, index):
+        client = self.clients.pop(index, None)
+        if client is not None and client.connected:
+            client.disconnect()
+        self.records[index].send = None
+
+
+KINDS = {"selector": SelectorClients, "python-socketio": LibraryClients}
+
+
+def child(pipe, url, share, kind, options):
+    """A child process holding ``share`` (``(tenant_id, token)`` pairs): sends a ready report, then
+    answers ``"mark"``, ``("verify", stored seqs by tenant, timeout)`` and ``"close"``."""
+    raise_open_files_limit()
+    shared = {"lags": [], "ping_gaps": [], "log_counts": collections.Counter()}
+    counting = logging.Handler(logging.WARNING)  # the client library's warnings, counted, not printed per client
+    counting.emit = lambda record: shared["log_counts"].update([record.getMessage()[:80]])
+    logging.getLogger().handlers[:] = [counting]
+    records = [Record(tenant_id, shared, options.get("probe_campaign")) for tenant_id, _ in share]
+    group = KINDS[kind](url, records, [token for _, token in share], options.get("connect_threads", 8),
+                        options.get("attempts", 5), **options.get("library", {}))
+    started = time.monotonic()
+    group.connect_all()
+    pipe.send({"connected": sum(r.connected for r in records), "errors": group.errors, "retries": group.retries,
+               "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
+    stop = threading.Event()
+    if options.get("replay_holes"):
+        threading.Thread(target=watch_holes, args=(records, stop), daemon=True).start()
+    while (command := pipe.recv()) != "close":
+        if command == "mark":
+            lags, pings = shared["lags"][:], shared["ping_gaps"][:]
+            del shared["lags"][:len(lags)], shared["ping_gaps"][:len(pings)]
+            up = [r for r in records if r.connected and group.up(r)]
+            per_tenant = {}
+            for record in up:
+                per_tenant[record.tenant_id] = per_tenant.get(record.tenant_id, 0) + 1
+            pipe.send({"updates": sum(r.live + r.replayed for r in records),
+                       "replayed": sum(r.replayed for r in records),
+                       "gaps": sum(r.gaps for r in records), "gap_requests": sum(r.gap_requests for r in records),
+                       "connected": len(up), "connected_per_tenant": per_tenant, "disconnects": group.disconnects[:],
+                       "lags": lags, "ping_gaps": pings, "cpu": sum(cpu_times("self")),
+                       "client_log_messages": dict(shared["log_counts"]),
+                       "probes": [(r.tenant_id, dict(r.probes), group.up(r)) for r in records if r.probe_campaign]})
+        else:
+            pipe.send(verify([r for r in records if r.connected], group, *command[1:]))
+    stop.set()
+    group.close()
+    pipe.send({"closed": True})
+
+
+def watch_holes(records, stop):
+    """Every client asks for its holes older than the grace period, as a real one would."""
+    while not stop.wait(0.25):
+        now = time.monotonic()
+        for record in records:
+            if record.holes:
+                record.ask_for_old_holes(now)
+
+
+def verify(records, group, stored, timeout):
+    """Wait until every client saw its tenant's last stored seq, compare what each received with what
+    is stored (after its snapshot), ask once more with ``replay`` for what is missing, count."""
+    last = {tenant_id: (seqs[-1] if seqs else 0) for tenant_id, seqs in stored.items()}
+
+    def missing(record):
+        with record.lock:
+            return [seq for seq in stored[record.tenant_id] if seq > record.snapshot_seq and seq not in record.seqs]
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(r.max_seq < last[r.tenant_id] for r in records if group.up(r)):
+        time.sleep(0.05)
+    before = [missing(r) for r in records]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(missing(r) for r in records if group.up(r)):
+        for record in records:  # one replay a second at most: the per-connection event budget
+            if (gaps := missing(record)) and record.send:
+                with contextlib.suppress(Exception):
+                    record.send("replay", {"after_seq": gaps[0] - 1})
+        time.sleep(1.1)
+    after = [missing(r) for r in records]
+    lost_live = [sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq and q not in r.live_seqs) for r in records]
+    totals = {name: sum(getattr(r, name) for r in records) for name in
+              ("live", "replayed", "duplicates", "out_of_order", "foreign", "gap_requests")}
+    return {
+        "clients": len(records), **totals,
+        "connected_at_end": sum(1 for r in records if group.up(r)),
+        "disconnected": sum(1 for r in records if r.disconnected),
+        "disconnect_examples": [r.disconnected for r in records if r.disconnected][:3],
+        "reached_final_state": sum(1 for r in records if r.max_seq >= last[r.tenant_id]),
+        "expected_updates": sum(sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq) for r in records),
+        "lost_live": sum(lost_live), "clients_with_live_losses": sum(1 for n in lost_live if n),
+        "clients_missing_before_final_replay": sum(1 for m in before if m),
+        "missing_before_final_replay": sum(len(m) for m in before),
+        "clients_missing_after_final_replay": sum(1 for m in after if m),
+        "missing_after_final_replay": sum(len(m) for m in after),
+        "unknown_seqs": sum(len(r.seqs - set(stored[r.tenant_id])) for r in records),
+    }
+
+
+def merge(answers):
+    """One answer of many children: numbers added, lists joined, dicts of numbers added by key."""
+    merged = {}
+    for answer in answers:
+        for key, value in answer.items():
+            if isinstance(value, dict):
+                target = merged.setdefault(key, {})
+                for k, v in value.items():
+                    target[k] = target.get(k, 0) + v
+            else:
+                merged[key] = merged[key] + value if key in merged else value
+    return merged
+
+
+class ClientProcesses:
+    """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
+    (or ``processes`` of them); ``options`` for ``child``."""
+
+    def __init__(self, url, credentials, kind="selector", per_process=250, processes=None, **options):
+        count = processes or max(1, math.ceil(len(credentials) / per_process))
+        context = multiprocessing.get_context("spawn")
+        self.children = []
+        for n in range(count):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=child, name=f"bench-clients-{n}", daemon=True,
+                                      args=(child_end, url, credentials[n::count], kind, options))
+            process.start()
+            self.children.append((process, parent_end))
+        self.pids = [process.pid for process, _ in self.children]
+
+    def receive(self, timeout):
+        """The next answer of every child, merged; ``BenchFailure`` if one dies or stays silent."""
+        answers = []
+        for process, pipe in self.children:
+            deadline = time.monotonic() + timeout
+            while not pipe.poll(0.5):
+                if not process.is_alive() or time.monotonic() > deadline:
+                    raise BenchFailure(f"{process.name} exited ({process.exitcode}) or did not answer in {timeout} s")
+            answers.append(pipe.recv())
+        return merge(answers)
+
+    def ask(self, command, timeout=60):
+        """Send ``command`` to every child; their merged answers."""
+        for _, pipe in self.children:
+            pipe.send(command)
+        return self.receive(timeout)
+
+    def rss_mb(self):
+        """The children's resident memory together."""
+        return rss_mb(self.pids)
+
+    def close(self):
+        """Disconnect every client and stop the processes."""
+        with contextlib.suppress(Exception):
+            self.ask("close", 120)
+        for process, _ in self.children:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)

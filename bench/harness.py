@@ -1,0 +1,428 @@
+"""The benchmarks' harness; each benchmark is a short scenario on top of it.
+
+``environment()`` gives a ``stack.Stack`` (the one implementation, shared with the tests) on a
+fresh database and vhost and removes it, with every process it started, in a ``finally``;
+``start_campaigns()`` starts a server and a worker with running campaigns; ``Traffic``
+publishes at a steady rate; ``bench.clients`` holds Socket.IO clients in child processes;
+``Meter`` reads CPU seconds of the processes that matter; ``report()`` prints the tables and
+writes ``bench/results/<name>.json``.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import stack  # noqa: E402  (needs the repo root on sys.path)
+from campaigns.publisher import make_event  # noqa: E402
+from campaigns.timeutil import isoformat  # noqa: E402
+
+RESULTS_DIR = REPO / "bench" / "results"
+WORKER_QUEUE = "campaign.events.worker"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchFailure(Exception):
+    """A benchmark could not measure what it should (a stall, a lost message, a dead process)."""
+
+
+def options(doc, name, quick, **defaults):
+    """An argument parser with what every benchmark has: ``--quick`` (``quick`` says what it
+    runs), ``--keep-logs``, ``--output``, and those of ``defaults`` it has (``duration``, ``rate``,
+    ``tenants``, ``campaigns``: numbers; ``client``: the default kind of ``bench.clients``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
+    parser.add_argument("--output", default=name, help=f"results file name under bench/results/ (default {name})")
+    helps = {"duration": "seconds of measurement", "rate": "campaign events published per second",
+             "tenants": "tenants", "campaigns": "running campaigns over all tenants"}
+    for key, value in defaults.items():
+        if key == "client":
+            parser.add_argument("--client", default=value, choices=["selector", "python-socketio"])
+        else:
+            parser.add_argument(f"--{key}", type=type(value), default=value, help=f"{helps[key]} (default {value})")
+    return parser
+
+
+def run(main):
+    """Run a benchmark's ``main`` as a script: its exit status, 1 on ``BenchFailure``; SIGTERM cleans up."""
+
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        sys.exit(main())
+    except BenchFailure as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def environment(name, keep_logs=False, **settings):
+    """Yield a ``stack.Stack`` on a fresh database and vhost (``settings``: environment of its
+    processes); remove everything afterwards. Logs are kept (path printed) after a failure."""
+    stack.require_services()
+    log_dir, made, failed = tempfile.mkdtemp(prefix=f"bench-{name}-"), [], True
+    try:
+        template = stack.create_template_database()
+        made.append(lambda: stack.drop_database(template))
+        database = stack.create_database(template)
+        made.append(lambda: stack.drop_database(database))
+        vhost = stack.create_vhost()
+        made.append(lambda: stack.delete_vhost(vhost))
+        services = stack.Stack(database, vhost, log_dir, **settings)
+        made.append(services.stop)
+        yield services
+        failed = False
+    finally:
+        for undo in reversed(made):  # processes first, then the vhost, the database, the template
+            try:
+                undo()
+            except Exception as exc:  # noqa: BLE001 - go on cleaning up
+                print(f"cleanup error: {exc!r}", file=sys.stderr)
+        if failed or keep_logs:
+            print(f"process logs kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def at(offset=0.0):
+    """An ``occurred_at`` ``offset`` seconds from now."""
+    return isoformat(datetime.now(timezone.utc) + timedelta(seconds=offset))
+
+
+def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
+    """Declare the topology, start one server and one worker, create ``tenants`` tenants and start
+    ``campaigns`` campaigns round-robin over them (plus the ids ``every_tenant`` in each one);
+    return ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once all are applied."""
+    from kombu import Connection
+
+    from worker.queues import declare_topology
+
+    with Connection(services.broker_url) as connection:  # an exchange without a queue drops messages
+        declare_topology(connection, WORKER_QUEUE)
+    server, worker = services.start_server(), services.start_worker(wait=False)
+    tenant_ids = [services.create_tenant(f"{prefix}-t{i:02d}") for i in range(tenants)]
+    pairs = [(tenant_ids[i % tenants], f"{prefix}-c{i:03d}") for i in range(campaigns)]
+    with services.publisher() as publisher:
+        for tenant_id, campaign_id in pairs + [(t, c) for t in tenant_ids for c in every_tenant]:
+            publisher.publish(make_event(tenant_id, campaign_id, "campaign_started",
+                                         {"name": campaign_id, "total_messages": 100_000_000}, occurred_at=at(-1)))
+    total = len(pairs) + len(tenant_ids) * len(every_tenant)
+    wait_for(worker, lambda: services.sql("SELECT count(*) FROM campaigns")[0][0] == total, 60, "the campaigns")
+    return server, worker, tenant_ids, pairs
+
+
+def wait_for(process, predicate, timeout, what):
+    """``stack.wait_until`` that fails with the process's log when it exits or the time is up."""
+
+    def check():
+        if not process.alive():
+            raise BenchFailure(f"{process.name} exited:\n{process.log()[-3000:]}")
+        return predicate()
+
+    try:
+        return stack.wait_until(check, timeout, 0.05, what)
+    except AssertionError as exc:
+        raise BenchFailure(f"{exc}\n{process.log()[-3000:]}") from None
+
+
+def drain(services, worker, published, timeout):
+    """Seconds until ``applied_events`` holds ``published`` rows (None when it did not in ``timeout``)."""
+    started = time.monotonic()
+    with contextlib.suppress(BenchFailure):
+        wait_for(worker, lambda: services.sql("SELECT count(*) FROM applied_events")[0][0] >= published,
+                 timeout, "the worker to apply everything")
+        return time.monotonic() - started
+    return None
+
+
+def queue_depth(broker_url, name=WORKER_QUEUE):
+    """Ready messages in a queue (passive ``queue.declare``)."""
+    from kombu import Connection
+
+    with Connection(broker_url) as connection, contextlib.closing(connection.channel()) as channel:
+        return channel.queue_declare(queue=name, passive=True).message_count
+
+
+def worker_settings(services):
+    """The batching settings a worker of ``services`` reads (through the product's ``Config``)."""
+    from unittest import mock
+
+    from config import Config
+
+    with mock.patch.dict(os.environ, services.env(), clear=True):
+        config = Config()
+    keys = ("WORKER_BATCH_SIZE", "WORKER_BATCH_LINGER_MS", "THROTTLE_SECONDS", "LOG_LEVEL")
+    return {**{key: getattr(config, key) for key in keys}, "prefetch_count": config.WORKER_BATCH_SIZE * 2}
+
+
+# readings -------------------------------------------------------------------------------
+
+
+def cpu_times(pids):
+    """(user, system) CPU seconds used so far by a pid, "self", or a list of them (None when all are gone)."""
+    total, found = [0.0, 0.0], False
+    for pid in pids if isinstance(pids, (list, tuple)) else [pids]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total[0] += int(fields[11]) / CLOCK_TICKS
+            total[1] += int(fields[12]) / CLOCK_TICKS
+            found = True
+    return tuple(total) if found else None
+
+
+def command_cpu_seconds(command):
+    """CPU seconds used so far by every running process named ``command`` (e.g. ``postgres``)."""
+    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
+    return sum(cpu_times(pids) or (0.0,))
+
+
+def _read(path):
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def machine_cpu_times():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values[:8]) - values[3] - values[4], sum(values[:8])
+
+
+def rss_mb(pids):
+    """Resident memory (``VmRSS``) of a pid, or of a list of them, in MB (None when all are gone)."""
+    values = [line.split()[1] for pid in (pids if isinstance(pids, list) else [pids])
+              for line in _read(Path(f"/proc/{pid}/status")).splitlines() if line.startswith("VmRSS:")]
+    return sum(int(v) for v in values) / 1024 if values else None
+
+
+def open_files_limit(pid):
+    """The soft ``Max open files`` of a running process, or None."""
+    line = next((x for x in _read(Path(f"/proc/{pid}/limits")).splitlines() if x.startswith("Max open files")), "")
+    return int(line.split()[3]) if line and line.split()[3].isdigit() else None
+
+
+def raise_open_files_limit(wanted=65536):
+    """Raise RLIMIT_NOFILE (inherited by every child started later) as far as allowed; return (soft, hard)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+class Meter:
+    """CPU of named processes (``name=pid`` or a callable giving pids), PostgreSQL's, this process's
+    and the machine's at one moment (``read``); ``delta`` of two readings."""
+
+    def __init__(self, **pids):
+        self.pids = pids
+
+    def read(self, **extra):
+        """A reading; ``extra`` values are kept as they are."""
+        cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
+        return {"at": time.monotonic(), "cpu": cpu, "postgres": command_cpu_seconds("postgres"),
+                "bench": time.process_time(), "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0], **extra}
+
+    @staticmethod
+    def delta(before, after):
+        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name."""
+        seconds = after["at"] - before["at"]
+        cpu = {name: sum(after["cpu"][name]) - sum(before["cpu"][name]) for name in after["cpu"]}
+        return {
+            "seconds": seconds, "cpu_seconds": cpu,
+            "percent_of_one_core": {name: 100 * value / seconds for name, value in cpu.items()},
+            "user_seconds": {name: after["cpu"][name][0] - before["cpu"][name][0] for name in cpu},
+            "system_seconds": {name: after["cpu"][name][1] - before["cpu"][name][1] for name in cpu},
+            "postgres_cpu_seconds": after["postgres"] - before["postgres"],
+            "bench_cpu_seconds": after["bench"] - before["bench"],
+            "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
+            / max(after["machine"][1] - before["machine"][1], 1),
+            "loadavg_at_end": after["loadavg"],
+        }
+
+
+def percentile(sorted_values, fraction):
+    """Nearest-rank percentile of an ascending list (``fraction`` in [0, 1])."""
+    if not sorted_values:
+        return None
+    return sorted_values[min(max(1, math.ceil(len(sorted_values) * fraction)), len(sorted_values)) - 1]
+
+
+def stats(values):
+    """count, p50, p95, p99, max and mean of some numbers."""
+    ordered = sorted(values)
+    figures = {f"p{round(q * 100)}": percentile(ordered, q) for q in (0.5, 0.95, 0.99)}
+    return {"count": len(ordered), **figures, "max": ordered[-1] if ordered else None,
+            "mean": sum(ordered) / len(ordered) if ordered else None}
+
+
+class Traffic(threading.Thread):
+    """Publishes ``events(n, elapsed)`` (a list per tick) ``rate`` ticks a second from its own connection,
+    catching up after a slow publish; ``count`` is the ticks so far, ``published`` the events."""
+
+    def __init__(self, services, rate, events):
+        super().__init__(name="traffic", daemon=True)
+        self.services, self.rate, self.events = services, rate, events
+        self.stop_event, self.ready = threading.Event(), threading.Event()
+        self.count = self.published = 0
+        self.error = None
+
+    def run(self):
+        try:
+            publisher = self.services.publisher(confirm=False)
+        except Exception as exc:  # noqa: BLE001 - reported by check()
+            self.error = exc
+            return self.ready.set()
+        self.ready.set()
+        started = time.monotonic()
+        try:
+            while not self.stop_event.wait(0.002):
+                elapsed = time.monotonic() - started
+                while self.count < int(elapsed * self.rate):
+                    for event in self.events(self.count, elapsed):
+                        publisher.publish(event)
+                        self.published += 1
+                    self.count += 1
+        except Exception as exc:  # noqa: BLE001
+            self.error = exc
+        finally:
+            publisher.close()
+
+    def __enter__(self):
+        self.start()
+        self.ready.wait(30)
+        self.check()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def check(self):
+        """Raise ``BenchFailure`` if the publisher failed or stopped."""
+        if self.error is not None or (self.ready.is_set() and not self.is_alive() and not self.stop_event.is_set()):
+            raise BenchFailure(f"traffic publisher stopped: {self.error!r}")
+
+    def stop(self):
+        """Stop publishing and wait for the thread."""
+        self.stop_event.set()
+        if self.ident is not None:
+            self.join(30)
+
+
+def sleep_checking(seconds, *things):
+    """Sleep ``seconds`` (a measurement window), checking every second that ``things`` still run."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        for thing in things:
+            if isinstance(thing, Traffic):
+                thing.check()
+            elif not thing.alive():
+                raise BenchFailure(f"{thing.name} exited:\n{thing.log()[-3000:]}")
+        time.sleep(min(1.0, left))
+
+
+# output ---------------------------------------------------------------------------------
+
+
+def machine():
+    """What the numbers were measured on, and other test or benchmark processes running now."""
+    model = next((line.split(":", 1)[1].strip() for line in _read(Path("/proc/cpuinfo")).splitlines()
+                  if line.startswith("model name")), "")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
+            "git_commit": commit.stdout.strip(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_at_start": os.getloadavg()[0], "other_processes": foreign_processes()}
+
+
+def foreign_processes():
+    """Test and benchmark processes this run did not start (they share the cores and skew the numbers)."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        stat = _read(entry / "stat") if entry.name.isdigit() else ""
+        if stat:
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = _read(entry / "cmdline").replace("\0", " ").strip()
+    mine, pid = set(), os.getpid()
+    while pid not in (0, 1) and pid not in mine:  # this run and whoever launched it
+        mine.add(pid)
+        pid = parents.get(pid, 0)
+    patterns = ("pytest", "bench/", "-m worker", "app.py", "multiprocessing")
+    return sorted({command[:120] for pid, command in commands.items()
+                   if pid not in mine and parents.get(pid) != os.getpid() and any(p in command for p in patterns)})
+
+
+def fmt(value, digits=1):
+    """A number for a table ("-" for None)."""
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def figures(data, *paths):
+    """A table (headers, rows) of the figures of ``data`` at ``paths`` ("a.b"; a dict: a row per item)."""
+    rows = []
+    for path in paths:
+        value = data
+        for part in path.split("."):
+            value = value[part]
+        for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+            shown = fmt(item, 2) if isinstance(item, float) else item
+            shown = json.dumps(shown, default=str)[:160] if isinstance(shown, (dict, list, tuple)) else shown
+            rows.append([path if key is None else f"{path}.{key}", shown])
+    return ["figure", "value"], rows
+
+
+def table(headers, rows):
+    """A plain-text table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [" | ".join(c.rjust(w) if n else c.ljust(w) for n, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in cells]
+    return "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
+
+
+def report(args, data, tables=(), notes=()):
+    """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
+    arguments to ``bench/results/<args.output>.json``."""
+    info = data.pop("machine")  # other processes: those seen at the start and at the end
+    info.update(loadavg_at_end=os.getloadavg()[0], other_processes=sorted({*info["other_processes"],
+                                                                            *foreign_processes()}))
+    for headers, rows in tables:
+        print()
+        print(table(headers, rows))
+    print()
+    for note in notes:
+        print(note)
+    if info["other_processes"]:
+        print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "
+              f"processes ({'; '.join(info['other_processes'][:3])}): the numbers measure contention too")
+    print(f"machine: nproc {info['nproc']} ({info['cpu_model']}), load average {info['loadavg_at_start']:.1f} "
+          f"at start, {info['loadavg_at_end']:.1f} at end; PostgreSQL, RabbitMQ, the server, the worker and the "
+          f"load generator share these cores")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{args.output}.json"
+    path.write_text(json.dumps({"args": vars(args), "machine": info, **data}, indent=2, default=str) + "\n")
+    print(f"results: {path.relative_to(REPO)}")
