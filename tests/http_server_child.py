@@ -90,6 +90,55 @@ def backlog(size, clients=300):
     return {"completed": completed(), "clients": clients}
 
 
+RAW_REQUESTS = [
+    b"GET /socket.io/?EIO=4&transport=polling&t=abc&sid=x1 HTTP/1.1\r\nHost: h\r\nUser-Agent: node\r\n"
+    b"Accept: */*\r\nCookie: a=1\r\nCookie: b=2\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: close\r\n\r\n",
+    b"POST /socket.io/?EIO=4&transport=polling&sid=x1 HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain;charset=UTF-8"
+    b"\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n40abc",
+    b"GET /socket.io/?EIO=4&transport=polling HTTP/1.0\r\nHost: h\r\n\r\n",
+    b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: h\r\nX-Folded: one\r\n two\r\nX-Odd:  v \r\n\r\n",
+    b"GET /api/campaigns HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET //socket.io/?EIO=4 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+]
+ENVIRON_KEYS = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "CONTENT_TYPE", "CONTENT_LENGTH")
+
+
+def parsed_alike():
+    """Our protocol and eventlet's own see the same requests: environ, body, and whether the
+    connection stays open after the answer."""
+
+    def serve(protocol):
+        seen = []
+
+        def record(environ, start_response):
+            body = environ["wsgi.input"].read()
+            keys = {k: v for k, v in environ.items() if k in ENVIRON_KEYS or k.startswith("HTTP_")}
+            seen.append({**keys, "body": body.decode(), "headers_raw": list(map(list, environ["headers_raw"]))})
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+
+        listener = eventlet.listen(("127.0.0.1", 0))
+        eventlet.spawn(wsgi.server, listener, record, log_output=False, protocol=protocol)
+        results = []
+        for raw in RAW_REQUESTS:
+            client = socket.create_connection(listener.getsockname(), timeout=5)
+            client.sendall(raw)
+            answer, closed = b"", False
+            with contextlib.suppress(TimeoutError):
+                client.settimeout(0.3)  # closed after the answer, or kept open (then the read times out)
+                while chunk := client.recv(65536):
+                    answer += chunk
+                closed = True
+            status = answer.split(b"\r\n")[0].decode()
+            results.append({"status": status, "body": answer[-2:].decode(), "closed": closed})
+            client.close()
+        return seen, results
+
+    ours, stock = serve(http_protocol()), serve(wsgi.HttpProtocol)
+    return {"requests": len(RAW_REQUESTS), "environs_equal": ours[0] == stock[0], "answers_equal": ours[1] == stock[1],
+            "seen": len(ours[0]), "ours": ours, "stock": stock}
+
+
 def _connected(client):
     try:
         client.getpeername()
@@ -100,4 +149,5 @@ def _connected(client):
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    print(json.dumps(nodelay() if scenario == "nodelay" else backlog(int(sys.argv[2]))))
+    scenarios = {"nodelay": nodelay, "parsed-alike": parsed_alike}
+    print(json.dumps(scenarios[scenario]() if scenario in scenarios else backlog(int(sys.argv[2]))))
