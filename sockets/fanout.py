@@ -113,7 +113,8 @@ class DirectWrites:
     def __init__(self, eio_server):
         self.eio = eio_server
         self.stock_send_packet = eio_server.send_packet
-        self.frames_of = (None, None)  # (packet, frame) of the packet being fanned out
+        self.frames_of = (None, None)  # (packets, frame) of the packets being fanned out
+        self.single = (None, ())  # (packet, (packet,)): one tuple for every recipient of a packet
         self.direct = 0
         self.queued = 0
         self.partial = 0  # direct writes the kernel took only part of (finished in the background)
@@ -121,7 +122,9 @@ class DirectWrites:
 
     def send_packet(self, sid, pkt):
         """Send an Engine.IO packet to one client (same signature as ``engineio.Server.send_packet``)."""
-        self.send_packets(sid, (pkt,))
+        if self.single[0] is not pkt:  # python-socketio sends one packet object to a room's clients
+            self.single = (pkt, (pkt,))
+        self.send_packets(sid, self.single[1])
 
     def send_packets(self, sid, pkts):
         """Send Engine.IO packets to one client, in order: directly in one ``send()`` when safe.
@@ -263,7 +266,11 @@ def emit_in_order(sio_server, event, payloads, room, namespace="/"):
     if not payloads:
         return
     packet_class = sio_server.packet_class
-    encoded = (packet_class(sio_packet.EVENT, namespace=namespace, data=[event, p]).encode() for p in payloads)
+    encoded = [packet_class(sio_packet.EVENT, namespace=namespace, data=[event, p]).encode() for p in payloads]
+    if not all(isinstance(text, str) for text in encoded):  # binary attachments: python-socketio's own way
+        for payload in payloads:
+            sio_server.emit(event, payload, to=room, namespace=namespace)
+        return
     pkts = tuple(eio_packet.Packet(eio_packet.MESSAGE, text) for text in encoded)
     writes = getattr(sio_server.eio, "campaign_live_direct_writes", None)
     for _sid, eio_sid in sio_server.manager.get_participants(namespace, room):

@@ -8,8 +8,9 @@ tracemalloc on 1,000 idle websockets, about 3 KB of traced memory per connection
 frame memory that tracemalloc does not see (``bench/vs_peer.py idle-1000`` gives the RSS).
 
 ``PingSchedule`` takes those tasks over: the socket goes into the bucket of the tick its ping is
-due in, and one task sends every due ping each ``tick`` seconds (a ping is at most one tick
-late; the JavaScript client waits ``pingInterval + pingTimeout`` for it). Nothing else changes:
+due in, and one task sends every due ping each ``tick`` seconds (a ping goes at most one tick
+early or late; the JavaScript client waits ``pingInterval + pingTimeout`` for it, and
+``PING_TIMEOUT`` is at least 1 s). Nothing else changes:
 the ping is sent through the socket's own ``send`` and ``last_ping`` is set as python-engineio
 does, so the pong check (``check_ping_timeout``, run by sockets/sweeper.py) is untouched.
 
@@ -27,6 +28,7 @@ from engineio import socket as eio_socket_module
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
+YIELD_EVERY = 500  # pings sent before other greenlets get a turn (10,000 due at once: ~12 ms)
 
 
 class PingSchedule:
@@ -48,7 +50,8 @@ class PingSchedule:
 
     def add(self, eio_socket):
         """Ping ``eio_socket`` ``ping_interval`` seconds from now."""
-        self.due[int((time.monotonic() + self.eio.ping_interval) / self.tick) + 1].append(eio_socket)
+        # The tick the due time falls in: sent within one tick of it (early or late).
+        self.due[int((time.monotonic() + self.eio.ping_interval) / self.tick)].append(eio_socket)
 
     def send_due(self, now=None):
         """Send the pings that fell due by ``now``; return how many."""
@@ -58,9 +61,15 @@ class PingSchedule:
             for eio_socket in self.due.pop(number):
                 if eio_socket.closing or eio_socket.closed:
                     continue
-                eio_socket.last_ping = time.time()
-                eio_socket.send(eio_packet.Packet(eio_packet.PING))
+                try:
+                    eio_socket.last_ping = time.time()
+                    eio_socket.send(eio_packet.Packet(eio_packet.PING))
+                except Exception:  # noqa: BLE001 - the other sockets of the tick still get theirs
+                    log.exception("[WEBSOCKET] could not ping socket %s", eio_socket.sid)
+                    continue
                 sent += 1
+                if sent % YIELD_EVERY == 0:
+                    self.eio.sleep(0)
         self.sent += sent
         return sent
 

@@ -33,13 +33,21 @@ def campaign_update_of(event, data, room):
     if event != UPDATE_EVENT or not isinstance(data, dict):
         return None
     campaign = data.get("campaign")
-    seq = data.get("seq")
-    if not isinstance(campaign, dict) or isinstance(seq, bool) or not isinstance(seq, int):
+    if not _is_int(data.get("seq")) or not isinstance(data.get("timestamp"), str) or not isinstance(campaign, dict):
         return None
-    tenant_id = campaign.get("tenant_id")
-    if not isinstance(tenant_id, str) or room != tenant_room(tenant_id):
+    if not _is_int(campaign.get("version")) or not all(isinstance(campaign.get(k), str) for k in CAMPAIGN_TEXT_FIELDS):
+        return None
+    if room != tenant_room(campaign["tenant_id"]):
         return None
     return data
+
+
+# What a server reads of an update's campaign (sockets/tenant_state.py), besides its version.
+CAMPAIGN_TEXT_FIELDS = ("id", "tenant_id", "status", "updated_at")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class UpdateStreamManager(KombuManager):
@@ -73,16 +81,24 @@ class UpdateStreamManager(KombuManager):
 
     def _hand_over(self):
         """Hand what arrived meanwhile to the tenant states, until nothing is left."""
-        while True:
+        try:
+            while True:
+                with self.arrived_lock:
+                    batch, self.arrived = self.arrived, []
+                    if not batch:
+                        self.handing_over = False
+                        return
+                try:
+                    self.states.receive_many(batch)
+                except Exception:  # noqa: BLE001 - the stream must go on; reconciliation fills what was lost
+                    log.exception("[WEBSOCKET] delivering %d updates from the message queue failed", len(batch))
+        finally:
+            # Ended otherwise (a timeout, the greenlet killed): the next arrival starts a new hand-over.
             with self.arrived_lock:
-                batch, self.arrived = self.arrived, []
-                if not batch:
+                if self.handing_over and not self.arrived:
                     self.handing_over = False
-                    return
-            try:
-                self.states.receive_many(batch)
-            except Exception:  # noqa: BLE001 - the stream must go on; reconciliation fills what was lost
-                log.exception("[WEBSOCKET] delivering %d updates from the message queue failed", len(batch))
+                elif self.handing_over:
+                    socketio.start_background_task(self._hand_over)
 
     def _handle_disconnect(self, message):
         log.warning("[WEBSOCKET] ignored a remote disconnect from the message queue")

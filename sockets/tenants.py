@@ -326,13 +326,28 @@ class TenantStates:
                 state = self.states.get(tenant_id)
                 if state is None:
                     continue
-                self._deliver(tenant_id, [ready for payload in arrived for ready in state.apply(payload)])
+                self._apply_and_deliver(tenant_id, state, arrived)
                 gap = state.missing_after()
             if gap is not None:
                 log.info(
                     "[WEBSOCKET] tenant %s: seq %s to %s missing on the message queue", tenant_id, gap[0] + 1, gap[1]
                 )
                 self.start_catch_up(tenant_id, "gap")
+
+    def _apply_and_deliver(self, tenant_id, state, payloads, cause=None):
+        """Apply payloads to a tenant's state (under ``self.lock``) and deliver, together, those
+        now in order. A payload that cannot be applied is skipped and logged: the ones applied
+        before it are delivered all the same (their ``seq`` is taken: nothing would resend them),
+        and what it missed the server fetches like any gap."""
+        ready = []
+        try:
+            for payload in payloads:
+                try:
+                    ready.extend(state.apply(payload))
+                except Exception:  # noqa: BLE001 - one bad update must not cost the others
+                    log.exception("[WEBSOCKET] tenant %s: an update could not be applied", tenant_id)
+        finally:
+            self._deliver(tenant_id, ready, cause)
 
     def _deliver(self, tenant_id, payloads, cause=None):
         emit_in_order(socketio.server, UPDATE_EVENT, payloads, tenant_room(tenant_id))
@@ -383,8 +398,7 @@ class TenantStates:
             if stored is None or len(stored) > self.replay_max:
                 reason = "history_expired" if stored is None else "too_far_behind"
             else:
-                for payload in stored:
-                    self._deliver(tenant_id, state.apply(payload), cause)
+                self._apply_and_deliver(tenant_id, state, stored, cause)
                 return
         self.reset(tenant_id, reason, state)
 

@@ -152,7 +152,7 @@ class Peer:
         return frames
 
 
-def connection(server, sndbuf=4096):
+def connection(server, sndbuf=4096, sid=SID):
     """A python-engineio socket upgraded to a websocket on a loopback connection with small buffers,
     its handler (reader + writer) running: (engine.io socket, eventlet websocket, client socket)."""
     listener = eventlet.listen(("127.0.0.1", 0))  # accepted as eventlet's WSGI server accepts
@@ -162,8 +162,8 @@ def connection(server, sndbuf=4096):
     near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     ws = websocket.RFC6455WebSocket(near, {}, version=13)
-    sock = eio_socket_module.Socket(server, SID)
-    server.sockets[SID] = sock
+    sock = eio_socket_module.Socket(server, sid)
+    server.sockets[sid] = sock
     setattr(sock, fanout.ATTRIBUTE, fanout.DirectWebsocket.of(ws))
     eventlet.spawn(sock._websocket_handler, ws)  # python-engineio's handler: reader + writer
     wait_until(lambda: sock.upgraded, 5, 0, "python-engineio's websocket handler to start")
@@ -346,7 +346,20 @@ def burst():
     fanout.emit_in_order(server, "campaign_update", updates(9, 2), "room")
     peer.catch_up(10)
     texts = [text for _, _, text in peer.frames()]
+    # python-socketio's own emit to a room of two: one frame built for both.
+    second, _, second_far = connection(server.eio, sndbuf=65536, sid="sid-2")
+    server.manager.enter_room(server.manager.connect("sid-2", "/"), "/", "room")
+    built = []
+    stock_frame = fanout.websocket_text_frame
+    fanout.websocket_text_frame = lambda text: built.append(text) or stock_frame(text)
+    server.emit("campaign_snapshot", {"campaigns": []}, to="room")
+    fanout.websocket_text_frame = stock_frame
+    both = [Peer(far), Peer(second_far)]
+    for each in both:
+        each.catch_up(1)
     return {
+        "frames_built_for_a_room_emit": len(built),
+        "room_emit_received": [each.frames()[-1][2][:20] for each in both],
         "sends_for_an_idle_writer": sends_for_an_idle_writer,
         "queued_while_busy": queued_while_busy,
         "direct": writes.direct,

@@ -59,9 +59,11 @@ def test_a_burst_of_updates_reaches_an_idle_client_in_one_write_and_in_order():
     found = run_child("burst")
     assert found["sends_for_an_idle_writer"] == 1, found
     assert found["queued_while_busy"] == 3, found
-    assert found["direct"] == 7, found
+    assert found["direct"] == 9, found  # 7 of the bursts, 2 of the room emit
     assert found["seqs"] == list(range(1, 11)), found
     assert found["event_names"] == ["campaign_update"], found
+    assert found["frames_built_for_a_room_emit"] == 1, found
+    assert found["room_emit_received"] == ['42["campaign_snapsho'] * 2, found
 
 
 def test_a_failed_finish_closes_the_connection_without_writing_after_half_a_frame():

@@ -102,7 +102,8 @@ class RecordingStates:
 
 def update_message(tenant_id, seq):
     """A worker's ``campaign_update`` emit as it comes off the message queue."""
-    payload = {"seq": seq, "campaign": {"tenant_id": tenant_id, "id": "c"}}
+    campaign = {"tenant_id": tenant_id, "id": "c", "status": "running", "version": seq, "updated_at": "2026-12-01"}
+    payload = {"seq": seq, "timestamp": "2026-12-01T00:00:00Z", "campaign": campaign}
     return {"method": "emit", "event": "campaign_update", "data": payload, "room": f"tenant:{tenant_id}"}
 
 
@@ -118,6 +119,9 @@ def test_updates_read_together_are_handed_over_together(monkeypatch):
     for seq in (1, 2):
         manager._handle_emit(update_message("t1", seq))
     manager._handle_emit({"method": "emit", "event": "something_else", "data": {}, "room": "tenant:t1"})
+    malformed = update_message("t1", 3)
+    del malformed["data"]["campaign"]["version"]  # a worker of another version: dropped, a gap the server fills
+    manager._handle_emit(malformed)
     manager._handle_emit(update_message("t2", 1))
     assert len(scheduled) == 1, "one hand-over for what arrived together"
     scheduled.pop()()

@@ -139,3 +139,26 @@ def test_a_replayed_update_is_encoded_once_for_every_client_it_is_replayed_to():
     assert json.loads(first[0].text) == {**update(4, campaign("a", 4)), "replayed": True}
     state.apply(update(6, campaign("a", 6)))
     assert set(state._replayed) <= {4, 5, 6}  # what left the ring leaves the cache
+
+
+def test_an_update_that_cannot_be_applied_costs_no_other_update(monkeypatch):
+    """A burst handed over together: the updates applied before and after a bad one are delivered;
+    another tenant's burst is untouched. (The stream drops such a payload before it gets here,
+    see test_message_queue.py; this is the defence behind that check.)"""
+    from sockets import tenants
+
+    delivered = []
+    monkeypatch.setattr(tenants, "emit_in_order", lambda server, event, payloads, room: delivered.append(
+        (room, [payload["seq"] for payload in payloads])
+    ))
+    states = tenants.TenantStates()
+    states.states["acme"] = loaded()
+    other = TenantState("beta", "e1", 0, 8)
+    other.load([], [])
+    states.states["beta"] = other
+    broken = update(2, campaign("a", 2))
+    del broken["campaign"]["version"]  # what a worker of another version might send
+    beta = update(1, {**campaign("b", 1), "tenant_id": "beta"})
+    states.receive_many([update(1, campaign("a", 1)), broken, update(3, campaign("a", 3)), beta])
+    assert ("tenant:acme", [1, 3]) in delivered  # clients ask for 2 themselves (a seq jump)
+    assert ("tenant:beta", [1]) in delivered

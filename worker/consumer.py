@@ -137,7 +137,9 @@ class EventConsumer(ConsumerProducerMixin):
     def on_iteration(self):
         """Apply the batch when it is due (``batch_due``); emit merged updates that fell due; prune."""
         now = time.monotonic()
-        if self.batch and self.batch_due(now):
+        # Before a look for due updates, the batch in hand goes too: a campaign's merged update
+        # must not leave without the event waiting here (its window would restart without it).
+        if self.batch and (self.batch_due(now) or now >= self.next_due_check):
             self.last_batch_at = now
             self.process_batch()
         if now >= self.next_due_check:
@@ -182,6 +184,8 @@ class EventConsumer(ConsumerProducerMixin):
           linger of the previous one): at 1,000 events/s that makes ~20 transactions a second
           instead of one per few events, and costs nothing the user sees, since progress is
           merged per THROTTLE_SECONDS anyway. A lone event after a quiet spell goes at once.
+          (A progress event that sets or clears the failure alert waits like any progress: its
+          update then goes at once, at most ``WORKER_BATCH_LINGER_MS`` after the event.)
         """
         if len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger:
             return True
