@@ -32,6 +32,7 @@ from sockets.compression import without_websocket_compression
 from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
+from sockets.polling import install as cap_long_polling_responses
 from sockets.stream import UpdateStreamManager
 from sockets.tenants import tenant_states
 
@@ -122,6 +123,7 @@ def create_app(config=None):
     socketio.init_app(app, **socketio_options(app.config))
     tenant_states.init_app(app)
     install_direct_writes(socketio.server.eio, enabled=app.config["DIRECT_WEBSOCKET_WRITES"])
+    cap_long_polling_responses(socketio.server.eio)
     if not app.config["WEBSOCKET_COMPRESSION"]:
         app.wsgi_app = without_websocket_compression(app.wsgi_app)
     app.register_blueprint(health_bp)
