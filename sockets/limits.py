@@ -8,7 +8,8 @@ is told how long to wait and counts from then on, so 35 attempts at once with a 
 and 3 s of delay all go through within 3 s. ``limits``' strategies (moving, fixed and sliding
 window) only say yes or no now and give a window's capacity back a whole window later: the 21st
 attempt after a burst of 20 would wait 4 s (past the 3 s cap: refused) where the bucket holds it
-0.2 s.
+0.2 s. And the in-memory storage sweeps every key 10 ms after a hit (3 ms per pass with 5,000 keys,
+measured): fine for client events, which are rare (replays), too much for every connect of a storm.
 """
 
 import itertools
