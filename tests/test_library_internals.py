@@ -297,6 +297,20 @@ def check_packet_json(monkeypatch):
     assert encoded == "2" + json.dumps(["campaign_snapshot", payload], separators=(",", ":")), encoded
 
 
+def socketio_server_with_a_room(*eio_sids):
+    """A python-socketio server whose clients ``eio_sids`` are in room tenant:acme, and the list of
+    what its Engine.IO server's ``send_packet`` is given."""
+    import socketio
+
+    server = socketio.Server(async_mode="threading")
+    sent = []
+    server.eio.send_packet = lambda eio_sid, pkt: sent.append((eio_sid, pkt))
+    server.manager.initialize()
+    for eio_sid in eio_sids:
+        server.manager.enter_room(server.manager.connect(eio_sid, "/"), "/", "tenant:acme")
+    return server, sent
+
+
 @relied_on(
     SOCKETIO,
     "an emit to a room calls the Engine.IO server's send_packet(eio_sid, pkt) once per recipient, with the same "
@@ -304,15 +318,7 @@ def check_packet_json(monkeypatch):
     "sockets/fanout.py DirectWrites (the frame built once per packet)",
 )
 def check_one_packet_per_emit():
-    import socketio
-
-    server = socketio.Server(async_mode="threading")
-    sent = []
-    server.eio.send_packet = lambda eio_sid, pkt: sent.append((eio_sid, pkt))
-    server.manager.initialize()
-    for eio_sid in ("e1", "e2"):
-        sid = server.manager.connect(eio_sid, "/")
-        server.manager.enter_room(sid, "/", "tenant:acme")
+    server, sent = socketio_server_with_a_room("e1", "e2")
     server.emit("campaign_update", {"seq": 1}, to="tenant:acme")
     assert sorted(eio_sid for eio_sid, _ in sent) == ["e1", "e2"], sent
     assert sent[0][1] is sent[1][1], "one packet object per recipient"
@@ -326,16 +332,11 @@ def check_one_packet_per_emit():
     "sockets/fanout.py emit_in_order",
 )
 def check_room_participants():
-    import socketio
     from engineio import packet as eio_packet
     from socketio import packet as sio_packet
 
-    server = socketio.Server(async_mode="threading")
-    sent = []
-    server.eio.send_packet = lambda eio_sid, pkt: sent.append((eio_sid, pkt))
-    server.manager.initialize()
-    sid = server.manager.connect("e1", "/")
-    server.manager.enter_room(sid, "/", "tenant:acme")
+    server, sent = socketio_server_with_a_room("e1")
+    sid = server.manager.sid_from_eio_sid("e1", "/")
     assert list(server.manager.get_participants("/", "tenant:acme")) == [(sid, "e1")]
     text = server.packet_class(sio_packet.EVENT, namespace="/", data=["campaign_update", {"seq": 1}]).encode()
     assert text == '2["campaign_update",{"seq":1}]', text
