@@ -15,7 +15,7 @@ from campaigns import metrics
 from campaigns.auth import AuthError, identity_from_session, identity_from_token
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, tenant_room
 from extensions import db, socketio
-from sockets.limits import ConnectThrottle, TokenBucket
+from sockets.limits import ConnectThrottle, EventBudget
 from sockets.tenants import TooManyConnections, Unavailable, UnknownTenant, tenant_states
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _connect(auth):
     _slow_down(auth.get("token"), identity)
     db.session.remove()  # nothing below needs the request's session: give its connection back
     connections[request.sid] = identity
-    budgets[request.sid] = TokenBucket(
+    budgets[request.sid] = EventBudget(
         current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
     )
     engineio_session = _engineio_session()

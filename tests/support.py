@@ -4,6 +4,7 @@ Socket.IO clients that record what they receive, a queue reader, event shorthand
 
 import json
 import os  # noqa: F401 - tests read support.os.environ
+import subprocess
 import threading
 import time
 import uuid  # noqa: F401 - tests use support.uuid
@@ -59,6 +60,20 @@ class Stack(stack.Stack):
             client.connect((server or self.servers[0]).url, auth, list(transports))
         return client
 
+
+
+def child_findings(module, *args, timeout=120):
+    """Run ``python -m module args...`` (a script that monkey-patches its own interpreter) and
+    return the JSON findings it prints last; fail with its stderr if it fails."""
+    run = subprocess.run(
+        [PYTHON, "-W", "ignore::DeprecationWarning", "-m", module, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def consume(broker_url, queue, wanted, timeout, accept=None):

@@ -1,8 +1,6 @@
 """Direct websocket writes (sockets/fanout.py): every frame arrives, whole and in order, on both
 paths; a client that stops reading never blocks the emitter; the switch turns them off."""
 
-import json
-import subprocess
 
 import pytest
 import requests
@@ -14,17 +12,9 @@ from tests.test_pipeline import started, status
 PACKETS = "campaign_live_socketio_packets_sent_total"
 
 
-def run_child(scenario, *args, timeout=120):
+def run_child(scenario, *args):
     """Run one scenario of tests/fanout_child.py in its own process; its JSON findings."""
-    run = subprocess.run(
-        [support.PYTHON, "-m", "tests.fanout_child", scenario, *map(str, args)],
-        cwd=support.REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return support.child_findings("tests.fanout_child", scenario, *args)
 
 
 def test_frames_stay_whole_and_in_order_when_the_client_stops_reading():
@@ -78,13 +68,6 @@ def test_a_failed_finish_closes_the_connection_without_writing_after_half_a_fram
     assert found["peer_saw_end_of_stream"], found
     assert found["broken"] == 1, found
     assert found["engineio_socket_closed"], found
-
-
-def test_the_library_internals_direct_writes_rely_on_still_hold():
-    """Fails loudly when an upgrade of python-engineio or eventlet changes what sockets/fanout.py
-    relies on (its docstring lists it); turn direct writes off (DIRECT_WEBSOCKET_WRITES=0) meanwhile."""
-    found = run_child("internals")
-    assert found == dict.fromkeys(found, True), {key: value for key, value in found.items() if value is not True}
 
 
 def packets_sent(server):

@@ -1,9 +1,9 @@
-"""The eventlet HTTP server's listen backlog, TCP_NODELAY, buffers and request parsing (sockets/http_server.py)."""
+"""The eventlet HTTP server's listen backlog and request parsing (sockets/http_server.py); what its
+protocol relies on in eventlet (TCP_NODELAY, buffers, parse_request) is checked by
+tests/test_library_internals.py."""
 
 import http.client
 import io
-import json
-import subprocess
 
 import pytest
 
@@ -11,30 +11,12 @@ from sockets.http_server import request_headers
 from tests import support
 
 
-def run_child(*args):
-    result = subprocess.run(
-        [support.PYTHON, "-m", "tests.http_server_child", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=support.REPO,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_every_accepted_connection_has_nagle_off():
-    """Also fails loudly when an eventlet upgrade stops honouring ``protocol=`` or ``setup``."""
-    found = run_child("nodelay")
-    assert found == dict.fromkeys(found, True), found
-
-
 def test_the_listener_holds_a_burst_of_polling_connections():
     """300 clients connecting at once (a fan-out to long-polling clients) all get through; with
     eventlet's default backlog of 50 (what ``socketio.run`` uses) most would wait 1 s for a retry."""
-    found = run_child("backlog", 1024)
+    found = support.child_findings("tests.http_server_child", "backlog", 1024, timeout=60)
     assert found["completed"] == found["clients"], found
-    small = run_child("backlog", 50)
+    small = support.child_findings("tests.http_server_child", "backlog", 50, timeout=60)
     assert small["completed"] < small["clients"], small
 
 
@@ -63,10 +45,3 @@ def test_engineio_request_headers_are_parsed_as_the_standard_library_parses_them
     assert ours.items() == theirs.items()
     names = list(theirs.keys())
     assert [ours.get_all(name) for name in names] == [theirs.get_all(name) for name in names]
-
-
-def test_our_protocol_sees_requests_as_eventlets_own_does():
-    """Real requests, Engine.IO's and others, through eventlet's WSGI server with each protocol."""
-    found = run_child("parsed-alike")
-    assert found["seen"] == found["requests"], found
-    assert found["environs_equal"] and found["answers_equal"], found

@@ -1,7 +1,5 @@
 """``run_blocking``: CPU work off the hub, on a thread of the async mode's own pool."""
 
-import json
-import subprocess
 
 import pytest
 
@@ -10,15 +8,7 @@ from tests import support
 
 def run_child(mode):
     """Findings of tests/offload_child.py monkey-patched for ``mode``."""
-    run = subprocess.run(
-        [support.PYTHON, "-W", "ignore::DeprecationWarning", "-m", "tests.offload_child", mode],
-        cwd=support.REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return support.child_findings("tests.offload_child", mode)
 
 
 @pytest.mark.parametrize("mode", ["eventlet", "gevent"])

@@ -68,6 +68,8 @@ def test_the_server_runs_under_gevent(make_stack, transport):
             publisher.publish(event(tenant, "gv", "campaign_started", name="Gevent", total_messages=3))
         update = client.wait_for(lambda updates: updates and updates[0], message="an update under gevent")
         assert update["campaign"]["name"] == "Gevent"
+        # A client event spends the connection's budget (sockets/limits.py, limits' in-memory storage).
+        assert client.sio.call("replay", {"after_seq": 0}, timeout=10) == {"ok": True, "seq": update["seq"]}
         assert "async mode gevent" in server.log()
     finally:
         client.close()

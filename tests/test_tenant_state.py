@@ -5,7 +5,6 @@ from datetime import timedelta
 
 from campaigns.timeutil import isoformat, utcnow
 from sockets.encoding import PacketJSON
-from sockets.limits import ConnectThrottle
 from sockets.tenant_state import CampaignEntry, TenantState
 
 NOW = utcnow()
@@ -114,19 +113,6 @@ def test_the_snapshot_is_encoded_once_per_seq_and_sent_as_that_json():
     assert json.loads(packet) == ["campaign_snapshot", state.snapshot(NOW)]
     state.apply(update(2, campaign("a", 2)))
     assert json.loads(state.encoded_snapshot(NOW).text)["seq"] == 2
-
-
-def test_the_connect_throttle_slows_then_refuses_and_forgets_refilled_credentials(monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr("sockets.limits.time.monotonic", lambda: clock[0])
-    throttle = ConnectThrottle(burst=2, rate=1.0, max_wait=1.5)
-    assert [throttle.reserve("t") for _ in range(2)] == [0.0, 0.0]
-    assert throttle.reserve("t") == 1.0  # held one second
-    assert throttle.reserve("t") is None  # would wait 2 s: refused
-    assert throttle.reserve("other") == 0.0
-    clock[0] += 10
-    throttle.prune()
-    assert throttle._tokens == {}
 
 
 def test_a_replayed_update_is_encoded_once_for_every_client_it_is_replayed_to():

@@ -14,6 +14,10 @@ from tests.test_pipeline import started, status
 PASSWORD = "browser-test-password"
 SCREENSHOTS = support.REPO / "docs" / "screenshots"
 LIVE = "#connection[data-state=live]"
+# static/js/live.js: the REST poll while the socket is down, and the longest reconnect delay. The
+# tests that wait for them move the page's clock on (Playwright's clock) instead of waiting.
+POLL_MS = 10_000
+MAX_RECONNECT_DELAY_MS = 30_000
 
 
 def create_user(stack, tenant_id, email=None):
@@ -115,6 +119,7 @@ def test_a_page_falls_back_to_polling_when_the_socket_cannot_connect(stack, page
     email = create_user(stack, tenant)
     publisher.publish(started(tenant, "poll", 100, name="Polled"))
     wait_until(lambda: stack.campaign(tenant, "poll"), 10)
+    page.clock.install()
     page.route("**/socket.io/**", lambda route: route.abort())
     log_in(page, stack.servers[0], email)
     page.wait_for_selector("#connection[data-state=error]", timeout=15000)
@@ -123,12 +128,14 @@ def test_a_page_falls_back_to_polling_when_the_socket_cannot_connect(stack, page
     for i in range(7):
         publisher.publish(event(tenant, "poll", "message_sent", message_id=f"m-{i}"))
     wait_until(lambda: stack.campaign(tenant, "poll")["sent"] == 7, 10)
+    page.clock.fast_forward(POLL_MS)  # the next poll
     page.wait_for_function(
         "() => document.querySelector('tr[data-id=\"poll\"] [data-field=sent]').textContent === '7'", timeout=15000
     )
     assert console_has(page, "polling /api/campaigns every 10 s")
     assert console_has(page, "reconnecting in ")
     page.unroute("**/socket.io/**")
+    page.clock.fast_forward(MAX_RECONNECT_DELAY_MS)  # the next reconnect attempt
     page.wait_for_selector(LIVE, timeout=30000)
     assert console_has(page, "socket is back: polling stopped")
 
@@ -184,6 +191,7 @@ def test_a_restarted_server_brings_the_page_back_with_the_missed_updates(own_sta
     server = stack.start_server()
     stack.start_worker()
     tenant = stack.create_tenant()
+    page.clock.install()
     with stack.publisher() as publisher:
         publisher.publish(started(tenant, "r", 100, name="Restarted"))
         log_in(page, server, create_user(stack, tenant))
@@ -191,12 +199,14 @@ def test_a_restarted_server_brings_the_page_back_with_the_missed_updates(own_sta
         page.wait_for_selector('tr[data-id="r"]', timeout=10000)
         server.stop()
         page.wait_for_selector("#connection[data-state=connecting]", timeout=15000)
+        page.clock.fast_forward(MAX_RECONNECT_DELAY_MS)  # the first reconnect attempt, which fails
         page.wait_for_selector("#connection[data-state=error]", timeout=20000)
         publisher.publish(started(tenant, "while-away", 50, name="Started while away"))
         publisher.publish(status(tenant, "r", "campaign_completed", 1))
         wait_until(lambda: (stack.campaign(tenant, "r") or {}).get("status") == "completed", 10)
         stack.servers.remove(server)
         stack.start_server(port=server.port)
+        page.clock.fast_forward(MAX_RECONNECT_DELAY_MS)  # the next reconnect attempt
         page.wait_for_selector(LIVE, timeout=40000)
         page.wait_for_selector('tr[data-id="while-away"]', timeout=10000)
         page.wait_for_selector('tr[data-id="r"][data-status="completed"]', timeout=10000)
