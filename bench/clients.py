@@ -1,26 +1,12 @@
-"""Socket.IO clients for the benchmarks, in child processes (real clients are on other machines, and
-one interpreter would queue a fan-out's deliveries behind each other on its GIL).
-
-Two kinds, recording the same things (``Record``):
-
-- ``selector`` (default): minimal clients (websocket upgrade with wsproto, Engine.IO open and pong,
-  Socket.IO CONNECT with ``auth.token``, events) all read by one selector thread per process, and
-  timestamped when the bytes arrive. python-socketio's client runs a reader thread per connection;
-  on loopback the kernel wakes it inside the server's ``send()`` and charges that to the server
-  (2.0 us of server system time per delivery with one selector thread, 4.5-5.7 us with a thread per
-  connection): a browser on another machine costs the server none of that.
-- ``python-socketio``: the library's client (``stack.OrderedClient``: handlers in arrival order),
-  timestamped in its handler. It gives up on a silent server like the JavaScript client, after
-  PING_INTERVAL + PING_TIMEOUT, unless ``stock_heartbeat`` (python-engineio's rule: a PING 5 s late).
-
-A hole in a client's seqs still open after 1 s makes it ``replay`` from the hole, as a real
-client does (``replay_holes``).
+"""Socket.IO clients for the benchmarks, in child processes: minimal websocket clients (wsproto) all
+read by one selector thread per process and timestamped when the bytes arrive; each records what it
+received (``Record``) and replays a hole in its seqs still open after 1 s. Why this kind of client:
+docs/benchmarks.md.
 """
 
 import collections
 import contextlib
 import json
-import logging
 import math
 import multiprocessing
 import selectors
@@ -34,7 +20,7 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
-from bench.harness import BenchFailure, cpu_times, raise_open_files_limit, rss_mb
+from bench.harness import BenchFailure, cpu_times, raise_open_files_limit, rss_mb, stats
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
@@ -107,13 +93,16 @@ class Record:
 
 
 class Clients:
-    """Connects every record ``concurrency`` at a time (``attempts`` each); counts what ends them."""
+    """Connects every record ``concurrency`` at a time (``attempts`` each), reads them all on one
+    selector thread, counts what ends them."""
 
     def __init__(self, url, records, tokens, concurrency, attempts):
         self.url, self.records, self.tokens = url, records, tokens
         self.concurrency, self.attempts = concurrency, attempts
         self.clients, self.disconnects, self.errors, self.retries, self.durations = {}, [], [], [], []
         self.closing = False
+        self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
+        threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
 
     def connect_all(self):
         """Connect every client; return when all are connected or gave up."""
@@ -137,6 +126,35 @@ class Clients:
                 (self.errors if attempt == self.attempts - 1 else self.retries).append(repr(exc))
                 time.sleep(1.0 + attempt)
 
+    def open(self, index):
+        parts = urlsplit(self.url)
+        client = self.clients[index] = SelectorClient(self.records[index], self.tokens[index], parts.hostname,
+                                                      parts.port)
+        self.selector.register(client.sock, selectors.EVENT_READ, client)
+
+    def drop(self, index):
+        client = self.clients.pop(index, None)
+        if client is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(client.sock)
+            client.sock.close()
+            client.record.send = None
+
+    def loop(self):
+        """Read every registered connection as data arrives."""
+        while True:
+            for key, _ in self.selector.select(timeout=0.1):
+                client = key.data
+                try:
+                    error = client.receive(client.sock.recv(65536), time.monotonic())
+                except (OSError, ValueError) as exc:
+                    error = repr(exc)
+                if error:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.selector.unregister(client.sock)
+                    client.sock.close()
+                    self.ended(client.record, error)
+
     def ended(self, record, reason):
         """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
         if record.connected and not self.closing:
@@ -156,7 +174,7 @@ class Clients:
 
 
 class SelectorClient:
-    """One connection read by ``SelectorClients``' thread."""
+    """One connection read by ``Clients``' selector thread."""
 
     def __init__(self, record, token, host, port):
         self.record, self.token, self.buffer, self.send_lock = record, token, "", threading.Lock()
@@ -208,104 +226,14 @@ class SelectorClient:
         return None
 
 
-class SelectorClients(Clients):
-    """Minimal clients, all read on one selector thread."""
-
-    def __init__(self, url, records, tokens, concurrency, attempts, **_):
-        super().__init__(url, records, tokens, concurrency, attempts)
-        self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
-        threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
-
-    def open(self, index):
-        parts = urlsplit(self.url)
-        client = self.clients[index] = SelectorClient(self.records[index], self.tokens[index], parts.hostname,
-                                                      parts.port)
-        self.selector.register(client.sock, selectors.EVENT_READ, client)
-
-    def drop(self, index):
-        client = self.clients.pop(index, None)
-        if client is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(client.sock)
-            client.sock.close()
-            client.record.send = None
-
-    def loop(self):
-        """Read every registered connection as data arrives."""
-        while True:
-            for key, _ in self.selector.select(timeout=0.1):
-                client = key.data
-                try:
-                    error = client.receive(client.sock.recv(65536), time.monotonic())
-                except (OSError, ValueError) as exc:
-                    error = repr(exc)
-                if error:
-                    with contextlib.suppress(KeyError, ValueError):
-                        self.selector.unregister(client.sock)
-                    client.sock.close()
-                    self.ended(client.record, error)
-
-
-class LibraryClients(Clients):
-    """python-socketio clients (a reader thread each)."""
-
-    def __init__(self, url, records, tokens, concurrency, attempts, transport="websocket", stock_heartbeat=False):
-        super().__init__(url, records, tokens, concurrency, attempts)
-        self.transport, self.stock_heartbeat = transport, stock_heartbeat
-
-    def open(self, index):
-        import socketio
-        from engineio import packet
-
-        import stack
-
-        record, tolerant = self.records[index], not self.stock_heartbeat
-
-        class EngineIO(stack.OrderedEngineIOClient):
-            def _receive_packet(self, pkt):
-                if pkt.packet_type == packet.PING:
-                    record.on_ping(time.monotonic())
-                return super()._receive_packet(pkt)
-
-            def _write_loop(self):
-                if tolerant:  # wait PING_INTERVAL + PING_TIMEOUT for a PING, as the JavaScript client
-                    self.ping_timeout = self.ping_interval + self.ping_timeout - 5
-                return super()._write_loop()
-
-        class Client(socketio.Client):
-            def _engineio_client_class(self):
-                return EngineIO
-
-        # websocket-client checks every frame's UTF-8 in pure Python: most of a client's CPU.
-        client = Client(reconnection=False, websocket_extra_options={"skip_utf8_validation": True})
-        self.clients[index] = client
-        for name in ("campaign_snapshot", "campaign_update"):
-            client.on(name, lambda data, name=name: record.on_event(name, data, time.monotonic()))
-        client.on("disconnect", lambda *reason: self.ended(record, str(reason[0]) if reason else ""))
-        record.send = client.emit
-        client.connect(self.url, auth={"token": self.tokens[index]}, transports=[self.transport], wait_timeout=30)
-
-    def drop(self, index):
-        client = self.clients.pop(index, None)
-        if client is not None and client.connected:
-            client.disconnect()
-        self.records[index].send = None
-
-
-KINDS = {"selector": SelectorClients, "python-socketio": LibraryClients}
-
-
-def child(pipe, url, share, kind, options):
+def child(pipe, url, share, options):
     """A child process holding ``share`` (``(tenant_id, token)`` pairs): sends a ready report, then
     answers ``"mark"``, ``("verify", stored seqs by tenant, timeout)`` and ``"close"``."""
     raise_open_files_limit()
-    shared = {"lags": [], "ping_gaps": [], "log_counts": collections.Counter()}
-    counting = logging.Handler(logging.WARNING)  # the client library's warnings, counted, not printed per client
-    counting.emit = lambda record: shared["log_counts"].update([record.getMessage()[:80]])
-    logging.getLogger().handlers[:] = [counting]
+    shared = {"lags": [], "ping_gaps": []}
     records = [Record(tenant_id, shared, options.get("probe_campaign")) for tenant_id, _ in share]
-    group = KINDS[kind](url, records, [token for _, token in share], options.get("connect_threads", 8),
-                        options.get("attempts", 5), **options.get("library", {}))
+    group = Clients(url, records, [token for _, token in share], options.get("connect_threads", 8),
+                    options.get("attempts", 5))
     started = time.monotonic()
     group.connect_all()
     pipe.send({"connected": sum(r.connected for r in records), "errors": group.errors, "retries": group.retries,
@@ -318,15 +246,12 @@ def child(pipe, url, share, kind, options):
             lags, pings = shared["lags"][:], shared["ping_gaps"][:]
             del shared["lags"][:len(lags)], shared["ping_gaps"][:len(pings)]
             up = [r for r in records if r.connected and group.up(r)]
-            per_tenant = {}
-            for record in up:
-                per_tenant[record.tenant_id] = per_tenant.get(record.tenant_id, 0) + 1
             pipe.send({"updates": sum(r.live + r.replayed for r in records),
                        "replayed": sum(r.replayed for r in records),
                        "gaps": sum(r.gaps for r in records), "gap_requests": sum(r.gap_requests for r in records),
-                       "connected": len(up), "connected_per_tenant": per_tenant, "disconnects": group.disconnects[:],
-                       "lags": lags, "ping_gaps": pings, "cpu": sum(cpu_times("self")),
-                       "client_log_messages": dict(shared["log_counts"]),
+                       "connected": len(up), "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
+                       "disconnects": group.disconnects[:], "lags": lags, "ping_gaps": pings,
+                       "cpu": sum(cpu_times("self")),
                        "probes": [(r.tenant_id, dict(r.probes), group.up(r)) for r in records if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in records if r.connected], group, *command[1:]))
@@ -402,14 +327,14 @@ class ClientProcesses:
     """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
     (or ``processes`` of them); ``options`` for ``child``."""
 
-    def __init__(self, url, credentials, kind="selector", per_process=250, processes=None, **options):
+    def __init__(self, url, credentials, per_process=250, processes=None, **options):
         count = processes or max(1, math.ceil(len(credentials) / per_process))
         context = multiprocessing.get_context("spawn")
         self.children = []
         for n in range(count):
             parent_end, child_end = context.Pipe()
             process = context.Process(target=child, name=f"bench-clients-{n}", daemon=True,
-                                      args=(child_end, url, credentials[n::count], kind, options))
+                                      args=(child_end, url, credentials[n::count], options))
             process.start()
             self.children.append((process, parent_end))
         self.pids = [process.pid for process, _ in self.children]
@@ -424,6 +349,14 @@ class ClientProcesses:
                     raise BenchFailure(f"{process.name} exited ({process.exitcode}) or did not answer in {timeout} s")
             answers.append(pipe.recv())
         return merge(answers)
+
+    def connected(self, timeout):
+        """Wait for every child's ready report; what connecting took, and what went wrong."""
+        ready = self.receive(timeout)
+        return {"connected": ready["connected"], "errors": len(ready["errors"]), "error_examples": ready["errors"][:5],
+                "retries": len(ready["retries"]), "retry_examples": ready["retries"][:5],
+                "connect_ms": stats([1000 * d for d in ready["durations"]]),
+                "process_connect_seconds": [round(s, 2) for s in ready["process_connect_seconds"]]}
 
     def ask(self, command, timeout=60):
         """Send ``command`` to every child; their merged answers."""

@@ -1,11 +1,6 @@
-"""The benchmarks' harness; each benchmark is a short scenario on top of it.
-
-``environment()`` gives a ``stack.Stack`` (the one implementation, shared with the tests) on a
-fresh database and vhost and removes it, with every process it started, in a ``finally``;
-``start_campaigns()`` starts a server and a worker with running campaigns; ``Traffic``
-publishes at a steady rate; ``bench.clients`` holds Socket.IO clients in child processes;
-``Meter`` reads CPU seconds of the processes that matter; ``report()`` prints the tables and
-writes ``bench/results/<name>.json``.
+"""The benchmarks' harness: a private ``stack.Stack`` on a fresh database and vhost (``environment``),
+campaigns to drive (``start_campaigns``), steady publishing (``Traffic``), CPU and memory readings
+(``Meter``), statistics, and ``report()`` (prints tables, writes ``bench/results/<name>.json``).
 """
 
 import argparse
@@ -44,7 +39,7 @@ class BenchFailure(Exception):
 def options(doc, name, quick, **defaults):
     """An argument parser with what every benchmark has: ``--quick`` (``quick`` says what it
     runs), ``--keep-logs``, ``--output``, and those of ``defaults`` it has (``duration``, ``rate``,
-    ``tenants``, ``campaigns``: numbers; ``client``: the default kind of ``bench.clients``)."""
+    ``tenants``, ``campaigns``: numbers)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
@@ -52,10 +47,7 @@ def options(doc, name, quick, **defaults):
     helps = {"duration": "seconds of measurement", "rate": "campaign events published per second",
              "tenants": "tenants", "campaigns": "running campaigns over all tenants"}
     for key, value in defaults.items():
-        if key == "client":
-            parser.add_argument("--client", default=value, choices=["selector", "python-socketio"])
-        else:
-            parser.add_argument(f"--{key}", type=type(value), default=value, help=f"{helps[key]} (default {value})")
+        parser.add_argument(f"--{key}", type=type(value), default=value, help=f"{helps[key]} (default {value})")
     return parser
 
 

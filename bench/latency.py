@@ -1,26 +1,8 @@
-"""Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients.
+"""Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients,
+under 1,000 events/s of background traffic; p50/p95/p99 per (sample, client) pair and its two legs.
+Target: p99 < 50 ms. How to read the figures: docs/benchmarks.md.
 
-One server and one worker (LOG_LEVEL=WARNING). 100 clients (10 for each of 10 tenants) in 4
-child processes (``--client-processes``; with one process a fan-out's deliveries queue on its
-GIL: the spread's p99 grew to 48 ms). Background: ``message_sent`` at 1,000/s (unconfirmed)
-over 50 running campaigns. Every 200 ms one status event (``campaign_paused`` /
-``campaign_resumed`` alternately) on a probe campaign only this script touches, taking the
-tenants in turn, so its ``campaign_update`` is known by (campaign, type, ``version``). Status
-events are never throttled: this is the pipeline's own delay.
-
-Latency is from just before ``publish()`` to the update's arrival at each of the tenant's 10
-clients (CLOCK_MONOTONIC, shared by every process): when the bytes arrive (``selector`` clients,
-default) or when python-socketio's handler runs (``--client python-socketio``, handler time
-included). The table gives p50/p95/p99/max/mean over all (sample, client) pairs and two legs
-split by the update's ``timestamp`` (when the worker began the batch): publish -> worker batch
-start, and batch start -> client. "spread" is per sample the gap between the tenant's first and
-last client. Pairs that never arrive are missing (lost after being applied, or not applied within
-``--drain-timeout``), not in the percentiles, and make the script exit 1. Also: the background
-rate achieved, the worker's queue depth at the window's end and time to drain, the probe's
-publish-confirm time, and CPU of this process, the client processes, server and worker.
-Target: p99 < 50 ms.
-
-    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--client python-socketio] [--quick]
+    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--quick]
 """
 
 import contextlib
@@ -78,14 +60,12 @@ def measure(services, args):
     server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "lat", args.tenants, args.campaigns,
                                                                     every_tenant=[PROBE])
     credentials = [(t, services.token(t)) for t in tenant_ids for _ in range(args.clients_per_tenant)]
-    clients = ClientProcesses(server.url, credentials, args.client, processes=args.client_processes,
-                              probe_campaign=PROBE, connect_threads=10,
-                              library={"transport": args.transport} if args.client == "python-socketio" else {})
+    clients = ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
+                              connect_threads=10)
     meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
     try:
-        ready = clients.receive(120)
-        if ready["errors"]:
-            raise harness.BenchFailure(f"clients could not connect: {ready['errors'][:3]}")
+        if (connect := clients.connected(120))["errors"]:
+            raise harness.BenchFailure(f"clients could not connect: {connect['error_examples']}")
         with harness.Traffic(services, args.rate, lambda n, _: [make_event(
                 *campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})]) as background:
             harness.sleep_checking(args.warmup, background, worker)
@@ -135,13 +115,11 @@ def measure(services, args):
 
 def main():
     parser = harness.options(__doc__, "latency", "3 s of samples, 0.5 s warm-up, 2 client processes", duration=30.0,
-                             rate=1000.0, tenants=10, campaigns=50, client="selector")
+                             rate=1000.0, tenants=10, campaigns=50)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of background traffic first")
     parser.add_argument("--clients-per-tenant", type=int, default=10)
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between status samples")
     parser.add_argument("--client-processes", type=int, default=4)
-    parser.add_argument("--transport", default="websocket", choices=["websocket", "polling"],
-                        help="of the python-socketio clients")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds for the worker's backlog")
     args = parser.parse_args()
     if args.quick:

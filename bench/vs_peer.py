@@ -1,18 +1,6 @@
-"""campaign-live side by side with the Node socket.io 4.8 reference peer, in one run.
-
-Starts both on this machine (the peer from ``../shared/peer/``, copied to a cache folder and
-``npm ci``-ed once; campaign-live as one server and one worker on a fresh database and vhost,
-tenant ``anchor``) and runs each scenario on both with the peer's own load clients, then prints
-one table: the figures of both and campaign-live's ratio to the peer.
-
-- ``idle-1000``, ``ws-1000``, ``poll-300``, ``poll-500`` (the defaults, with ``idle-10000``),
-  ``ws-5000-light``, ``idle-5000``, ``quick-200``, ...: the peer's runner (``side_by_side.py``:
-  connect time, probe latency, probes lost, RSS per connection, CPU per message), one unrecorded
-  warm-up round each (``--warmup``).
-- ``idle-10000`` (``idle-200`` in ``--quick``): 10,000 websocket clients (``loadclients.js``) on
-  one server, no traffic: connect time, RSS per connection (the first round: a server that held
-  connections before reuses its memory) and CPU at rest, % of one core over ``--rest`` seconds
-  with every client connected (the server alone, and with the worker). Run first, on fresh servers.
+"""campaign-live side by side with the Node socket.io 4.8 reference peer (``../shared/peer/``), in one
+run, with the peer's own load clients: one table of both servers' figures and campaign-live's ratio
+to the peer. The scenarios and how to read them: docs/benchmarks.md.
 
     python bench/vs_peer.py [--scenario S ...] [--repeat N] [--quick]
 """
