@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,36 +31,44 @@ from campaigns.timeutil import isoformat  # noqa: E402
 RESULTS_DIR = REPO / "bench" / "results"
 WORKER_QUEUE = "campaign.events.worker"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MACHINE = {}  # what this run measures on: filled by ``run``, written by ``report``
 
 
 class BenchFailure(Exception):
     """A benchmark could not measure what it should (a stall, a lost message, a dead process)."""
 
 
-def options(doc, name, quick, **defaults):
-    """An argument parser with what every benchmark has: ``--quick`` (``quick`` says what it
-    runs), ``--keep-logs``, ``--output``, and those of ``defaults`` it has (``duration``, ``rate``,
-    ``tenants``, ``campaigns``: numbers)."""
+def options(doc, name, quick, **numbers):
+    """An argument parser with what every benchmark has: ``--quick`` (a smoke run: the values of
+    ``quick`` replace those given), ``--keep-logs``, ``--output``, and a ``--name`` for each of
+    ``numbers`` (``name=(default, help)``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: " + ", ".join(f"{key}={value}" for key, value in quick.items()))
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
     parser.add_argument("--output", default=name, help=f"results file name under bench/results/ (default {name})")
-    helps = {"duration": "seconds of measurement", "rate": "campaign events published per second",
-             "tenants": "tenants", "campaigns": "running campaigns over all tenants"}
-    for key, value in defaults.items():
-        parser.add_argument(f"--{key}", type=type(value), default=value, help=f"{helps[key]} (default {value})")
+    for key, (value, text) in numbers.items():
+        kind = {"action": "store_true"} if value is False else {"type": type(value), "default": value}
+        parser.add_argument(f"--{key.replace('_', '-')}", help=f"{text} (default {value})", **kind)
+    parser.set_defaults(quick_values=quick)
     return parser
 
 
-def run(main):
-    """Run a benchmark's ``main`` as a script: its exit status, 1 on ``BenchFailure``; SIGTERM cleans up."""
+def run(main, parser):
+    """Run a benchmark as a script: ``main(args)``'s exit status, 1 on ``BenchFailure``. Records the
+    machine first and raises the open files limit (every process started later inherits it);
+    SIGTERM cleans up."""
 
     def on_sigterm(signum, frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    args = parser.parse_args()
+    if args.quick:
+        vars(args).update(args.quick_values)
+    MACHINE.update(machine(), rlimit_nofile=raise_open_files_limit())
     try:
-        sys.exit(main())
+        sys.exit(main(args))
     except BenchFailure as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -80,6 +89,7 @@ def environment(name, keep_logs=False, **settings):
         made.append(lambda: stack.delete_vhost(vhost))
         services = stack.Stack(database, vhost, log_dir, **settings)
         made.append(services.stop)
+        MACHINE["worker_settings"] = worker_settings(services)
         yield services
         failed = False
     finally:
@@ -139,8 +149,7 @@ def drain(services, worker, published, timeout):
     """Seconds until ``applied_events`` holds ``published`` rows (None when it did not in ``timeout``)."""
     started = time.monotonic()
     with contextlib.suppress(BenchFailure):
-        wait_for(worker, lambda: services.sql("SELECT count(*) FROM applied_events")[0][0] >= published,
-                 timeout, "the worker to apply everything")
+        wait_for(worker, lambda: applied(services)[0] >= published, timeout, "the worker to apply everything")
         return time.monotonic() - started
     return None
 
@@ -151,6 +160,17 @@ def queue_depth(broker_url, name=WORKER_QUEUE):
 
     with Connection(broker_url) as connection, contextlib.closing(connection.channel()) as channel:
         return channel.queue_declare(queue=name, passive=True).message_count
+
+
+def metric(server, name, **labels):
+    """One sample of a server's /metrics."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
+        return stack.metric(answer.read().decode(), name, **labels)
+
+
+def applied(services):
+    """``(events, batches)`` the worker applied so far."""
+    return services.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
 
 
 def worker_settings(services):
@@ -180,10 +200,9 @@ def cpu_times(pids):
     return tuple(total) if found else None
 
 
-def command_cpu_seconds(command):
-    """CPU seconds used so far by every running process named ``command`` (e.g. ``postgres``)."""
-    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
-    return sum(cpu_times(pids) or (0.0,))
+def command_pids(command):
+    """The pids of every running process named ``command`` (e.g. ``postgres``)."""
+    return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
 
 
 def _read(path):
@@ -213,32 +232,31 @@ def open_files_limit(pid):
 
 
 def raise_open_files_limit(wanted=65536):
-    """Raise RLIMIT_NOFILE (inherited by every child started later) as far as allowed; return (soft, hard)."""
+    """Raise RLIMIT_NOFILE (inherited by every child started later) to ``wanted``, or as far as allowed
+    (beyond the hard limit as root); return (soft, hard)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+    wanted = max(soft, wanted)
+    for limits in ((wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 class Meter:
-    """CPU of named processes (``name=pid`` or a callable giving pids), PostgreSQL's, this process's
-    and the machine's at one moment (``read``); ``delta`` of two readings."""
+    """CPU of named processes (``name=pid`` or a callable giving pids), of PostgreSQL, of this process
+    (``bench``) and of the machine at one moment (``read``); ``delta`` of two readings."""
 
     def __init__(self, **pids):
-        self.pids = pids
+        self.pids = {**pids, "postgres": lambda: command_pids("postgres"), "bench": "self"}
 
     def read(self, **extra):
         """A reading; ``extra`` values are kept as they are."""
         cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
-        return {"at": time.monotonic(), "cpu": cpu, "postgres": command_cpu_seconds("postgres"),
-                "bench": time.process_time(), "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0], **extra}
+        return {"at": time.monotonic(), "cpu": cpu, "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0],
+                **extra}
 
     @staticmethod
     def delta(before, after):
@@ -250,8 +268,6 @@ class Meter:
             "percent_of_one_core": {name: 100 * value / seconds for name, value in cpu.items()},
             "user_seconds": {name: after["cpu"][name][0] - before["cpu"][name][0] for name in cpu},
             "system_seconds": {name: after["cpu"][name][1] - before["cpu"][name][1] for name in cpu},
-            "postgres_cpu_seconds": after["postgres"] - before["postgres"],
-            "bench_cpu_seconds": after["bench"] - before["bench"],
             "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
             / max(after["machine"][1] - before["machine"][1], 1),
             "loadavg_at_end": after["loadavg"],
@@ -279,51 +295,37 @@ class Traffic(threading.Thread):
 
     def __init__(self, services, rate, events):
         super().__init__(name="traffic", daemon=True)
-        self.services, self.rate, self.events = services, rate, events
-        self.stop_event, self.ready = threading.Event(), threading.Event()
+        self.services, self.rate, self.events, self.stop_event = services, rate, events, threading.Event()
         self.count = self.published = 0
-        self.error = None
+        self.error = self.publisher = None
 
     def run(self):
-        try:
-            publisher = self.services.publisher(confirm=False)
-        except Exception as exc:  # noqa: BLE001 - reported by check()
-            self.error = exc
-            return self.ready.set()
-        self.ready.set()
         started = time.monotonic()
         try:
             while not self.stop_event.wait(0.002):
                 elapsed = time.monotonic() - started
                 while self.count < int(elapsed * self.rate):
                     for event in self.events(self.count, elapsed):
-                        publisher.publish(event)
+                        self.publisher.publish(event)
                         self.published += 1
                     self.count += 1
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - reported by check()
             self.error = exc
-        finally:
-            publisher.close()
 
     def __enter__(self):
+        self.publisher = self.services.publisher(confirm=False)
         self.start()
-        self.ready.wait(30)
-        self.check()
         return self
 
     def __exit__(self, *exc_info):
-        self.stop()
+        self.stop_event.set()
+        self.join(30)
+        self.publisher.close()
 
     def check(self):
         """Raise ``BenchFailure`` if the publisher failed or stopped."""
-        if self.error is not None or (self.ready.is_set() and not self.is_alive() and not self.stop_event.is_set()):
+        if self.error is not None or not (self.is_alive() or self.stop_event.is_set()):
             raise BenchFailure(f"traffic publisher stopped: {self.error!r}")
-
-    def stop(self):
-        """Stop publishing and wait for the thread."""
-        self.stop_event.set()
-        if self.ident is not None:
-            self.join(30)
 
 
 def sleep_checking(seconds, *things):
@@ -399,7 +401,7 @@ def table(headers, rows):
 def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
-    info = data.pop("machine")  # other processes: those seen at the start and at the end
+    info = dict(MACHINE)  # other processes: those seen at the start and at the end
     info.update(loadavg_at_end=os.getloadavg()[0], other_processes=sorted({*info["other_processes"],
                                                                             *foreign_processes()}))
     for headers, rows in tables:
@@ -411,6 +413,7 @@ def report(args, data, tables=(), notes=()):
     if info["other_processes"]:
         print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "
               f"processes ({'; '.join(info['other_processes'][:3])}): the numbers measure contention too")
+    print(f"worker settings: {info.get('worker_settings')}")
     print(f"machine: nproc {info['nproc']} ({info['cpu_model']}), load average {info['loadavg_at_start']:.1f} "
           f"at start, {info['loadavg_at_end']:.1f} at end; PostgreSQL, RabbitMQ, the server, the worker and the "
           f"load generator share these cores")

@@ -25,14 +25,15 @@ TARGET_P99_MS = 50.0
 
 
 def match(samples, received):
-    """``(sample, client number, (arrival, timestamp))`` found so far, and how many pairs are missing."""
-    pairs, missing = [], 0
+    """``(sample, (arrival, timestamp))`` pairs found so far, and the samples of the missing pairs."""
+    pairs, missing = [], []
     for sample in samples:
-        for number, (tenant_id, probes, _) in enumerate(received):
+        for tenant_id, probes, _ in received:
             if tenant_id == sample["tenant"]:
-                hit = probes.get(sample["key"])
-                missing += hit is None
-                pairs += [(sample, number, hit)] if hit else []
+                if hit := probes.get(sample["key"]):
+                    pairs.append((sample, hit))
+                else:
+                    missing.append(sample)
     return pairs, missing
 
 
@@ -77,54 +78,41 @@ def measure(services, args):
         published = len(campaigns) + len(tenant_ids) + background.count + len(samples)
         drained = harness.drain(services, worker, published, args.drain_timeout)
         with contextlib.suppress(AssertionError):  # what is still missing then is reported
-            harness.stack.wait_until(lambda: match(samples, clients.ask("mark")["probes"])[1] == 0,
+            harness.stack.wait_until(lambda: not match(samples, clients.ask("mark")["probes"])[1],
                                      LATE_UPDATE_SECONDS, 0.1, "every client to receive every sample")
         received = clients.ask("mark")["probes"]
-        applied, batches = services.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
+        applied, batches = harness.applied(services)
         applied_ids = {r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s",
                                                   (PROBE,))}
-        config = harness.worker_settings(services)
     finally:
         clients.close()
     pairs, missing = match(samples, received)
-    found = {(id(sample), number) for sample, number, _ in pairs}
-    lost = sum(1 for s in samples for n, (t, _, _) in enumerate(received)
-               if t == s["tenant"] and (id(s), n) not in found and s["event_id"] in applied_ids)
+    lost = sum(1 for s in missing if s["event_id"] in applied_ids)
     offset = time.time() - time.monotonic()  # monotonic -> wall, to split the legs at the worker's timestamp
-    stamp = {id(s): datetime.fromisoformat(hit[1].replace("Z", "+00:00")).timestamp() for s, _, hit in pairs}
+    stamp = {id(s): datetime.fromisoformat(hit[1].replace("Z", "+00:00")).timestamp() for s, hit in pairs}
     by_sample = {}
-    for sample, _, hit in pairs:
+    for sample, hit in pairs:
         by_sample.setdefault(id(sample), (sample, []))[1].append(hit[0])
     return {
         "samples": len(samples), "clients": len(credentials), "client_processes": len(clients.pids),
         "expected_pairs": len(samples) * args.clients_per_tenant, "received_pairs": len(pairs),
-        "missing_pairs": missing, "missing_pairs_lost": lost, "missing_pairs_not_applied_in_time": missing - lost,
+        "missing_pairs": len(missing), "missing_pairs_lost": lost,
+        "missing_pairs_not_applied_in_time": len(missing) - lost,
         "disconnected_clients": sum(1 for _, _, up in received if not up),
-        "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, _, hit in pairs]),
+        "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, hit in pairs]),
         "publish_to_worker_ms": stats([(stamp[key] - s["published_wall"]) * 1000 for key, (s, _) in by_sample.items()]),
-        "worker_to_client_ms": stats([(hit[0] + offset - stamp[id(s)]) * 1000 for s, _, hit in pairs]),
+        "worker_to_client_ms": stats([(hit[0] + offset - stamp[id(s)]) * 1000 for s, hit in pairs]),
         "fanout_spread_ms": stats([(max(t) - min(t)) * 1000 for _, t in by_sample.values() if len(t) > 1]),
         "probe_confirm_ms": stats([s["confirm_ms"] for s in samples]),
         "background": {"target_rate": args.rate, "achieved_rate": in_window / window["seconds"],
                        "worker_queue_depth_at_window_end": backlog, "drained_seconds_after_stop": drained,
                        "applied_events": applied, "published_events": published,
                        "worker_mean_batch": applied / batches if batches else None},
-        "window": window, "bench_threads": threads, "worker_settings": config,
+        "window": window, "bench_threads": threads,
     }
 
 
-def main():
-    parser = harness.options(__doc__, "latency", "3 s of samples, 0.5 s warm-up, 2 client processes", duration=30.0,
-                             rate=1000.0, tenants=10, campaigns=50)
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of background traffic first")
-    parser.add_argument("--clients-per-tenant", type=int, default=10)
-    parser.add_argument("--interval", type=float, default=0.2, help="seconds between status samples")
-    parser.add_argument("--client-processes", type=int, default=4)
-    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds for the worker's backlog")
-    args = parser.parse_args()
-    if args.quick:
-        args.duration, args.warmup, args.client_processes = 3.0, 0.5, 2
-    info = harness.machine()
+def main(args):
     with harness.environment("latency", args.keep_logs, LOG_LEVEL="WARNING") as services:
         result = measure(services, args)
     rows = [[label, result[key]["count"], *(fmt(result[key][f]) for f in ("p50", "p95", "p99", "max", "mean"))]
@@ -135,17 +123,22 @@ def main():
                                ("probe publish confirm", "probe_confirm_ms"))]
     p99 = result["latency_ms"]["p99"]
     met = p99 is not None and p99 < TARGET_P99_MS and not result["missing_pairs"]
-    result["window"]["percent_of_one_core"]["bench"] = 100 * result["window"]["bench_cpu_seconds"] / result[
-        "window"]["seconds"]  # this process: near 100 % its publishers add latency
-    harness.report(args, {"machine": info, "target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
+    harness.report(args, {"target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
                    [(["latency (ms)", "n", "p50", "p95", "p99", "max", "mean"], rows), harness.figures(
                        result, "samples", "expected_pairs", "received_pairs", "missing_pairs", "missing_pairs_lost",
                        "missing_pairs_not_applied_in_time", "disconnected_clients", "background",
-                       "window.percent_of_one_core", "window.machine_busy_percent", "bench_threads", "client_processes",
-                       "worker_settings")],
+                       "window.percent_of_one_core", "window.machine_busy_percent", "bench_threads",
+                       "client_processes")],
                    [f"target: p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'NOT MET'} (p99 {fmt(p99)} ms)"])
     return 0 if not result["missing_pairs"] else 1
 
 
+PARSER = harness.options(
+    __doc__, "latency", {"duration": 3.0, "warmup": 0.5, "client_processes": 2}, duration=(30.0, "seconds of samples"),
+    rate=(1000.0, "background events per second"), tenants=(10, "tenants"), campaigns=(50, "running campaigns"),
+    warmup=(2.0, "seconds of background traffic first"), clients_per_tenant=(10, "clients per tenant"),
+    interval=(0.2, "seconds between status samples"), client_processes=(4, "client processes"),
+    drain_timeout=(300.0, "seconds for the worker's backlog"))
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)

@@ -7,7 +7,6 @@ against ``campaign_updates``. How to read the figures: docs/benchmarks.md.
 
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -20,8 +19,7 @@ from campaigns.publisher import make_event  # noqa: E402
 
 def server_sockets(server):
     """The server's ``campaign_live_connected_clients`` of websockets (its /metrics)."""
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
-        return harness.stack.metric(answer.read().decode(), "campaign_live_connected_clients", transport="websocket")
+    return harness.metric(server, "campaign_live_connected_clients", transport="websocket")
 
 
 def growth(samples, key, window):
@@ -44,7 +42,7 @@ def take_sample(services, server, worker, clients, traffic, meter, started, prev
     """One row of the soak's table."""
     marks = clients.ask("mark")
     reading = meter.read()
-    applied, batches = services.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
+    applied, batches = harness.applied(services)
     sample = {"t": time.monotonic() - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
               "clients_rss_mb": clients.rss_mb(), "reading": reading, "published": traffic.published,
               "received": marks["updates"], "clients_connected": marks["connected"], "applied": applied,
@@ -135,23 +133,10 @@ def measure(services, args):
             "cpu_percent_of_one_core": harness.Meter.delta(samples[0]["reading"], samples[-1]["reading"])[
                 "percent_of_one_core"],
             "log_problems": {"server": log_problems(server), "worker": log_problems(worker)},
-            "worker_settings": harness.worker_settings(services), "samples": samples}
+            "samples": samples}
 
 
-def main():
-    parser = harness.options(__doc__, "soak", "100 clients, 4 s of traffic", duration=600.0, rate=500.0, tenants=10,
-                             campaigns=50)
-    parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--status-interval", type=float, default=3.0, help="seconds between status events")
-    parser.add_argument("--sample-interval", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--clients-per-process", type=int, default=250)
-    parser.add_argument("--connect-threads", type=int, default=8, help="connects at a time per process")
-    parser.add_argument("--final-timeout", type=float, default=120.0, help="seconds for the drain and final state")
-    args = parser.parse_args()
-    if args.quick:
-        args.clients, args.duration, args.sample_interval, args.status_interval = 100, 4.0, 1.0, 0.5
-    limit = harness.raise_open_files_limit()  # before any process starts: they all inherit it
-    info = harness.machine()
+def main(args):
     settings = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS_PER_TENANT": max(2000, args.clients)}
     with harness.environment("soak", args.keep_logs, **settings) as services:
         result = measure(services, args)
@@ -168,7 +153,7 @@ def main():
              fmt(s["ping_gap_s"]["max"]), s["gap_requests"], fmt(s["loadavg"])] for s in result["samples"]]
     for sample in result["samples"]:
         del sample["reading"]
-    harness.report(args, {"machine": info, "ok": ok, "rlimit_nofile": limit, **result}, [
+    harness.report(args, {"ok": ok, **result}, [
         (["t (s)", "server MB", "worker MB", "clients MB", "server CPU %", "worker CPU %", "clients CPU %",
           "clients up", "server sockets", "published/s", "applied/s", "batch", "queue", "received/s",
           "lag p50 ms", "lag p99 ms", "lag max ms", "ping gap max s", "gap replays", "load"], rows),
@@ -182,5 +167,12 @@ def main():
     return 0 if ok else 1
 
 
+PARSER = harness.options(
+    __doc__, "soak", {"clients": 100, "duration": 4.0, "sample_interval": 1.0, "status_interval": 0.5},
+    clients=(2000, "clients"), duration=(600.0, "seconds of traffic"), rate=(500.0, "events published per second"),
+    tenants=(10, "tenants"), campaigns=(50, "running campaigns"), status_interval=(3.0, "seconds between statuses"),
+    sample_interval=(10.0, "seconds between samples"), clients_per_process=(250, "clients per process"),
+    connect_threads=(8, "connects at a time per process"), final_timeout=(120.0, "seconds to drain and finish"))
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)

@@ -46,9 +46,7 @@ def prepare_peer():
     stamp = hashlib.sha256((PEER_SOURCE / "package-lock.json").read_bytes()
                            + (PEER_SOURCE / "package.json").read_bytes()).hexdigest()
     PEER_CACHE.mkdir(parents=True, exist_ok=True)
-    for name in ("side_by_side.py", "publish.py", "loadclients.js", "package.json", "package-lock.json"):
-        shutil.copy2(PEER_SOURCE / name, PEER_CACHE / name)
-    shutil.copytree(PEER_SOURCE / "node-peer", PEER_CACHE / "node-peer", dirs_exist_ok=True)
+    shutil.copytree(PEER_SOURCE, PEER_CACHE, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules"))
     stamp_file = PEER_CACHE / "node_modules" / ".campaign-live-stamp"
     if not stamp_file.exists() or stamp_file.read_text() != stamp:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER_CACHE, check=True, timeout=600)
@@ -147,19 +145,8 @@ def through_runner(runner, scenario, targets, args, log_dir):
     return {**json.loads(out.read_text()), "exit_status": status}
 
 
-def main():
-    parser = harness.options(__doc__, "vs_peer", "quick-200 and idle-200, no warm-up")
-    parser.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of the runner's scenarios")
-    parser.add_argument("--rest", type=float, default=10.0, help="seconds of CPU at rest (idle-N)")
-    parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds after connecting and between targets")
-    args = parser.parse_args()
-    scenarios = args.scenario or list(DEFAULT_SCENARIOS)
-    if args.quick:
-        scenarios, args.warmup, args.rest, args.settle = ["idle-200", "quick-200"], 0, 1.0, 0.5
-    harness.raise_open_files_limit()
-    runner, info = prepare_peer(), harness.machine()
+def main(args):
+    runner, scenarios = prepare_peer(), args.scenario or list(DEFAULT_SCENARIOS)
     settings = {"MAX_CONNECTIONS_PER_TENANT": 20000, "MAX_CONNECTIONS": 20000}
     with harness.environment("vs_peer", args.keep_logs, **settings) as services:
         services.create_tenant(TENANT)
@@ -178,12 +165,18 @@ def main():
             refused = sum(sum((run.get("clients") or {}).get("connect_errors", {}).values()) for run in target["runs"])
             rows.append([report["scenario"], target["name"], *cells, refused])
     failed = [report["scenario"] for report in reports if report["exit_status"]]
-    harness.report(args, {"machine": info, "scenarios": reports, "failed": failed},
+    harness.report(args, {"scenarios": reports, "failed": failed},
                    [(["scenario", "server", *SUMMARY, "refused"], rows)])
     if failed:
         raise BenchFailure(f"scenarios that did not run cleanly: {', '.join(failed)}")
     return 0
 
 
+PARSER = harness.options(
+    __doc__, "vs_peer", {"scenario": ["idle-200", "quick-200"], "warmup": 0, "rest": 1.0, "settle": 0.5},
+    repeat=(1, "recorded rounds"), warmup=(1, "unrecorded rounds of the runner's scenarios"),
+    rest=(10.0, "seconds of CPU at rest (idle-N)"), settle=(2.0, "quiet seconds after connecting and between targets"))
+PARSER.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)
