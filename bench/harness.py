@@ -274,19 +274,13 @@ class Meter:
         }
 
 
-def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an ascending list (``fraction`` in [0, 1])."""
-    if not sorted_values:
-        return None
-    return sorted_values[min(max(1, math.ceil(len(sorted_values) * fraction)), len(sorted_values)) - 1]
-
-
 def stats(values):
-    """count, p50, p95, p99, max and mean of some numbers."""
+    """count, nearest-rank p50, p95 and p99, max and mean of some numbers (None when there are none)."""
     ordered = sorted(values)
-    figures = {f"p{round(q * 100)}": percentile(ordered, q) for q in (0.5, 0.95, 0.99)}
-    return {"count": len(ordered), **figures, "max": ordered[-1] if ordered else None,
-            "mean": sum(ordered) / len(ordered) if ordered else None}
+    if not ordered:
+        return {"count": 0, **dict.fromkeys(("p50", "p95", "p99", "max", "mean"))}
+    return {"count": len(ordered), **{f"p{q}": ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
+                                      for q in (50, 95, 99)}, "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
 class Traffic(threading.Thread):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 from bench.clients import ClientProcesses  # noqa: E402
-from bench.harness import fmt, stats  # noqa: E402
+from bench.harness import BenchFailure, fmt, stats  # noqa: E402
 from campaigns.publisher import make_event  # noqa: E402
 
 PROBE = "latency-probe"
@@ -39,21 +39,18 @@ def match(samples, received):
 
 def sample_window(services, tenant_ids, args, background):
     """Publish the status samples for ``args.duration`` seconds, paced; return them."""
-    samples, counters, started = [], dict.fromkeys(tenant_ids, 0), time.monotonic()
+    samples, started = [], time.monotonic()
     with services.publisher(confirm=True) as publisher:
         for k in range(int(args.duration / args.interval)):
             time.sleep(max(started + k * args.interval - time.monotonic(), 0))  # the sample schedule
             background.check()
-            tenant_id = tenant_ids[k % len(tenant_ids)]
-            count = counters[tenant_id]
+            tenant_id, count = tenant_ids[k % len(tenant_ids)], k // len(tenant_ids)  # the tenants take turns
             kind = "campaign_resumed" if count % 2 else "campaign_paused"
             event = make_event(tenant_id, PROBE, kind, {} if count % 2 else {"reason": "latency probe"})
-            published_wall, published = time.time(), time.monotonic()
+            published = time.monotonic()
             publisher.publish(event)
             samples.append({"tenant": tenant_id, "event_id": event["event_id"], "key": (PROBE, kind, 2 + count),
-                            "published": published, "published_wall": published_wall,
-                            "confirm_ms": (time.monotonic() - published) * 1000})
-            counters[tenant_id] = count + 1
+                            "published": published, "confirm_ms": (time.monotonic() - published) * 1000})
     return samples
 
 
@@ -66,7 +63,7 @@ def measure(services, args):
     meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
     try:
         if (connect := clients.connected(120))["errors"]:
-            raise harness.BenchFailure(f"clients could not connect: {connect['error_examples']}")
+            raise BenchFailure(f"clients could not connect: {connect['error_examples']}")
         with harness.Traffic(services, args.rate, lambda n, _: [make_event(
                 *campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})]) as background:
             harness.sleep_checking(args.warmup, background, worker)
@@ -88,11 +85,11 @@ def measure(services, args):
         clients.close()
     pairs, missing = match(samples, received)
     lost = sum(1 for s in missing if s["event_id"] in applied_ids)
-    offset = time.time() - time.monotonic()  # monotonic -> wall, to split the legs at the worker's timestamp
-    stamp = {id(s): datetime.fromisoformat(hit[1].replace("Z", "+00:00")).timestamp() for s, hit in pairs}
-    by_sample = {}
-    for sample, hit in pairs:
-        by_sample.setdefault(id(sample), (sample, []))[1].append(hit[0])
+    offset = time.time() - time.monotonic()  # wall -> monotonic, to split the legs at the worker's timestamp
+    by_sample = {}  # id: (sample, the worker's batch start (monotonic), arrivals)
+    for sample, (arrived, stamp) in pairs:
+        start = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - offset
+        by_sample.setdefault(id(sample), (sample, start, []))[2].append(arrived)
     return {
         "samples": len(samples), "clients": len(credentials), "client_processes": len(clients.pids),
         "expected_pairs": len(samples) * args.clients_per_tenant, "received_pairs": len(pairs),
@@ -100,9 +97,9 @@ def measure(services, args):
         "missing_pairs_not_applied_in_time": len(missing) - lost,
         "disconnected_clients": sum(1 for _, _, up in received if not up),
         "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, hit in pairs]),
-        "publish_to_worker_ms": stats([(stamp[key] - s["published_wall"]) * 1000 for key, (s, _) in by_sample.items()]),
-        "worker_to_client_ms": stats([(hit[0] + offset - stamp[id(s)]) * 1000 for s, hit in pairs]),
-        "fanout_spread_ms": stats([(max(t) - min(t)) * 1000 for _, t in by_sample.values() if len(t) > 1]),
+        "publish_to_worker_ms": stats([(start - s["published"]) * 1000 for s, start, _ in by_sample.values()]),
+        "worker_to_client_ms": stats([(a - start) * 1000 for _, start, t in by_sample.values() for a in t]),
+        "fanout_spread_ms": stats([(max(t) - min(t)) * 1000 for _, _, t in by_sample.values() if len(t) > 1]),
         "probe_confirm_ms": stats([s["confirm_ms"] for s in samples]),
         "background": {"target_rate": args.rate, "achieved_rate": in_window / window["seconds"],
                        "worker_queue_depth_at_window_end": backlog, "drained_seconds_after_stop": drained,

@@ -61,20 +61,21 @@ def take_sample(services, server, worker, clients, traffic, meter, started, prev
 
 def measure(services, args):
     server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "soak", args.tenants, args.campaigns)
-    credentials = [(tenant_ids[i % len(tenant_ids)], services.token(
-        tenant_ids[i % len(tenant_ids)], ttl=int(args.duration) + 7200, subject=f"soak-{i}"))
-        for i in range(args.clients)]
+    ttl = int(args.duration) + 7200
+    credentials = [(t := tenant_ids[i % len(tenant_ids)], services.token(t, ttl=ttl, subject=f"soak-{i}"))
+                   for i in range(args.clients)]
     limits = {"server": harness.open_files_limit(server.pid), "worker": harness.open_files_limit(worker.pid)}
-    rss_before, connect_meter = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}, harness.Meter(
-        server=server.pid)
+    rss = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}
+    connect_meter = harness.Meter(server=server.pid)
     before = connect_meter.read()
     clients = ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
                               connect_threads=args.connect_threads, attempts=3, replay_holes=True)
     try:
         connect = {"requested": args.clients, **clients.connected(120 + args.clients * 0.5),
                    **harness.Meter.delta(before, connect_meter.read()), "server_metric": server_sockets(server),
-                   "rss_before_mb": rss_before, "rss_after_mb": {"server": rss_mb(server.pid),
-                                                                  "worker": rss_mb(worker.pid)}}
+                   "rss_before_mb": rss, "rss_after_mb": {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}}
+        connect["server_kb_per_connection"] = 1024 * (connect["rss_after_mb"]["server"] - rss["server"]) / max(
+            connect["connected"], 1)
         print(f"connected {connect['connected']:,} of {args.clients:,} in {connect['seconds']:.1f} s", flush=True)
         if not connect["connected"]:
             raise BenchFailure(f"no client could connect: {connect['error_examples']}")
@@ -82,13 +83,11 @@ def measure(services, args):
 
         def events(n, elapsed):
             found = [make_event(*campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})]
-            if elapsed >= (len(statuses) + 1) * args.status_interval:
-                key = campaigns[len(statuses) % len(campaigns)]
-                kind = "campaign_resumed" if key in paused else "campaign_paused"
+            if elapsed >= (len(statuses) + 1) * args.status_interval:  # pause or resume the next campaign
+                statuses.append(key := campaigns[len(statuses) % len(campaigns)])
                 paused.symmetric_difference_update({key})
-                statuses.append(key)
-                found.append(make_event(*key, kind, {} if kind == "campaign_resumed" else {"reason": "soak"},
-                                        occurred_at=at()))
+                found.append(make_event(*key, "campaign_paused" if key in paused else "campaign_resumed",
+                                        {"reason": "soak"} if key in paused else {}, occurred_at=at()))
             return found
 
         meter, samples = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids), []
@@ -96,9 +95,8 @@ def measure(services, args):
             started = time.monotonic()
             for k in range(int(args.duration / args.sample_interval) + 1):
                 harness.sleep_checking(started + k * args.sample_interval - time.monotonic(), traffic, server, worker)
-                samples.append(take_sample(services, server, worker, clients, traffic, meter, started,
-                                           samples[-1] if samples else None))
-                s = samples[-1]
+                samples.append(s := take_sample(services, server, worker, clients, traffic, meter, started,
+                                                samples[-1] if samples else None))
                 print(f"  t={s['t']:6.1f} s  server {fmt(s['server_rss_mb'])} MB  worker {fmt(s['worker_rss_mb'])} MB"
                       f"  clients up {s['clients_connected']}  received {s['received']:,}  lag p99 "
                       f"{fmt(s['lag_ms']['p99'], 0)} ms", flush=True)
@@ -117,7 +115,7 @@ def measure(services, args):
         except AssertionError:
             final = False  # reported; the clients are compared with what is stored so far
         stored = {t: [] for t in tenant_ids}
-        for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY tenant_id, seq"):
+        for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY seq"):
             stored[tenant_id].append(seq)
         delivery = clients.ask(("verify", stored, args.final_timeout), args.final_timeout * 3 + 120)
     finally:
@@ -143,8 +141,6 @@ def main(args):
     d, c = result["delivery"], result["connect"]
     ok = (not d["clients_missing_after_final_replay"] and result["traffic"]["final_state_reached"]
           and c["connected"] == args.clients and not d["disconnected"])
-    c["server_kb_per_connection"] = 1024 * (c["rss_after_mb"]["server"] - c["rss_before_mb"]["server"]) / max(
-        c["connected"], 1)
     rows = [[fmt(s["t"], 0), fmt(s["server_rss_mb"]), fmt(s["worker_rss_mb"]), fmt(s["clients_rss_mb"], 0),
              *(fmt(s.get("cpu_percent", {}).get(n), 0) for n in ("server", "worker", "clients")),
              s["clients_connected"], fmt(s["server_sockets"], 0), fmt(s.get("published_per_s"), 0),

@@ -66,24 +66,17 @@ def node_peer(log_dir):
     broker = stack.amqp_url(vhost)
     env = {**os.environ, "PORT": str(port), "JWT_SECRET": stack.JWT_SECRET, "BROKER_URL": broker,
            "THROTTLE_SECONDS": "2"}
-    with open(Path(log_dir) / "node-peer.log", "wb") as log:
-        process = subprocess.Popen(["node", "node-peer/server.js"], cwd=PEER_CACHE, env=env, stdout=log, stderr=log)
-    try:
-        def listening():
-            if process.poll() is not None:
-                raise BenchFailure(f"the Node peer exited with {process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
+    process = stack.Process("node-peer", ["node", str(PEER_CACHE / "node-peer" / "server.js")], env, log_dir)
 
-        stack.wait_until(listening, 30, 0.1, "the Node peer")
+    def listening():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    try:
+        harness.wait_for(process, listening, 30, "the Node peer")
         yield f"http://127.0.0.1:{port}", process.pid, broker
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        process.stop(10)
         stack.delete_vhost(vhost)
 
 
