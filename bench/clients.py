@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
-from bench.harness import BenchFailure, cpu_times, rss_mb, stats
+from bench.harness import BenchFailure, cpu_times, stats
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
@@ -224,11 +224,11 @@ def child(pipe, url, share, options):
     group.connect_all()
     pipe.send({"connected": sum(r.connected for r in clients), "errors": group.errors, "retries": group.retries,
                "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
-    stop = threading.Event()
-    if options.get("replay_holes"):
-        threading.Thread(target=watch_holes, args=(clients, stop), daemon=True).start()
-    while (command := pipe.recv()) != "close":
-        if command == "mark":
+    while (command := pipe.poll(0.25) and pipe.recv()) != "close":
+        if not command:  # a quarter of a second without one: clients ask for their old holes, as real ones do
+            for client in clients if options.get("replay_holes") else ():
+                client.ask_for_old_holes(time.monotonic())
+        elif command == "mark":
             lags, pings = shared["lags"][:], shared["ping_gaps"][:]
             del shared["lags"][:len(lags)], shared["ping_gaps"][:len(pings)]
             up = [r for r in clients if r.connected and r.up]
@@ -241,18 +241,8 @@ def child(pipe, url, share, options):
                        "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in clients if r.connected], *command[1:]))
-    stop.set()
     group.close()
     pipe.send({"closed": True})
-
-
-def watch_holes(clients, stop):
-    """Every client asks for its holes older than the grace period, as a real one would."""
-    while not stop.wait(0.25):
-        now = time.monotonic()
-        for client in clients:
-            if client.holes:
-                client.ask_for_old_holes(now)
 
 
 def verify(clients, stored, timeout):
@@ -347,10 +337,6 @@ class ClientProcesses:
         for _, pipe in self.children:
             pipe.send(command)
         return self.receive(timeout)
-
-    def rss_mb(self):
-        """The children's resident memory together."""
-        return rss_mb(self.pids)
 
     def close(self):
         """Disconnect every client and stop the processes."""

@@ -133,14 +133,8 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
 
 def wait_for(process, predicate, timeout, what):
     """``stack.wait_until`` that fails with the process's log when it exits or the time is up."""
-
-    def check():
-        if not process.alive():
-            raise BenchFailure(f"{process.name} exited:\n{process.log()[-3000:]}")
-        return predicate()
-
     try:
-        return stack.wait_until(check, timeout, 0.05, what)
+        return stack.wait_until(lambda: check_running(process) or predicate(), timeout, 0.05, what)
     except AssertionError as exc:
         raise BenchFailure(f"{exc}\n{process.log()[-3000:]}") from None
 
@@ -253,17 +247,21 @@ class Meter:
         self.pids = {**pids, "postgres": lambda: command_pids("postgres"), "bench": "self"}
 
     def read(self, **extra):
-        """A reading; ``extra`` values are kept as they are."""
+        """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
         cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
         return {"at": time.monotonic(), "cpu": cpu, "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0],
                 **extra}
 
     @staticmethod
     def delta(before, after):
-        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name."""
+        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name,
+        and how much each extra counter grew."""
         seconds = after["at"] - before["at"]
         cpu = {name: sum(after["cpu"][name]) - sum(before["cpu"][name]) for name in after["cpu"]}
-        return {
+        grew = {key: {k: v - before[key].get(k, 0) for k, v in value.items()} if isinstance(value, dict)
+                else value - before[key] for key, value in after.items() if key not in ("at", "cpu", "machine",
+                                                                                        "loadavg")}
+        return {**grew,
             "seconds": seconds, "cpu_seconds": cpu,
             "percent_of_one_core": {name: 100 * value / seconds for name, value in cpu.items()},
             "user_seconds": {name: after["cpu"][name][0] - before["cpu"][name][0] for name in cpu},
@@ -322,15 +320,20 @@ class Traffic(threading.Thread):
             raise BenchFailure(f"traffic publisher stopped: {self.error!r}")
 
 
+def check_running(*things):
+    """``BenchFailure`` (with its log) if one of the processes exited or the ``Traffic`` stopped."""
+    for thing in things:
+        if isinstance(thing, Traffic):
+            thing.check()
+        elif not thing.alive():
+            raise BenchFailure(f"{thing.name} exited:\n{thing.log()[-3000:]}")
+
+
 def sleep_checking(seconds, *things):
     """Sleep ``seconds`` (a measurement window), checking every second that ``things`` still run."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        for thing in things:
-            if isinstance(thing, Traffic):
-                thing.check()
-            elif not thing.alive():
-                raise BenchFailure(f"{thing.name} exited:\n{thing.log()[-3000:]}")
+        check_running(*things)
         time.sleep(min(1.0, left))
 
 
@@ -349,12 +352,9 @@ def machine():
 
 def foreign_processes():
     """Test and benchmark processes this run did not start (they share the cores and skew the numbers)."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        stat = _read(entry / "stat") if entry.name.isdigit() else ""
-        if stat:
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            commands[int(entry.name)] = _read(entry / "cmdline").replace("\0", " ").strip()
+    lines = {int(e.name): _read(e / "stat") for e in Path("/proc").iterdir() if e.name.isdigit()}
+    parents = {pid: int(stat.rsplit(")", 1)[1].split()[1]) for pid, stat in lines.items() if stat}
+    commands = {pid: _read(Path(f"/proc/{pid}/cmdline")).replace("\0", " ").strip() for pid in parents}
     mine, pid = set(), os.getpid()
     while pid not in (0, 1) and pid not in mine:  # this run and whoever launched it
         mine.add(pid)
@@ -369,6 +369,15 @@ def fmt(value, digits=1):
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def shown(value):
+    """A figure for a table: numbers with 2 decimals, a dict as ``key value`` pairs, at most 160 characters."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {shown(item)}" for key, item in value.items())[:160]
+    if isinstance(value, (list, tuple)):
+        return json.dumps(value, default=str)[:160]
+    return fmt(value, 2) if isinstance(value, float) else value
+
+
 def figures(data, *paths):
     """A table (headers, rows) of the figures of ``data`` at ``paths`` ("a.b"; a dict: a row per item)."""
     rows = []
@@ -377,9 +386,7 @@ def figures(data, *paths):
         for part in path.split("."):
             value = value[part]
         for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
-            shown = fmt(item, 2) if isinstance(item, float) else item
-            shown = json.dumps(shown, default=str)[:160] if isinstance(shown, (dict, list, tuple)) else shown
-            rows.append([path if key is None else f"{path}.{key}", shown])
+            rows.append([path if key is None else f"{path}.{key}", shown(item)])
     return ["figure", "value"], rows
 
 
@@ -396,14 +403,9 @@ def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
     info = dict(MACHINE)  # other processes: those seen at the start and at the end
-    info.update(loadavg_at_end=os.getloadavg()[0], other_processes=sorted({*info["other_processes"],
-                                                                            *foreign_processes()}))
-    for headers, rows in tables:
-        print()
-        print(table(headers, rows))
-    print()
-    for note in notes:
-        print(note)
+    info.update(loadavg_at_end=os.getloadavg()[0],
+                other_processes=sorted({*info["other_processes"], *foreign_processes()}))
+    print(*(f"\n{table(headers, rows)}" for headers, rows in tables), "", *notes, sep="\n")
     if info["other_processes"]:
         print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "
               f"processes ({'; '.join(info['other_processes'][:3])}): the numbers measure contention too")

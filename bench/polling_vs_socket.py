@@ -5,6 +5,7 @@ Phases: idle, polling, Socket.IO, idle with the queue listener on. Target: polli
     .venv/bin/python bench/polling_vs_socket.py [--dashboards N] [--duration S] [--stock-writes] [--quick]
 """
 
+import collections
 import http.client
 import json
 import sys
@@ -22,19 +23,15 @@ from campaigns.publisher import make_event  # noqa: E402
 TENANTS, CAMPAIGNS, TARGET_RATIO, MIN_CONNECTED, POLL_THREADS = 10, 20, 10.0, 0.9, 32
 
 
+window = harness.Meter.delta
+
+
 def reading(meter, services, server, traffic):
-    """A ``Meter`` reading with each tenant's ``last_seq``, events published and packets sent by path."""
-    packets = {p: harness.metric(server, "campaign_live_socketio_packets_sent_total", path=p)
-               for p in ("direct", "queued")}
-    return meter.read(last_seq=dict(services.sql("SELECT id, last_seq FROM tenants")), packets=packets,
-                      published=traffic.count)
-
-
-def window(before, after):
-    """``Meter.delta`` with the updates stored per tenant, the events published and the packets sent."""
-    return {**harness.Meter.delta(before, after), "events_published": after["published"] - before["published"],
-            "updates_stored": {t: n - before["last_seq"].get(t, 0) for t, n in after["last_seq"].items()},
-            "packets_sent": {p: n - before["packets"][p] for p, n in after["packets"].items()}}
+    """A ``Meter`` reading with each tenant's ``last_seq`` (updates stored), events published and packets sent."""
+    return meter.read(updates_stored=dict(services.sql("SELECT id, last_seq FROM tenants")),
+                      events_published=traffic.count, packets_sent={
+                          p: harness.metric(server, "campaign_live_socketio_packets_sent_total", path=p)
+                          for p in ("direct", "queued")})
 
 
 def poll_thread(port, dashboards, indices, start, interval, end, results, stop):
@@ -46,8 +43,7 @@ def poll_thread(port, dashboards, indices, start, interval, end, results, stop):
             if due >= end or stop.is_set():
                 return connection and connection.close()
             time.sleep(max(due - time.monotonic(), 0))
-            headers = {"Authorization": f"Bearer {dashboards[i][1]}", **({"If-None-Match": etags[i]} if i in etags
-                                                                         else {})}
+            headers = {"Authorization": f"Bearer {dashboards[i][1]}", "If-None-Match": etags.get(i, "")}
             began = time.monotonic()
             try:
                 connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -113,10 +109,9 @@ def run_socket(measure, server, dashboards, args):
     finally:
         clients.close()
     result = window(before, after)
-    disconnects = {"before_window": {}, "in_window": {}}
-    for moment, reason in marks_after["disconnects"]:
-        bucket = disconnects["in_window" if moment >= before["at"] else "before_window"]
-        bucket[reason] = bucket.get(reason, 0) + 1
+    disconnects = {name: collections.Counter(reason for moment, reason in marks_after["disconnects"]
+                                             if (moment >= before["at"]) == (name == "in_window"))
+                   for name in ("before_window", "in_window")}
     expected = sum(result["updates_stored"].get(t, 0) * n for t, n in marks_before["connected_per_tenant"].items())
     return {"mode": "socket", "dashboards": len(dashboards), "window": result,
             "setup": window(setup_before, setup_after), "connect": connect,

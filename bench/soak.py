@@ -44,7 +44,7 @@ def take_sample(services, server, worker, clients, traffic, meter, started, prev
     reading = meter.read()
     applied, batches = harness.applied(services)
     sample = {"t": time.monotonic() - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
-              "clients_rss_mb": clients.rss_mb(), "reading": reading, "published": traffic.published,
+              "clients_rss_mb": rss_mb(clients.pids), "reading": reading, "published": traffic.published,
               "received": marks["updates"], "clients_connected": marks["connected"], "applied": applied,
               "batches": batches, "gap_requests": marks["gap_requests"], "server_sockets": server_sockets(server),
               "lag_ms": stats([1000 * lag for lag in marks["lags"]]), "ping_gap_s": stats(marks["ping_gaps"]),

@@ -86,24 +86,21 @@ def at_rest_round(url, pids, n, args, log_dir):
     ready, out = Path(log_dir) / "rest.ready", Path(log_dir) / "rest.json"
     ready.unlink(missing_ok=True)
     rss_before = harness.rss_mb(pids[0])
-    with open(Path(log_dir) / "loadclients.log", "ab") as log:
-        clients = subprocess.Popen(
-            ["node", "loadclients.js", "--url", url, "--n", str(n), "--tenant", TENANT, "--secret", stack.JWT_SECRET,
-             "--transport", "websocket", "--duration", str(args.settle + args.rest + 2), "--connect-timeout", "900",
-             "--ready-file", str(ready), "--out", str(out)], cwd=PEER_CACHE, stdout=log, stderr=log)
+    clients = stack.Process("loadclients", [
+        "node", str(PEER_CACHE / "loadclients.js"), "--url", url, "--n", str(n), "--tenant", TENANT, "--secret",
+        stack.JWT_SECRET, "--transport", "websocket", "--duration", str(args.settle + args.rest + 2),
+        "--connect-timeout", "900", "--ready-file", str(ready), "--out", str(out)], os.environ, log_dir)
     try:
-        stack.wait_until(lambda: ready.exists() or clients.poll() is not None, 960, 0.2, "the load clients")
+        stack.wait_until(lambda: ready.exists() or not clients.alive(), 960, 0.2, "the load clients")
         time.sleep(args.settle)  # the last handshakes' work is done
         meter = harness.Meter(first=pids[0], all=pids)
         rss_after, before = harness.rss_mb(pids[0]), meter.read()
         time.sleep(args.rest)  # the measurement: nothing but heartbeats
         rest = harness.Meter.delta(before, meter.read())["percent_of_one_core"]
-        clients.wait(args.settle + args.rest + 60)
+        clients.popen.wait(args.settle + args.rest + 60)
         result = json.loads(out.read_text())
     finally:
-        if clients.poll() is None:
-            clients.kill()
-            clients.wait(10)
+        clients.stop(10)
     return {"clients": result, "summary": {
         "connected": result["connected"], "connect_s": result["connect_seconds"],
         "rss_kb_per_conn": round(1024 * (rss_after - rss_before) / max(result["connected"], 1), 1),
