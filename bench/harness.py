@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,9 @@ import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from unittest import mock
+
+from kombu import Connection
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -26,7 +30,9 @@ if str(REPO) not in sys.path:
 
 import stack  # noqa: E402  (needs the repo root on sys.path)
 from campaigns.publisher import make_event  # noqa: E402
+from campaigns.queues import declare_topology  # noqa: E402
 from campaigns.timeutil import isoformat  # noqa: E402
+from config import Config  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 WORKER_QUEUE = "campaign.events.worker"
@@ -58,11 +64,7 @@ def run(main, parser):
     """Run a benchmark as a script: ``main(args)``'s exit status, 1 on ``BenchFailure``. Records the
     machine first and raises the open files limit (every process started later inherits it);
     SIGTERM cleans up."""
-
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = parser.parse_args()
     if args.quick:
         vars(args).update(args.quick_values)
@@ -113,10 +115,6 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
     """Declare the topology, start one server and one worker, create ``tenants`` tenants and start
     ``campaigns`` campaigns round-robin over them (plus the ids ``every_tenant`` in each one);
     return ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once all are applied."""
-    from kombu import Connection
-
-    from worker.queues import declare_topology
-
     with Connection(services.broker_url) as connection:  # an exchange without a queue drops messages
         declare_topology(connection, WORKER_QUEUE)
     server, worker = services.start_server(), services.start_worker(wait=False)
@@ -150,8 +148,6 @@ def drain(services, worker, published, timeout):
 
 def queue_depth(broker_url, name=WORKER_QUEUE):
     """Ready messages in a queue (passive ``queue.declare``)."""
-    from kombu import Connection
-
     with Connection(broker_url) as connection, contextlib.closing(connection.channel()) as channel:
         return channel.queue_declare(queue=name, passive=True).message_count
 
@@ -169,10 +165,6 @@ def applied(services):
 
 def worker_settings(services):
     """The batching settings a worker of ``services`` reads (through the product's ``Config``)."""
-    from unittest import mock
-
-    from config import Config
-
     with mock.patch.dict(os.environ, services.env(), clear=True):
         config = Config()
     keys = ("WORKER_BATCH_SIZE", "WORKER_BATCH_LINGER_MS", "THROTTLE_SECONDS", "LOG_LEVEL")
@@ -228,8 +220,6 @@ def open_files_limit(pid):
 def raise_open_files_limit(wanted=65536):
     """Raise RLIMIT_NOFILE (inherited by every child started later) to ``wanted``, or as far as allowed
     (beyond the hard limit as root); return (soft, hard)."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = max(soft, wanted)
     for limits in ((wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):

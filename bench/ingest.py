@@ -20,7 +20,7 @@ from kombu import Connection, Consumer, Queue  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.harness import WORKER_QUEUE, BenchFailure, fmt  # noqa: E402
 from campaigns.publisher import make_event  # noqa: E402
-from worker.queues import DEAD_LETTER_QUEUE, declare_topology, events_exchange  # noqa: E402
+from campaigns.queues import DEAD_LETTER_QUEUE, declare_topology, events_exchange  # noqa: E402
 
 BARE_QUEUE = "bench.bare"
 BARE = Queue(BARE_QUEUE, exchange=events_exchange, routing_key="#", durable=True)  # a copy of every event
