@@ -1,26 +1,12 @@
-"""Socket.IO clients for the benchmarks, in child processes (real clients are on other machines, and
-one interpreter would queue a fan-out's deliveries behind each other on its GIL).
-
-Two kinds, recording the same things (``Record``):
-
-- ``selector`` (default): minimal clients (websocket upgrade with wsproto, Engine.IO open and pong,
-  Socket.IO CONNECT with ``auth.token``, events) all read by one selector thread per process, and
-  timestamped when the bytes arrive. python-socketio's client runs a reader thread per connection;
-  on loopback the kernel wakes it inside the server's ``send()`` and charges that to the server
-  (2.0 us of server system time per delivery with one selector thread, 4.5-5.7 us with a thread per
-  connection): a browser on another machine costs the server none of that.
-- ``python-socketio``: the library's client (``stack.OrderedClient``: handlers in arrival order),
-  timestamped in its handler. It gives up on a silent server like the JavaScript client, after
-  PING_INTERVAL + PING_TIMEOUT, unless ``stock_heartbeat`` (python-engineio's rule: a PING 5 s late).
-
-A hole in a client's seqs still open after 1 s makes it ``replay`` from the hole, as a real
-client does (``replay_holes``).
+"""Socket.IO clients for the benchmarks, in child processes: minimal websocket clients (wsproto) all
+read by one selector thread per process and timestamped when the bytes arrive; each records what it
+received (``Client``) and replays a hole in its seqs still open after 1 s. Why this kind of client:
+docs/benchmarks.md.
 """
 
 import collections
 import contextlib
 import json
-import logging
 import math
 import multiprocessing
 import selectors
@@ -34,24 +20,78 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
-from bench.harness import BenchFailure, cpu_times, raise_open_files_limit, rss_mb
+from bench.harness import BenchFailure, cpu_times, stats
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
 
-class Record:
-    """What one client received: seqs (live and replayed), holes, duplicates, lag, PINGs, probe arrivals.
-    ``send(event, data)`` emits on its connection while it is open (None otherwise)."""
+class Client:
+    """One minimal Socket.IO client and what it received: seqs (live and replayed), holes, duplicates,
+    lag, PINGs, probe arrivals. ``up`` while its connection is open."""
 
-    def __init__(self, tenant_id, shared, probe_campaign):
-        self.tenant_id, self.shared, self.probe_campaign = tenant_id, shared, probe_campaign
-        self.lock, self.settled = threading.Lock(), threading.Event()  # settled: snapshot, refusal or close
-        self.snapshot_seq = self.max_seq = self.last_ping = self.disconnected = self.send = None
-        self.last_live, self.asked_at = 0, 0.0
+    def __init__(self, tenant_id, token, shared, probe_campaign):
+        self.tenant_id, self.token, self.shared, self.probe_campaign = tenant_id, token, shared, probe_campaign
+        self.lock, self.send_lock, self.settled = threading.Lock(), threading.Lock(), threading.Event()
+        self.snapshot_seq = self.max_seq = self.last_ping = self.disconnected = self.sock = None
+        self.last_live, self.asked_at, self.buffer = 0, 0.0, ""
         self.seqs, self.live_seqs, self.holes, self.probes = set(), set(), {}, {}
         self.live = self.replayed = self.duplicates = self.out_of_order = self.foreign = 0
         self.gaps = self.gap_requests = 0
-        self.connected = False
+        self.connected = False  # settled: snapshot, refusal or close
+
+    @property
+    def up(self):
+        """True while the connection is open."""
+        return self.sock is not None
+
+    def open(self, host, port):
+        """Open the websocket (the Engine.IO and Socket.IO handshakes follow as packets arrive)."""
+        self.settled.clear()
+        self.disconnected, self.buffer, self.ws = None, "", WSConnection(ConnectionType.CLIENT)
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(self.ws.send(Request(host=f"{host}:{port}", target="/socket.io/?EIO=4&transport=websocket")))
+        sock.settimeout(None)
+        self.sock = sock
+
+    def send_text(self, text):
+        """Send one websocket text frame."""
+        with self.send_lock:
+            self.sock.sendall(self.ws.send(Message(data=text)))
+
+    def emit(self, name, data):
+        """Emit a Socket.IO event."""
+        self.send_text("42" + json.dumps([name, data]))
+
+    def receive(self, data, arrived):
+        """Feed bytes from the socket; return an error text when the connection ended."""
+        self.ws.receive_data(data or None)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self.buffer += event.data
+                if event.message_finished:
+                    text, self.buffer = self.buffer, ""
+                    if error := self.packet(text, arrived):
+                        return error
+            elif isinstance(event, Ping):
+                with self.send_lock:
+                    self.sock.sendall(self.ws.send(event.response()))
+            elif isinstance(event, (CloseConnection, RejectConnection)):
+                return f"closed by the server ({getattr(event, 'code', getattr(event, 'status_code', '?'))})"
+        return None if data else "connection lost"
+
+    def packet(self, text, arrived):
+        """Handle one Engine.IO packet."""
+        if text == "2":
+            self.on_ping(arrived)
+            self.send_text("3")
+        elif text.startswith("0"):
+            self.send_text("40" + json.dumps({"token": self.token}))
+        elif text.startswith(("44", "41")):
+            return f"refused or disconnected by the server: {text[2:200]}"
+        elif text.startswith("42"):
+            self.on_event(*json.loads(text[2:])[:2], arrived)
+        return None
 
     def on_event(self, name, data, arrived):
         """A ``campaign_snapshot`` or ``campaign_update`` that arrived at ``arrived`` (monotonic)."""
@@ -99,136 +139,53 @@ class Record:
         """``replay`` from the oldest hole once it outlived the grace period (not too often)."""
         with self.lock:
             old = [seq for seq, since in self.holes.items() if now - since >= HOLE_GRACE_SECONDS]
-            if not old or now - self.asked_at < ASK_AGAIN_SECONDS or not self.send:
+            if not old or now - self.asked_at < ASK_AGAIN_SECONDS or not self.up:
                 return
             self.asked_at, self.gap_requests = now, self.gap_requests + 1
         with contextlib.suppress(Exception):  # a disconnected client: counted elsewhere
-            self.send("replay", {"after_seq": min(old) - 1})
+            self.emit("replay", {"after_seq": min(old) - 1})
 
 
 class Clients:
-    """Connects every record ``concurrency`` at a time (``attempts`` each); counts what ends them."""
+    """Connects every client ``concurrency`` at a time (``attempts`` each), reads them all on one
+    selector thread, counts what ends them."""
 
-    def __init__(self, url, records, tokens, concurrency, attempts):
-        self.url, self.records, self.tokens = url, records, tokens
+    def __init__(self, url, clients, concurrency, attempts):
+        parts = urlsplit(url)
+        self.host, self.port, self.clients = parts.hostname, parts.port, clients
         self.concurrency, self.attempts = concurrency, attempts
-        self.clients, self.disconnects, self.errors, self.retries, self.durations = {}, [], [], [], []
+        self.disconnects, self.errors, self.retries, self.durations = [], [], [], []
         self.closing = False
+        self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
+        threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
 
     def connect_all(self):
         """Connect every client; return when all are connected or gave up."""
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            list(pool.map(self.connect, range(len(self.records))))
+            list(pool.map(self.connect, self.clients))
 
-    def connect(self, index):
-        record = self.records[index]
+    def connect(self, client):
         for attempt in range(self.attempts):
             began = time.monotonic()
-            record.settled.clear()
-            record.disconnected = None
             try:
-                self.open(index)
-                if not record.settled.wait(30) or not record.connected:
-                    raise ConnectionError(f"no campaign_snapshot: {record.disconnected or 'within 30 s'}")
+                client.open(self.host, self.port)
+                self.selector.register(client.sock, selectors.EVENT_READ, client)
+                if not client.settled.wait(30) or not client.connected:
+                    raise ConnectionError(f"no campaign_snapshot: {client.disconnected or 'within 30 s'}")
                 return self.durations.append(time.monotonic() - began)
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 with contextlib.suppress(Exception):
-                    self.drop(index)
+                    self.drop(client)
                 (self.errors if attempt == self.attempts - 1 else self.retries).append(repr(exc))
                 time.sleep(1.0 + attempt)
 
-    def ended(self, record, reason):
-        """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
-        if record.connected and not self.closing:
-            self.disconnects.append((time.monotonic(), reason))
-        record.disconnected, record.send = {"at": time.time(), "reason": reason}, None
-        record.settled.set()
-
-    def up(self, record):
-        """True while a client's connection is open."""
-        return record.send is not None
-
-    def close(self):
-        """Close every connection."""
-        self.closing = True
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(self.drop, list(self.clients)))
-
-
-class SelectorClient:
-    """One connection read by ``SelectorClients``' thread."""
-
-    def __init__(self, record, token, host, port):
-        self.record, self.token, self.buffer, self.send_lock = record, token, "", threading.Lock()
-        self.sock = socket.create_connection((host, port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.sock.sendall(self.ws.send(Request(host=f"{host}:{port}", target="/socket.io/?EIO=4&transport=websocket")))
-        self.sock.settimeout(None)
-        record.send = self.emit
-
-    def send_text(self, text):
-        """Send one websocket text frame."""
-        with self.send_lock:
-            self.sock.sendall(self.ws.send(Message(data=text)))
-
-    def emit(self, name, data):
-        """Emit a Socket.IO event."""
-        self.send_text("42" + json.dumps([name, data]))
-
-    def receive(self, data, arrived):
-        """Feed bytes from the socket; return an error text when the connection ended."""
-        self.ws.receive_data(data or None)
-        for event in self.ws.events():
-            if isinstance(event, TextMessage):
-                self.buffer += event.data
-                if event.message_finished:
-                    text, self.buffer = self.buffer, ""
-                    if error := self.packet(text, arrived):
-                        return error
-            elif isinstance(event, Ping):
-                with self.send_lock:
-                    self.sock.sendall(self.ws.send(event.response()))
-            elif isinstance(event, (CloseConnection, RejectConnection)):
-                return f"closed by the server ({getattr(event, 'code', getattr(event, 'status_code', '?'))})"
-        return None if data else "connection lost"
-
-    def packet(self, text, arrived):
-        """Handle one Engine.IO packet."""
-        if text == "2":
-            self.record.on_ping(arrived)
-            self.send_text("3")
-        elif text.startswith("0"):
-            self.send_text("40" + json.dumps({"token": self.token}))
-        elif text.startswith(("44", "41")):
-            return f"refused or disconnected by the server: {text[2:200]}"
-        elif text.startswith("42"):
-            name, data = json.loads(text[2:])[:2]
-            self.record.on_event(name, data, arrived)
-        return None
-
-
-class SelectorClients(Clients):
-    """Minimal clients, all read on one selector thread."""
-
-    def __init__(self, url, records, tokens, concurrency, attempts, **_):
-        super().__init__(url, records, tokens, concurrency, attempts)
-        self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
-        threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
-
-    def open(self, index):
-        parts = urlsplit(self.url)
-        client = self.clients[index] = SelectorClient(self.records[index], self.tokens[index], parts.hostname,
-                                                      parts.port)
-        self.selector.register(client.sock, selectors.EVENT_READ, client)
-
-    def drop(self, index):
-        client = self.clients.pop(index, None)
-        if client is not None:
+    def drop(self, client):
+        """Stop reading a connection and close it."""
+        sock, client.sock = client.sock, None
+        if sock is not None:
             with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(client.sock)
-            client.sock.close()
-            client.record.send = None
+                self.selector.unregister(sock)
+            sock.close()
 
     def loop(self):
         """Read every registered connection as data arrives."""
@@ -236,151 +193,95 @@ class SelectorClients(Clients):
             for key, _ in self.selector.select(timeout=0.1):
                 client = key.data
                 try:
-                    error = client.receive(client.sock.recv(65536), time.monotonic())
-                except (OSError, ValueError) as exc:
+                    error = client.receive(key.fileobj.recv(65536), time.monotonic())
+                except (OSError, ValueError, AttributeError) as exc:
                     error = repr(exc)
                 if error:
-                    with contextlib.suppress(KeyError, ValueError):
-                        self.selector.unregister(client.sock)
-                    client.sock.close()
-                    self.ended(client.record, error)
+                    self.drop(client)
+                    self.ended(client, error)
+
+    def ended(self, client, reason):
+        """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
+        if client.connected and not self.closing:
+            self.disconnects.append((time.monotonic(), reason))
+        client.disconnected = {"at": time.time(), "reason": reason}
+        client.settled.set()
+
+    def close(self):
+        """Close every connection."""
+        self.closing = True
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(self.drop, self.clients))
 
 
-class LibraryClients(Clients):
-    """python-socketio clients (a reader thread each)."""
-
-    def __init__(self, url, records, tokens, concurrency, attempts, transport="websocket", stock_heartbeat=False):
-        super().__init__(url, records, tokens, concurrency, attempts)
-        self.transport, self.stock_heartbeat = transport, stock_heartbeat
-
-    def open(self, index):
-        import socketio
-        from engineio import packet
-
-        import stack
-
-        record, tolerant = self.records[index], not self.stock_heartbeat
-
-        class EngineIO(stack.OrderedEngineIOClient):
-            def _receive_packet(self, pkt):
-                if pkt.packet_type == packet.PING:
-                    record.on_ping(time.monotonic())
-                return super()._receive_packet(pkt)
-
-            def _write_loop(self):
-                if tolerant:  # wait PING_INTERVAL + PING_TIMEOUT for a PING, as the JavaScript client
-                    self.ping_timeout = self.ping_interval + self.ping_timeout - 5
-                return super()._write_loop()
-
-        class Client(socketio.Client):
-            def _engineio_client_class(self):
-                return EngineIO
-
-        # websocket-client checks every frame's UTF-8 in pure Python: most of a client's CPU.
-        client = Client(reconnection=False, websocket_extra_options={"skip_utf8_validation": True})
-        self.clients[index] = client
-        for name in ("campaign_snapshot", "campaign_update"):
-            client.on(name, lambda data, name=name: record.on_event(name, data, time.monotonic()))
-        client.on("disconnect", lambda *reason: self.ended(record, str(reason[0]) if reason else ""))
-        record.send = client.emit
-        client.connect(self.url, auth={"token": self.tokens[index]}, transports=[self.transport], wait_timeout=30)
-
-    def drop(self, index):
-        client = self.clients.pop(index, None)
-        if client is not None and client.connected:
-            client.disconnect()
-        self.records[index].send = None
-
-
-KINDS = {"selector": SelectorClients, "python-socketio": LibraryClients}
-
-
-def child(pipe, url, share, kind, options):
+def child(pipe, url, share, options):
     """A child process holding ``share`` (``(tenant_id, token)`` pairs): sends a ready report, then
     answers ``"mark"``, ``("verify", stored seqs by tenant, timeout)`` and ``"close"``."""
-    raise_open_files_limit()
-    shared = {"lags": [], "ping_gaps": [], "log_counts": collections.Counter()}
-    counting = logging.Handler(logging.WARNING)  # the client library's warnings, counted, not printed per client
-    counting.emit = lambda record: shared["log_counts"].update([record.getMessage()[:80]])
-    logging.getLogger().handlers[:] = [counting]
-    records = [Record(tenant_id, shared, options.get("probe_campaign")) for tenant_id, _ in share]
-    group = KINDS[kind](url, records, [token for _, token in share], options.get("connect_threads", 8),
-                        options.get("attempts", 5), **options.get("library", {}))
+    shared = {"lags": [], "ping_gaps": []}
+    clients = [Client(tenant_id, token, shared, options.get("probe_campaign")) for tenant_id, token in share]
+    group = Clients(url, clients, options.get("connect_threads", 8), options.get("attempts", 5))
     started = time.monotonic()
     group.connect_all()
-    pipe.send({"connected": sum(r.connected for r in records), "errors": group.errors, "retries": group.retries,
+    pipe.send({"connected": sum(r.connected for r in clients), "errors": group.errors, "retries": group.retries,
                "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
-    stop = threading.Event()
-    if options.get("replay_holes"):
-        threading.Thread(target=watch_holes, args=(records, stop), daemon=True).start()
-    while (command := pipe.recv()) != "close":
-        if command == "mark":
+    while (command := pipe.poll(0.25) and pipe.recv()) != "close":
+        if not command:  # a quarter of a second without one: clients ask for their old holes, as real ones do
+            for client in clients if options.get("replay_holes") else ():
+                client.ask_for_old_holes(time.monotonic())
+        elif command == "mark":
             lags, pings = shared["lags"][:], shared["ping_gaps"][:]
             del shared["lags"][:len(lags)], shared["ping_gaps"][:len(pings)]
-            up = [r for r in records if r.connected and group.up(r)]
-            per_tenant = {}
-            for record in up:
-                per_tenant[record.tenant_id] = per_tenant.get(record.tenant_id, 0) + 1
-            pipe.send({"updates": sum(r.live + r.replayed for r in records),
-                       "replayed": sum(r.replayed for r in records),
-                       "gaps": sum(r.gaps for r in records), "gap_requests": sum(r.gap_requests for r in records),
-                       "connected": len(up), "connected_per_tenant": per_tenant, "disconnects": group.disconnects[:],
-                       "lags": lags, "ping_gaps": pings, "cpu": sum(cpu_times("self")),
-                       "client_log_messages": dict(shared["log_counts"]),
-                       "probes": [(r.tenant_id, dict(r.probes), group.up(r)) for r in records if r.probe_campaign]})
+            up = [r for r in clients if r.connected and r.up]
+            pipe.send({"updates": sum(r.live + r.replayed for r in clients),
+                       "replayed": sum(r.replayed for r in clients),
+                       "gaps": sum(r.gaps for r in clients), "gap_requests": sum(r.gap_requests for r in clients),
+                       "connected": len(up), "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
+                       "disconnects": group.disconnects[:], "lags": lags, "ping_gaps": pings,
+                       "cpu": sum(cpu_times("self")),
+                       "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
-            pipe.send(verify([r for r in records if r.connected], group, *command[1:]))
-    stop.set()
+            pipe.send(verify([r for r in clients if r.connected], *command[1:]))
     group.close()
     pipe.send({"closed": True})
 
 
-def watch_holes(records, stop):
-    """Every client asks for its holes older than the grace period, as a real one would."""
-    while not stop.wait(0.25):
-        now = time.monotonic()
-        for record in records:
-            if record.holes:
-                record.ask_for_old_holes(now)
-
-
-def verify(records, group, stored, timeout):
+def verify(clients, stored, timeout):
     """Wait until every client saw its tenant's last stored seq, compare what each received with what
     is stored (after its snapshot), ask once more with ``replay`` for what is missing, count."""
     last = {tenant_id: (seqs[-1] if seqs else 0) for tenant_id, seqs in stored.items()}
 
-    def missing(record):
-        with record.lock:
-            return [seq for seq in stored[record.tenant_id] if seq > record.snapshot_seq and seq not in record.seqs]
+    def missing(client):
+        with client.lock:
+            return [seq for seq in stored[client.tenant_id] if seq > client.snapshot_seq and seq not in client.seqs]
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(r.max_seq < last[r.tenant_id] for r in records if group.up(r)):
+    while time.monotonic() < deadline and any(r.max_seq < last[r.tenant_id] for r in clients if r.up):
         time.sleep(0.05)
-    before = [missing(r) for r in records]
+    before = [missing(r) for r in clients]
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(missing(r) for r in records if group.up(r)):
-        for record in records:  # one replay a second at most: the per-connection event budget
-            if (gaps := missing(record)) and record.send:
+    while time.monotonic() < deadline and any(missing(r) for r in clients if r.up):
+        for client in clients:  # one replay a second at most: the per-connection event budget
+            if (gaps := missing(client)) and client.up:
                 with contextlib.suppress(Exception):
-                    record.send("replay", {"after_seq": gaps[0] - 1})
+                    client.emit("replay", {"after_seq": gaps[0] - 1})
         time.sleep(1.1)
-    after = [missing(r) for r in records]
-    lost_live = [sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq and q not in r.live_seqs) for r in records]
-    totals = {name: sum(getattr(r, name) for r in records) for name in
+    after = [missing(r) for r in clients]
+    lost_live = [sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq and q not in r.live_seqs) for r in clients]
+    totals = {name: sum(getattr(r, name) for r in clients) for name in
               ("live", "replayed", "duplicates", "out_of_order", "foreign", "gap_requests")}
     return {
-        "clients": len(records), **totals,
-        "connected_at_end": sum(1 for r in records if group.up(r)),
-        "disconnected": sum(1 for r in records if r.disconnected),
-        "disconnect_examples": [r.disconnected for r in records if r.disconnected][:3],
-        "reached_final_state": sum(1 for r in records if r.max_seq >= last[r.tenant_id]),
-        "expected_updates": sum(sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq) for r in records),
+        "clients": len(clients), **totals,
+        "connected_at_end": sum(1 for r in clients if r.up),
+        "disconnected": sum(1 for r in clients if r.disconnected),
+        "disconnect_examples": [r.disconnected for r in clients if r.disconnected][:3],
+        "reached_final_state": sum(1 for r in clients if r.max_seq >= last[r.tenant_id]),
+        "expected_updates": sum(sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq) for r in clients),
         "lost_live": sum(lost_live), "clients_with_live_losses": sum(1 for n in lost_live if n),
         "clients_missing_before_final_replay": sum(1 for m in before if m),
         "missing_before_final_replay": sum(len(m) for m in before),
         "clients_missing_after_final_replay": sum(1 for m in after if m),
         "missing_after_final_replay": sum(len(m) for m in after),
-        "unknown_seqs": sum(len(r.seqs - set(stored[r.tenant_id])) for r in records),
+        "unknown_seqs": sum(len(r.seqs - set(stored[r.tenant_id])) for r in clients),
     }
 
 
@@ -390,9 +291,7 @@ def merge(answers):
     for answer in answers:
         for key, value in answer.items():
             if isinstance(value, dict):
-                target = merged.setdefault(key, {})
-                for k, v in value.items():
-                    target[k] = target.get(k, 0) + v
+                merged.setdefault(key, collections.Counter()).update(value)
             else:
                 merged[key] = merged[key] + value if key in merged else value
     return merged
@@ -402,14 +301,14 @@ class ClientProcesses:
     """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
     (or ``processes`` of them); ``options`` for ``child``."""
 
-    def __init__(self, url, credentials, kind="selector", per_process=250, processes=None, **options):
+    def __init__(self, url, credentials, per_process=250, processes=None, **options):
         count = processes or max(1, math.ceil(len(credentials) / per_process))
         context = multiprocessing.get_context("spawn")
         self.children = []
         for n in range(count):
             parent_end, child_end = context.Pipe()
             process = context.Process(target=child, name=f"bench-clients-{n}", daemon=True,
-                                      args=(child_end, url, credentials[n::count], kind, options))
+                                      args=(child_end, url, credentials[n::count], options))
             process.start()
             self.children.append((process, parent_end))
         self.pids = [process.pid for process, _ in self.children]
@@ -425,15 +324,19 @@ class ClientProcesses:
             answers.append(pipe.recv())
         return merge(answers)
 
+    def connected(self, timeout):
+        """Wait for every child's ready report; what connecting took, and what went wrong."""
+        ready = self.receive(timeout)
+        return {"connected": ready["connected"], "errors": len(ready["errors"]), "error_examples": ready["errors"][:5],
+                "retries": len(ready["retries"]), "retry_examples": ready["retries"][:5],
+                "connect_ms": stats([1000 * d for d in ready["durations"]]),
+                "process_connect_seconds": [round(s, 2) for s in ready["process_connect_seconds"]]}
+
     def ask(self, command, timeout=60):
         """Send ``command`` to every child; their merged answers."""
         for _, pipe in self.children:
             pipe.send(command)
         return self.receive(timeout)
-
-    def rss_mb(self):
-        """The children's resident memory together."""
-        return rss_mb(self.pids)
 
     def close(self):
         """Disconnect every client and stop the processes."""

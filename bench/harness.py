@@ -1,11 +1,6 @@
-"""The benchmarks' harness; each benchmark is a short scenario on top of it.
-
-``environment()`` gives a ``stack.Stack`` (the one implementation, shared with the tests) on a
-fresh database and vhost and removes it, with every process it started, in a ``finally``;
-``start_campaigns()`` starts a server and a worker with running campaigns; ``Traffic``
-publishes at a steady rate; ``bench.clients`` holds Socket.IO clients in child processes;
-``Meter`` reads CPU seconds of the processes that matter; ``report()`` prints the tables and
-writes ``bench/results/<name>.json``.
+"""The benchmarks' harness: a private ``stack.Stack`` on a fresh database and vhost (``environment``),
+campaigns to drive (``start_campaigns``), steady publishing (``Traffic``), CPU and memory readings
+(``Meter``), statistics, and ``report()`` (prints tables, writes ``bench/results/<name>.json``).
 """
 
 import argparse
@@ -14,6 +9,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -21,8 +17,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from unittest import mock
+
+from kombu import Connection
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -30,44 +30,47 @@ if str(REPO) not in sys.path:
 
 import stack  # noqa: E402  (needs the repo root on sys.path)
 from campaigns.publisher import make_event  # noqa: E402
+from campaigns.queues import declare_topology  # noqa: E402
 from campaigns.timeutil import isoformat  # noqa: E402
+from config import Config  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 WORKER_QUEUE = "campaign.events.worker"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MACHINE = {}  # what this run measures on: filled by ``run``, written by ``report``
 
 
 class BenchFailure(Exception):
     """A benchmark could not measure what it should (a stall, a lost message, a dead process)."""
 
 
-def options(doc, name, quick, **defaults):
-    """An argument parser with what every benchmark has: ``--quick`` (``quick`` says what it
-    runs), ``--keep-logs``, ``--output``, and those of ``defaults`` it has (``duration``, ``rate``,
-    ``tenants``, ``campaigns``: numbers; ``client``: the default kind of ``bench.clients``)."""
+def options(doc, name, quick, **numbers):
+    """An argument parser with what every benchmark has: ``--quick`` (a smoke run: the values of
+    ``quick`` replace those given), ``--keep-logs``, ``--output``, and a ``--name`` for each of
+    ``numbers`` (``name=(default, help)``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: " + ", ".join(f"{key}={value}" for key, value in quick.items()))
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
     parser.add_argument("--output", default=name, help=f"results file name under bench/results/ (default {name})")
-    helps = {"duration": "seconds of measurement", "rate": "campaign events published per second",
-             "tenants": "tenants", "campaigns": "running campaigns over all tenants"}
-    for key, value in defaults.items():
-        if key == "client":
-            parser.add_argument("--client", default=value, choices=["selector", "python-socketio"])
-        else:
-            parser.add_argument(f"--{key}", type=type(value), default=value, help=f"{helps[key]} (default {value})")
+    for key, (value, text) in numbers.items():
+        kind = {"action": "store_true"} if value is False else {"type": type(value), "default": value}
+        parser.add_argument(f"--{key.replace('_', '-')}", help=f"{text} (default {value})", **kind)
+    parser.set_defaults(quick_values=quick)
     return parser
 
 
-def run(main):
-    """Run a benchmark's ``main`` as a script: its exit status, 1 on ``BenchFailure``; SIGTERM cleans up."""
-
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+def run(main, parser):
+    """Run a benchmark as a script: ``main(args)``'s exit status, 1 on ``BenchFailure``. Records the
+    machine first and raises the open files limit (every process started later inherits it);
+    SIGTERM cleans up."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    args = parser.parse_args()
+    if args.quick:
+        vars(args).update(args.quick_values)
+    MACHINE.update(machine(), rlimit_nofile=raise_open_files_limit())
     try:
-        sys.exit(main())
+        sys.exit(main(args))
     except BenchFailure as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -88,6 +91,7 @@ def environment(name, keep_logs=False, **settings):
         made.append(lambda: stack.delete_vhost(vhost))
         services = stack.Stack(database, vhost, log_dir, **settings)
         made.append(services.stop)
+        MACHINE["worker_settings"] = worker_settings(services)
         yield services
         failed = False
     finally:
@@ -111,10 +115,6 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
     """Declare the topology, start one server and one worker, create ``tenants`` tenants and start
     ``campaigns`` campaigns round-robin over them (plus the ids ``every_tenant`` in each one);
     return ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once all are applied."""
-    from kombu import Connection
-
-    from worker.queues import declare_topology
-
     with Connection(services.broker_url) as connection:  # an exchange without a queue drops messages
         declare_topology(connection, WORKER_QUEUE)
     server, worker = services.start_server(), services.start_worker(wait=False)
@@ -131,14 +131,8 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
 
 def wait_for(process, predicate, timeout, what):
     """``stack.wait_until`` that fails with the process's log when it exits or the time is up."""
-
-    def check():
-        if not process.alive():
-            raise BenchFailure(f"{process.name} exited:\n{process.log()[-3000:]}")
-        return predicate()
-
     try:
-        return stack.wait_until(check, timeout, 0.05, what)
+        return stack.wait_until(lambda: check_running(process) or predicate(), timeout, 0.05, what)
     except AssertionError as exc:
         raise BenchFailure(f"{exc}\n{process.log()[-3000:]}") from None
 
@@ -147,26 +141,30 @@ def drain(services, worker, published, timeout):
     """Seconds until ``applied_events`` holds ``published`` rows (None when it did not in ``timeout``)."""
     started = time.monotonic()
     with contextlib.suppress(BenchFailure):
-        wait_for(worker, lambda: services.sql("SELECT count(*) FROM applied_events")[0][0] >= published,
-                 timeout, "the worker to apply everything")
+        wait_for(worker, lambda: applied(services)[0] >= published, timeout, "the worker to apply everything")
         return time.monotonic() - started
     return None
 
 
 def queue_depth(broker_url, name=WORKER_QUEUE):
     """Ready messages in a queue (passive ``queue.declare``)."""
-    from kombu import Connection
-
     with Connection(broker_url) as connection, contextlib.closing(connection.channel()) as channel:
         return channel.queue_declare(queue=name, passive=True).message_count
 
 
+def metric(server, name, **labels):
+    """One sample of a server's /metrics."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
+        return stack.metric(answer.read().decode(), name, **labels)
+
+
+def applied(services):
+    """``(events, batches)`` the worker applied so far."""
+    return services.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
+
+
 def worker_settings(services):
     """The batching settings a worker of ``services`` reads (through the product's ``Config``)."""
-    from unittest import mock
-
-    from config import Config
-
     with mock.patch.dict(os.environ, services.env(), clear=True):
         config = Config()
     keys = ("WORKER_BATCH_SIZE", "WORKER_BATCH_LINGER_MS", "THROTTLE_SECONDS", "LOG_LEVEL")
@@ -188,10 +186,9 @@ def cpu_times(pids):
     return tuple(total) if found else None
 
 
-def command_cpu_seconds(command):
-    """CPU seconds used so far by every running process named ``command`` (e.g. ``postgres``)."""
-    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
-    return sum(cpu_times(pids) or (0.0,))
+def command_pids(command):
+    """The pids of every running process named ``command`` (e.g. ``postgres``)."""
+    return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
 
 
 def _read(path):
@@ -221,64 +218,57 @@ def open_files_limit(pid):
 
 
 def raise_open_files_limit(wanted=65536):
-    """Raise RLIMIT_NOFILE (inherited by every child started later) as far as allowed; return (soft, hard)."""
-    import resource
-
+    """Raise RLIMIT_NOFILE (inherited by every child started later) to ``wanted``, or as far as allowed
+    (beyond the hard limit as root); return (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+    wanted = max(soft, wanted)
+    for limits in ((wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 class Meter:
-    """CPU of named processes (``name=pid`` or a callable giving pids), PostgreSQL's, this process's
-    and the machine's at one moment (``read``); ``delta`` of two readings."""
+    """CPU of named processes (``name=pid`` or a callable giving pids), of PostgreSQL, of this process
+    (``bench``) and of the machine at one moment (``read``); ``delta`` of two readings."""
 
     def __init__(self, **pids):
-        self.pids = pids
+        self.pids = {**pids, "postgres": lambda: command_pids("postgres"), "bench": "self"}
 
     def read(self, **extra):
-        """A reading; ``extra`` values are kept as they are."""
+        """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
         cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
-        return {"at": time.monotonic(), "cpu": cpu, "postgres": command_cpu_seconds("postgres"),
-                "bench": time.process_time(), "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0], **extra}
+        return {"at": time.monotonic(), "cpu": cpu, "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0],
+                **extra}
 
     @staticmethod
     def delta(before, after):
-        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name."""
+        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name,
+        and how much each extra counter grew."""
         seconds = after["at"] - before["at"]
         cpu = {name: sum(after["cpu"][name]) - sum(before["cpu"][name]) for name in after["cpu"]}
-        return {
+        grew = {key: {k: v - before[key].get(k, 0) for k, v in value.items()} if isinstance(value, dict)
+                else value - before[key] for key, value in after.items() if key not in ("at", "cpu", "machine",
+                                                                                        "loadavg")}
+        return {**grew,
             "seconds": seconds, "cpu_seconds": cpu,
             "percent_of_one_core": {name: 100 * value / seconds for name, value in cpu.items()},
             "user_seconds": {name: after["cpu"][name][0] - before["cpu"][name][0] for name in cpu},
             "system_seconds": {name: after["cpu"][name][1] - before["cpu"][name][1] for name in cpu},
-            "postgres_cpu_seconds": after["postgres"] - before["postgres"],
-            "bench_cpu_seconds": after["bench"] - before["bench"],
             "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
             / max(after["machine"][1] - before["machine"][1], 1),
             "loadavg_at_end": after["loadavg"],
         }
 
 
-def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an ascending list (``fraction`` in [0, 1])."""
-    if not sorted_values:
-        return None
-    return sorted_values[min(max(1, math.ceil(len(sorted_values) * fraction)), len(sorted_values)) - 1]
-
-
 def stats(values):
-    """count, p50, p95, p99, max and mean of some numbers."""
+    """count, nearest-rank p50, p95 and p99, max and mean of some numbers (None when there are none)."""
     ordered = sorted(values)
-    figures = {f"p{round(q * 100)}": percentile(ordered, q) for q in (0.5, 0.95, 0.99)}
-    return {"count": len(ordered), **figures, "max": ordered[-1] if ordered else None,
-            "mean": sum(ordered) / len(ordered) if ordered else None}
+    if not ordered:
+        return {"count": 0, **dict.fromkeys(("p50", "p95", "p99", "max", "mean"))}
+    return {"count": len(ordered), **{f"p{q}": ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
+                                      for q in (50, 95, 99)}, "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
 class Traffic(threading.Thread):
@@ -287,62 +277,53 @@ class Traffic(threading.Thread):
 
     def __init__(self, services, rate, events):
         super().__init__(name="traffic", daemon=True)
-        self.services, self.rate, self.events = services, rate, events
-        self.stop_event, self.ready = threading.Event(), threading.Event()
+        self.services, self.rate, self.events, self.stop_event = services, rate, events, threading.Event()
         self.count = self.published = 0
-        self.error = None
+        self.error = self.publisher = None
 
     def run(self):
-        try:
-            publisher = self.services.publisher(confirm=False)
-        except Exception as exc:  # noqa: BLE001 - reported by check()
-            self.error = exc
-            return self.ready.set()
-        self.ready.set()
         started = time.monotonic()
         try:
             while not self.stop_event.wait(0.002):
                 elapsed = time.monotonic() - started
                 while self.count < int(elapsed * self.rate):
                     for event in self.events(self.count, elapsed):
-                        publisher.publish(event)
+                        self.publisher.publish(event)
                         self.published += 1
                     self.count += 1
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - reported by check()
             self.error = exc
-        finally:
-            publisher.close()
 
     def __enter__(self):
+        self.publisher = self.services.publisher(confirm=False)
         self.start()
-        self.ready.wait(30)
-        self.check()
         return self
 
     def __exit__(self, *exc_info):
-        self.stop()
+        self.stop_event.set()
+        self.join(30)
+        self.publisher.close()
 
     def check(self):
         """Raise ``BenchFailure`` if the publisher failed or stopped."""
-        if self.error is not None or (self.ready.is_set() and not self.is_alive() and not self.stop_event.is_set()):
+        if self.error is not None or not (self.is_alive() or self.stop_event.is_set()):
             raise BenchFailure(f"traffic publisher stopped: {self.error!r}")
 
-    def stop(self):
-        """Stop publishing and wait for the thread."""
-        self.stop_event.set()
-        if self.ident is not None:
-            self.join(30)
+
+def check_running(*things):
+    """``BenchFailure`` (with its log) if one of the processes exited or the ``Traffic`` stopped."""
+    for thing in things:
+        if isinstance(thing, Traffic):
+            thing.check()
+        elif not thing.alive():
+            raise BenchFailure(f"{thing.name} exited:\n{thing.log()[-3000:]}")
 
 
 def sleep_checking(seconds, *things):
     """Sleep ``seconds`` (a measurement window), checking every second that ``things`` still run."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        for thing in things:
-            if isinstance(thing, Traffic):
-                thing.check()
-            elif not thing.alive():
-                raise BenchFailure(f"{thing.name} exited:\n{thing.log()[-3000:]}")
+        check_running(*things)
         time.sleep(min(1.0, left))
 
 
@@ -361,12 +342,9 @@ def machine():
 
 def foreign_processes():
     """Test and benchmark processes this run did not start (they share the cores and skew the numbers)."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        stat = _read(entry / "stat") if entry.name.isdigit() else ""
-        if stat:
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            commands[int(entry.name)] = _read(entry / "cmdline").replace("\0", " ").strip()
+    lines = {int(e.name): _read(e / "stat") for e in Path("/proc").iterdir() if e.name.isdigit()}
+    parents = {pid: int(stat.rsplit(")", 1)[1].split()[1]) for pid, stat in lines.items() if stat}
+    commands = {pid: _read(Path(f"/proc/{pid}/cmdline")).replace("\0", " ").strip() for pid in parents}
     mine, pid = set(), os.getpid()
     while pid not in (0, 1) and pid not in mine:  # this run and whoever launched it
         mine.add(pid)
@@ -381,6 +359,15 @@ def fmt(value, digits=1):
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def shown(value):
+    """A figure for a table: numbers with 2 decimals, a dict as ``key value`` pairs, at most 160 characters."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {shown(item)}" for key, item in value.items())[:160]
+    if isinstance(value, (list, tuple)):
+        return json.dumps(value, default=str)[:160]
+    return fmt(value, 2) if isinstance(value, float) else value
+
+
 def figures(data, *paths):
     """A table (headers, rows) of the figures of ``data`` at ``paths`` ("a.b"; a dict: a row per item)."""
     rows = []
@@ -389,9 +376,7 @@ def figures(data, *paths):
         for part in path.split("."):
             value = value[part]
         for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
-            shown = fmt(item, 2) if isinstance(item, float) else item
-            shown = json.dumps(shown, default=str)[:160] if isinstance(shown, (dict, list, tuple)) else shown
-            rows.append([path if key is None else f"{path}.{key}", shown])
+            rows.append([path if key is None else f"{path}.{key}", shown(item)])
     return ["figure", "value"], rows
 
 
@@ -407,18 +392,14 @@ def table(headers, rows):
 def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
-    info = data.pop("machine")  # other processes: those seen at the start and at the end
-    info.update(loadavg_at_end=os.getloadavg()[0], other_processes=sorted({*info["other_processes"],
-                                                                            *foreign_processes()}))
-    for headers, rows in tables:
-        print()
-        print(table(headers, rows))
-    print()
-    for note in notes:
-        print(note)
+    info = dict(MACHINE)  # other processes: those seen at the start and at the end
+    info.update(loadavg_at_end=os.getloadavg()[0],
+                other_processes=sorted({*info["other_processes"], *foreign_processes()}))
+    print(*(f"\n{table(headers, rows)}" for headers, rows in tables), "", *notes, sep="\n")
     if info["other_processes"]:
         print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "
               f"processes ({'; '.join(info['other_processes'][:3])}): the numbers measure contention too")
+    print(f"worker settings: {info.get('worker_settings')}")
     print(f"machine: nproc {info['nproc']} ({info['cpu_model']}), load average {info['loadavg_at_start']:.1f} "
           f"at start, {info['loadavg_at_end']:.1f} at end; PostgreSQL, RabbitMQ, the server, the worker and the "
           f"load generator share these cores")

@@ -1,19 +1,7 @@
-"""Ingest throughput: how fast one ``python -m worker`` applies a backlog of campaign events.
-
-N events (default 100,000) for 50 campaigns of 10 tenants are published (unconfirmed) while no
-worker runs: a ``campaign_started`` per campaign, then ~95 % ``message_sent``, ~3 %
-``message_failed``, ~2 % ``next_message_starting``, interleaved. The worker queue and a queue
-``bench.bare`` (bound with ``#``) each get a copy; both are checked to hold exactly N.
-
-1. bare: a kombu consumer in this process that only acks ``bench.bare`` (prefetch 1000), from
-   its first message to the N-th ack: the ceiling of the broker and a Python AMQP client here.
-2. worker: ONE ``python -m worker``. "end to end" is from starting the process until
-   ``applied_events`` holds N; "steady" uses ``applied_at`` (each batch's start): (N - the last
-   batch) / (last - first batch start). Also: batches, mean batch, worker CPU, machine busy.
-
-Then every campaign's ``sent``, ``failed`` and ``version`` are compared with what was published
-(each event applied exactly once) and nothing may be dead-lettered: PASS, or FAIL and exit 1.
-Target: the worker >= min(10,000 events/s, half the bare rate), for both worker rows.
+"""Ingest throughput: how fast one ``python -m worker`` applies a backlog of campaign events, against
+a bare kombu consumer that only acks a copy of the same backlog; then every campaign's counters are
+checked (each event applied exactly once). Target: the worker >= min(10,000 events/s, bare / 2).
+How to read the figures: docs/benchmarks.md.
 
     .venv/bin/python bench/ingest.py [--events N] [--batch-size B] [--linger-ms MS] [--quick]
 """
@@ -32,31 +20,27 @@ from kombu import Connection, Consumer, Queue  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.harness import WORKER_QUEUE, BenchFailure, fmt  # noqa: E402
 from campaigns.publisher import make_event  # noqa: E402
-from worker.queues import DEAD_LETTER_QUEUE, declare_topology, events_exchange  # noqa: E402
+from campaigns.queues import DEAD_LETTER_QUEUE, declare_topology, events_exchange  # noqa: E402
 
 BARE_QUEUE = "bench.bare"
+BARE = Queue(BARE_QUEUE, exchange=events_exchange, routing_key="#", durable=True)  # a copy of every event
 TARGET = 10_000
 
 
-def build_events(n, tenant_ids, campaign_count, seed):
+def build_events(n, tenant_ids, campaign_count):
     """The N events and what each campaign must end up with."""
-    rng = random.Random(seed)
+    rng = random.Random(1)
     campaigns = [(tenant_ids[i % len(tenant_ids)], f"bench-c{i:03d}") for i in range(campaign_count)]
     expected = {key: {"sent": 0, "failed": 0, "version": 1} for key in campaigns}
     progress = []
     for i in range(n - len(campaigns)):
         key = campaigns[rng.randrange(len(campaigns))]
-        roll = rng.random()
-        if roll < 0.95:
-            kind, data = "message_sent", {"message_id": f"m-{i}"}
-            expected[key]["sent"] += 1
-        elif roll < 0.98:
-            kind, data = "message_failed", {"message_id": f"m-{i}", "error": "recipient is not on WhatsApp"}
-            expected[key]["failed"] += 1
-        else:
-            kind, data = "next_message_starting", {"message_id": f"m-{i}", "position": i}
-        expected[key]["version"] += 1
-        progress.append(make_event(*key, kind, data))
+        roll, want = rng.random(), expected[key]
+        kind, extra = (("message_sent", {}) if roll < 0.95 else ("next_message_starting", {"position": i})
+                       if roll >= 0.98 else ("message_failed", {"error": "recipient is not on WhatsApp"}))
+        want["sent"], want["failed"] = want["sent"] + (roll < 0.95), want["failed"] + (0.95 <= roll < 0.98)
+        want["version"] += 1
+        progress.append(make_event(*key, kind, {"message_id": f"m-{i}", **extra}))
     starts = [make_event(*key, "campaign_started", {"name": key[1], "total_messages": want["sent"] + want["failed"]})
               for key, want in expected.items()]
     return starts + progress, expected
@@ -66,7 +50,7 @@ def publish_backlog(services, events, timeout):
     """Declare the queues, publish every event unconfirmed, wait until both queues hold N."""
     with Connection(services.broker_url) as connection:
         declare_topology(connection, WORKER_QUEUE)
-        Queue(BARE_QUEUE, exchange=events_exchange, routing_key="#", durable=True)(connection.default_channel).declare()
+        BARE(connection.default_channel).declare()
     started = time.perf_counter()
     with services.publisher(confirm=False) as publisher:
         for event in events:
@@ -87,7 +71,7 @@ def publish_backlog(services, events, timeout):
     return {"publish_seconds": seconds, "publish_rate": len(events) / seconds}
 
 
-def run_bare(services, n, prefetch, timeout):
+def run_bare(services, n, timeout):
     """Ack-only kombu consumer on ``bench.bare``: seconds from the first message to the N-th ack."""
     state = {"count": 0, "first": None, "last": None}
     cpu_before = time.process_time()
@@ -99,10 +83,9 @@ def run_bare(services, n, prefetch, timeout):
         if state["count"] == n:
             state["last"] = time.perf_counter()
 
-    queue = Queue(BARE_QUEUE, exchange=events_exchange, routing_key="#", durable=True)
     deadline = time.monotonic() + timeout
     with Connection(services.broker_url) as connection, \
-            Consumer(connection.channel(), queues=[queue], on_message=on_message, prefetch_count=prefetch):
+            Consumer(connection.channel(), queues=[BARE], on_message=on_message, prefetch_count=1000):
         while state["count"] < n:
             if time.monotonic() > deadline:
                 raise BenchFailure(f"bare consumer: {state['count']} of {n} after {timeout} s")
@@ -117,15 +100,14 @@ def run_bare(services, n, prefetch, timeout):
 
 def run_worker(services, n, timeout):
     """Start one worker; time until ``applied_events`` holds N rows."""
-    if services.sql("SELECT count(*) FROM applied_events")[0][0]:
+    if harness.applied(services)[0]:
         raise BenchFailure("applied_events is not empty before the worker starts")
     pids = []
     started_wall, meter = time.time(), harness.Meter(worker=lambda: pids)
     before = meter.read()
     worker = services.start_worker(wait=False)
     pids.append(worker.pid)
-    harness.wait_for(worker, lambda: services.sql("SELECT count(*) FROM applied_events")[0][0] >= n, timeout,
-                     f"{n} applied events")
+    harness.wait_for(worker, lambda: harness.applied(services)[0] >= n, timeout, f"{n} applied events")
     window = harness.Meter.delta(before, meter.read())
     count, first, last, in_last, batches = services.sql(
         "SELECT count(*), min(applied_at), max(applied_at), count(*) FILTER (WHERE applied_at = "
@@ -154,51 +136,36 @@ def check_exactness(services, expected):
             "published_failed": sum(w["failed"] for w in expected.values())}
 
 
-def main():
-    parser = harness.options(__doc__, "ingest", "2,000 events")
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--tenants", type=int, default=10)
-    parser.add_argument("--campaigns", type=int, default=50, help="over all tenants")
-    parser.add_argument("--batch-size", type=int, help="WORKER_BATCH_SIZE (default: the product's)")
-    parser.add_argument("--linger-ms", type=int, help="WORKER_BATCH_LINGER_MS (default: the product's)")
-    parser.add_argument("--prefetch", type=int, default=1000, help="of the bare consumer")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one phase may take")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    args.events = 2_000 if args.quick else args.events
+def main(args):
     settings = {"LOG_LEVEL": "WARNING", "WORKER_BATCH_SIZE": args.batch_size, "WORKER_BATCH_LINGER_MS": args.linger_ms}
-    info = harness.machine()
-    with harness.environment("ingest", args.keep_logs, **{k: v for k, v in settings.items() if v is not None}) as s:
+    with harness.environment("ingest", args.keep_logs, **{k: v for k, v in settings.items() if v}) as s:
         tenant_ids = [s.create_tenant(f"bench-t{i:02d}") for i in range(args.tenants)]
-        events, expected = build_events(args.events, tenant_ids, args.campaigns, args.seed)
+        events, expected = build_events(args.events, tenant_ids, args.campaigns)
         publish = publish_backlog(s, events, args.timeout)
-        bare = run_bare(s, args.events, args.prefetch, args.timeout)
+        bare = run_bare(s, args.events, args.timeout)
         worker = run_worker(s, args.events, args.timeout)
         exact = check_exactness(s, expected)
-        config = harness.worker_settings(s)
     target = min(TARGET, bare["rate"] / 2)
     met = {"end_to_end": worker["rate"] >= target, "steady": (worker["steady_rate"] or 0) >= target}
     rows = [["bare kombu consumer (ack only)", bare["events"], fmt(bare["seconds"], 2), fmt(bare["rate"], 0), "1.00x"]]
-    for label, events, seconds, rate in (("worker, end to end (from process start)", "events", "seconds", "rate"),
-                                         ("worker, steady (first to last batch)", "steady_events", "steady_seconds",
-                                          "steady_rate")):
-        rows.append([label, worker[events], fmt(worker[seconds], 2), fmt(worker[rate], 0),
-                     f"{(worker[rate] or 0) / bare['rate']:.2f}x"])
-    harness.report(args, {"machine": info, "publish": publish, "bare": bare, "worker": worker,
-                          "worker_settings": config, "target": {"events_per_second": target, **met},
-                          "exactness": exact}, [(["consumer", "events", "seconds", "events/s", "vs bare"], rows),
-                                                harness.figures({"worker": worker, "bare": bare, "config": config},
-                                                                "worker.startup_seconds", "worker.batches",
-                                                                "worker.mean_batch", "worker.worker_cpu_percent",
-                                                                "worker.machine_busy_percent", "bare.cpu_seconds",
-                                                                "config"),
-                                                harness.figures({"publish": publish, "exactness": exact}, "publish",
-                                                                "exactness")], [
+    for label, kind in (("worker, end to end (from process start)", ""), ("worker, steady (first to last batch)",
+                                                                          "steady_")):
+        rows.append([label, worker[f"{kind}events"], fmt(worker[f"{kind}seconds"], 2), fmt(worker[f"{kind}rate"], 0),
+                     f"{(worker[f'{kind}rate'] or 0) / bare['rate']:.2f}x"])
+    data = {"publish": publish, "bare": bare, "worker": worker, "exactness": exact,
+            "target": {"events_per_second": target, **met}}
+    harness.report(args, data, [(["consumer", "events", "seconds", "events/s", "vs bare"], rows),
+                                harness.figures(data, "worker", "bare", "publish", "exactness")], [
         f"target: worker >= min(10,000, bare/2) = {target:,.0f} events/s: end to end "
         f"{'MET' if met['end_to_end'] else 'NOT MET'}, steady {'MET' if met['steady'] else 'NOT MET'}",
         f"exactness: {'PASS' if exact['passed'] else 'FAIL'}"])
     return 0 if exact["passed"] else 1
 
 
+PARSER = harness.options(
+    __doc__, "ingest", {"events": 2_000}, events=(100_000, "events in the backlog"), tenants=(10, "tenants"),
+    campaigns=(50, "campaigns over all tenants"), batch_size=(0, "WORKER_BATCH_SIZE (0: the product's)"),
+    linger_ms=(0, "WORKER_BATCH_LINGER_MS (0: the product's)"), timeout=(900.0, "seconds one phase may take"))
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)

@@ -1,26 +1,8 @@
-"""Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients.
+"""Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients,
+under 1,000 events/s of background traffic; p50/p95/p99 per (sample, client) pair and its two legs.
+Target: p99 < 50 ms. How to read the figures: docs/benchmarks.md.
 
-One server and one worker (LOG_LEVEL=WARNING). 100 clients (10 for each of 10 tenants) in 4
-child processes (``--client-processes``; with one process a fan-out's deliveries queue on its
-GIL: the spread's p99 grew to 48 ms). Background: ``message_sent`` at 1,000/s (unconfirmed)
-over 50 running campaigns. Every 200 ms one status event (``campaign_paused`` /
-``campaign_resumed`` alternately) on a probe campaign only this script touches, taking the
-tenants in turn, so its ``campaign_update`` is known by (campaign, type, ``version``). Status
-events are never throttled: this is the pipeline's own delay.
-
-Latency is from just before ``publish()`` to the update's arrival at each of the tenant's 10
-clients (CLOCK_MONOTONIC, shared by every process): when the bytes arrive (``selector`` clients,
-default) or when python-socketio's handler runs (``--client python-socketio``, handler time
-included). The table gives p50/p95/p99/max/mean over all (sample, client) pairs and two legs
-split by the update's ``timestamp`` (when the worker began the batch): publish -> worker batch
-start, and batch start -> client. "spread" is per sample the gap between the tenant's first and
-last client. Pairs that never arrive are missing (lost after being applied, or not applied within
-``--drain-timeout``), not in the percentiles, and make the script exit 1. Also: the background
-rate achieved, the worker's queue depth at the window's end and time to drain, the probe's
-publish-confirm time, and CPU of this process, the client processes, server and worker.
-Target: p99 < 50 ms.
-
-    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--client python-socketio] [--quick]
+    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--quick]
 """
 
 import contextlib
@@ -34,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 from bench.clients import ClientProcesses  # noqa: E402
-from bench.harness import fmt, stats  # noqa: E402
+from bench.harness import BenchFailure, fmt, stats  # noqa: E402
 from campaigns.publisher import make_event  # noqa: E402
 
 PROBE = "latency-probe"
@@ -43,34 +25,32 @@ TARGET_P99_MS = 50.0
 
 
 def match(samples, received):
-    """``(sample, client number, (arrival, timestamp))`` found so far, and how many pairs are missing."""
-    pairs, missing = [], 0
+    """``(sample, (arrival, timestamp))`` pairs found so far, and the samples of the missing pairs."""
+    pairs, missing = [], []
     for sample in samples:
-        for number, (tenant_id, probes, _) in enumerate(received):
+        for tenant_id, probes, _ in received:
             if tenant_id == sample["tenant"]:
-                hit = probes.get(sample["key"])
-                missing += hit is None
-                pairs += [(sample, number, hit)] if hit else []
+                if hit := probes.get(sample["key"]):
+                    pairs.append((sample, hit))
+                else:
+                    missing.append(sample)
     return pairs, missing
 
 
 def sample_window(services, tenant_ids, args, background):
     """Publish the status samples for ``args.duration`` seconds, paced; return them."""
-    samples, counters, started = [], dict.fromkeys(tenant_ids, 0), time.monotonic()
+    samples, started = [], time.monotonic()
     with services.publisher(confirm=True) as publisher:
         for k in range(int(args.duration / args.interval)):
             time.sleep(max(started + k * args.interval - time.monotonic(), 0))  # the sample schedule
             background.check()
-            tenant_id = tenant_ids[k % len(tenant_ids)]
-            count = counters[tenant_id]
+            tenant_id, count = tenant_ids[k % len(tenant_ids)], k // len(tenant_ids)  # the tenants take turns
             kind = "campaign_resumed" if count % 2 else "campaign_paused"
             event = make_event(tenant_id, PROBE, kind, {} if count % 2 else {"reason": "latency probe"})
-            published_wall, published = time.time(), time.monotonic()
+            published = time.monotonic()
             publisher.publish(event)
             samples.append({"tenant": tenant_id, "event_id": event["event_id"], "key": (PROBE, kind, 2 + count),
-                            "published": published, "published_wall": published_wall,
-                            "confirm_ms": (time.monotonic() - published) * 1000})
-            counters[tenant_id] = count + 1
+                            "published": published, "confirm_ms": (time.monotonic() - published) * 1000})
     return samples
 
 
@@ -78,14 +58,12 @@ def measure(services, args):
     server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "lat", args.tenants, args.campaigns,
                                                                     every_tenant=[PROBE])
     credentials = [(t, services.token(t)) for t in tenant_ids for _ in range(args.clients_per_tenant)]
-    clients = ClientProcesses(server.url, credentials, args.client, processes=args.client_processes,
-                              probe_campaign=PROBE, connect_threads=10,
-                              library={"transport": args.transport} if args.client == "python-socketio" else {})
+    clients = ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
+                              connect_threads=10)
     meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
     try:
-        ready = clients.receive(120)
-        if ready["errors"]:
-            raise harness.BenchFailure(f"clients could not connect: {ready['errors'][:3]}")
+        if (connect := clients.connected(120))["errors"]:
+            raise BenchFailure(f"clients could not connect: {connect['error_examples']}")
         with harness.Traffic(services, args.rate, lambda n, _: [make_event(
                 *campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})]) as background:
             harness.sleep_checking(args.warmup, background, worker)
@@ -97,56 +75,41 @@ def measure(services, args):
         published = len(campaigns) + len(tenant_ids) + background.count + len(samples)
         drained = harness.drain(services, worker, published, args.drain_timeout)
         with contextlib.suppress(AssertionError):  # what is still missing then is reported
-            harness.stack.wait_until(lambda: match(samples, clients.ask("mark")["probes"])[1] == 0,
+            harness.stack.wait_until(lambda: not match(samples, clients.ask("mark")["probes"])[1],
                                      LATE_UPDATE_SECONDS, 0.1, "every client to receive every sample")
         received = clients.ask("mark")["probes"]
-        applied, batches = services.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
+        applied, batches = harness.applied(services)
         applied_ids = {r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s",
                                                   (PROBE,))}
-        config = harness.worker_settings(services)
     finally:
         clients.close()
     pairs, missing = match(samples, received)
-    found = {(id(sample), number) for sample, number, _ in pairs}
-    lost = sum(1 for s in samples for n, (t, _, _) in enumerate(received)
-               if t == s["tenant"] and (id(s), n) not in found and s["event_id"] in applied_ids)
-    offset = time.time() - time.monotonic()  # monotonic -> wall, to split the legs at the worker's timestamp
-    stamp = {id(s): datetime.fromisoformat(hit[1].replace("Z", "+00:00")).timestamp() for s, _, hit in pairs}
-    by_sample = {}
-    for sample, _, hit in pairs:
-        by_sample.setdefault(id(sample), (sample, []))[1].append(hit[0])
+    lost = sum(1 for s in missing if s["event_id"] in applied_ids)
+    offset = time.time() - time.monotonic()  # wall -> monotonic, to split the legs at the worker's timestamp
+    by_sample = {}  # id: (sample, the worker's batch start (monotonic), arrivals)
+    for sample, (arrived, stamp) in pairs:
+        start = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - offset
+        by_sample.setdefault(id(sample), (sample, start, []))[2].append(arrived)
     return {
         "samples": len(samples), "clients": len(credentials), "client_processes": len(clients.pids),
         "expected_pairs": len(samples) * args.clients_per_tenant, "received_pairs": len(pairs),
-        "missing_pairs": missing, "missing_pairs_lost": lost, "missing_pairs_not_applied_in_time": missing - lost,
+        "missing_pairs": len(missing), "missing_pairs_lost": lost,
+        "missing_pairs_not_applied_in_time": len(missing) - lost,
         "disconnected_clients": sum(1 for _, _, up in received if not up),
-        "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, _, hit in pairs]),
-        "publish_to_worker_ms": stats([(stamp[key] - s["published_wall"]) * 1000 for key, (s, _) in by_sample.items()]),
-        "worker_to_client_ms": stats([(hit[0] + offset - stamp[id(s)]) * 1000 for s, _, hit in pairs]),
-        "fanout_spread_ms": stats([(max(t) - min(t)) * 1000 for _, t in by_sample.values() if len(t) > 1]),
+        "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, hit in pairs]),
+        "publish_to_worker_ms": stats([(start - s["published"]) * 1000 for s, start, _ in by_sample.values()]),
+        "worker_to_client_ms": stats([(a - start) * 1000 for _, start, t in by_sample.values() for a in t]),
+        "fanout_spread_ms": stats([(max(t) - min(t)) * 1000 for _, _, t in by_sample.values() if len(t) > 1]),
         "probe_confirm_ms": stats([s["confirm_ms"] for s in samples]),
         "background": {"target_rate": args.rate, "achieved_rate": in_window / window["seconds"],
                        "worker_queue_depth_at_window_end": backlog, "drained_seconds_after_stop": drained,
                        "applied_events": applied, "published_events": published,
                        "worker_mean_batch": applied / batches if batches else None},
-        "window": window, "bench_threads": threads, "worker_settings": config,
+        "window": window, "bench_threads": threads,
     }
 
 
-def main():
-    parser = harness.options(__doc__, "latency", "3 s of samples, 0.5 s warm-up, 2 client processes", duration=30.0,
-                             rate=1000.0, tenants=10, campaigns=50, client="selector")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of background traffic first")
-    parser.add_argument("--clients-per-tenant", type=int, default=10)
-    parser.add_argument("--interval", type=float, default=0.2, help="seconds between status samples")
-    parser.add_argument("--client-processes", type=int, default=4)
-    parser.add_argument("--transport", default="websocket", choices=["websocket", "polling"],
-                        help="of the python-socketio clients")
-    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds for the worker's backlog")
-    args = parser.parse_args()
-    if args.quick:
-        args.duration, args.warmup, args.client_processes = 3.0, 0.5, 2
-    info = harness.machine()
+def main(args):
     with harness.environment("latency", args.keep_logs, LOG_LEVEL="WARNING") as services:
         result = measure(services, args)
     rows = [[label, result[key]["count"], *(fmt(result[key][f]) for f in ("p50", "p95", "p99", "max", "mean"))]
@@ -157,17 +120,22 @@ def main():
                                ("probe publish confirm", "probe_confirm_ms"))]
     p99 = result["latency_ms"]["p99"]
     met = p99 is not None and p99 < TARGET_P99_MS and not result["missing_pairs"]
-    result["window"]["percent_of_one_core"]["bench"] = 100 * result["window"]["bench_cpu_seconds"] / result[
-        "window"]["seconds"]  # this process: near 100 % its publishers add latency
-    harness.report(args, {"machine": info, "target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
+    harness.report(args, {"target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
                    [(["latency (ms)", "n", "p50", "p95", "p99", "max", "mean"], rows), harness.figures(
                        result, "samples", "expected_pairs", "received_pairs", "missing_pairs", "missing_pairs_lost",
                        "missing_pairs_not_applied_in_time", "disconnected_clients", "background",
-                       "window.percent_of_one_core", "window.machine_busy_percent", "bench_threads", "client_processes",
-                       "worker_settings")],
+                       "window.percent_of_one_core", "window.machine_busy_percent", "bench_threads",
+                       "client_processes")],
                    [f"target: p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'NOT MET'} (p99 {fmt(p99)} ms)"])
     return 0 if not result["missing_pairs"] else 1
 
 
+PARSER = harness.options(
+    __doc__, "latency", {"duration": 3.0, "warmup": 0.5, "client_processes": 2}, duration=(30.0, "seconds of samples"),
+    rate=(1000.0, "background events per second"), tenants=(10, "tenants"), campaigns=(50, "running campaigns"),
+    warmup=(2.0, "seconds of background traffic first"), clients_per_tenant=(10, "clients per tenant"),
+    interval=(0.2, "seconds between status samples"), client_processes=(4, "client processes"),
+    drain_timeout=(300.0, "seconds for the worker's backlog"))
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)

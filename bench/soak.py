@@ -1,31 +1,12 @@
 """Soak: thousands of Socket.IO clients and 500 events/s for minutes: memory growth and missed updates.
-
-One server and one worker (LOG_LEVEL=WARNING). N clients (default 2,000 python-socketio clients,
-websocket, one JWT each, tenant i mod 10; ``--client selector`` for the light ones) in child
-processes of 250. RLIMIT_NOFILE is raised first, so every process inherits it (read back from
-/proc). Once all have their snapshot, ``message_sent`` at 500/s round-robin over 50 campaigns
-of 10 tenants, plus a status event (pause / resume) every 3 s, for ``--duration`` (600 s).
-
-Every 10 s: RSS of the server, the worker and the clients; their CPU; the server's
-``campaign_live_connected_clients``; events applied (and per batch) and the queue depth; updates
-received; lag from an update's ``timestamp`` (the worker's clock) to the client; the longest gap
-between two PINGs. Clients behave like real ones: a hole in their seqs still open after 1 s makes
-them ``replay``. python-socketio clients give up on a silent server like the JavaScript client
-(PING_INTERVAL + PING_TIMEOUT) unless ``--strict-python-pings``. After the traffic: the worker
-drains, every campaign is completed (the final state), every client must reach its tenant's last
-``seq``; each compares what it received with ``campaign_updates`` and replays what it misses.
-
-Memory growth is the last window's average minus the first's (the first and last minute, or
-halves of a shorter run). "not received live" are updates only a replay brought (at-most-once
-delivery); "clients missing updates after the final replay" must be 0. Also: connect time, the
-server's CPU and RSS per connection, open files limits, WARNING/ERROR lines of the logs.
+A table row every 10 s (RSS, CPU, rates, lag, PING gaps), then every client's seqs are checked
+against ``campaign_updates``. How to read the figures: docs/benchmarks.md.
 
     .venv/bin/python bench/soak.py [--clients N] [--duration S] [--rate R] [--quick]
 """
 
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,8 +19,7 @@ from campaigns.publisher import make_event  # noqa: E402
 
 def server_sockets(server):
     """The server's ``campaign_live_connected_clients`` of websockets (its /metrics)."""
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
-        return harness.stack.metric(answer.read().decode(), "campaign_live_connected_clients", transport="websocket")
+    return harness.metric(server, "campaign_live_connected_clients", transport="websocket")
 
 
 def growth(samples, key, window):
@@ -62,9 +42,9 @@ def take_sample(services, server, worker, clients, traffic, meter, started, prev
     """One row of the soak's table."""
     marks = clients.ask("mark")
     reading = meter.read()
-    applied, batches = services.sql("SELECT count(*), count(DISTINCT applied_at) FROM applied_events")[0]
+    applied, batches = harness.applied(services)
     sample = {"t": time.monotonic() - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
-              "clients_rss_mb": clients.rss_mb(), "reading": reading, "published": traffic.published,
+              "clients_rss_mb": rss_mb(clients.pids), "reading": reading, "published": traffic.published,
               "received": marks["updates"], "clients_connected": marks["connected"], "applied": applied,
               "batches": batches, "gap_requests": marks["gap_requests"], "server_sockets": server_sockets(server),
               "lag_ms": stats([1000 * lag for lag in marks["lags"]]), "ping_gap_s": stats(marks["ping_gaps"]),
@@ -81,38 +61,33 @@ def take_sample(services, server, worker, clients, traffic, meter, started, prev
 
 def measure(services, args):
     server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "soak", args.tenants, args.campaigns)
-    credentials = [(tenant_ids[i % len(tenant_ids)], services.token(
-        tenant_ids[i % len(tenant_ids)], ttl=int(args.duration) + 7200, subject=f"soak-{i}"))
-        for i in range(args.clients)]
+    ttl = int(args.duration) + 7200
+    credentials = [(t := tenant_ids[i % len(tenant_ids)], services.token(t, ttl=ttl, subject=f"soak-{i}"))
+                   for i in range(args.clients)]
     limits = {"server": harness.open_files_limit(server.pid), "worker": harness.open_files_limit(worker.pid)}
-    rss_before, connect_meter = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}, harness.Meter(
-        server=server.pid)
+    rss = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}
+    connect_meter = harness.Meter(server=server.pid)
     before = connect_meter.read()
-    clients = ClientProcesses(server.url, credentials, args.client, per_process=args.clients_per_process,
-                              connect_threads=args.connect_threads, attempts=3, replay_holes=True,
-                              library={"stock_heartbeat": args.strict_python_pings})
+    clients = ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
+                              connect_threads=args.connect_threads, attempts=3, replay_holes=True)
     try:
-        ready = clients.receive(120 + args.clients * 0.5)
-        connect = {"requested": args.clients, "connected": ready["connected"], "errors": len(ready["errors"]),
-                   "error_examples": ready["errors"][:3], "retries": len(ready["retries"]),
-                   "connect_ms": stats([1000 * d for d in ready["durations"]]),
+        connect = {"requested": args.clients, **clients.connected(120 + args.clients * 0.5),
                    **harness.Meter.delta(before, connect_meter.read()), "server_metric": server_sockets(server),
-                   "rss_before_mb": rss_before, "rss_after_mb": {"server": rss_mb(server.pid),
-                                                                  "worker": rss_mb(worker.pid)}}
-        print(f"connected {ready['connected']:,} of {args.clients:,} in {connect['seconds']:.1f} s", flush=True)
-        if not ready["connected"]:
-            raise BenchFailure(f"no client could connect: {ready['errors'][:3]}")
+                   "rss_before_mb": rss, "rss_after_mb": {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}}
+        connect["server_kb_per_connection"] = 1024 * (connect["rss_after_mb"]["server"] - rss["server"]) / max(
+            connect["connected"], 1)
+        print(f"connected {connect['connected']:,} of {args.clients:,} in {connect['seconds']:.1f} s", flush=True)
+        if not connect["connected"]:
+            raise BenchFailure(f"no client could connect: {connect['error_examples']}")
         paused, statuses = set(), []
 
         def events(n, elapsed):
             found = [make_event(*campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})]
-            if elapsed >= (len(statuses) + 1) * args.status_interval:
-                key = campaigns[len(statuses) % len(campaigns)]
-                kind = "campaign_resumed" if key in paused else "campaign_paused"
+            if elapsed >= (len(statuses) + 1) * args.status_interval:  # pause or resume the next campaign
+                statuses.append(key := campaigns[len(statuses) % len(campaigns)])
                 paused.symmetric_difference_update({key})
-                statuses.append(key)
-                found.append(make_event(*key, kind, {} if kind == "campaign_resumed" else {"reason": "soak"},
-                                        occurred_at=at()))
+                found.append(make_event(*key, "campaign_paused" if key in paused else "campaign_resumed",
+                                        {"reason": "soak"} if key in paused else {}, occurred_at=at()))
             return found
 
         meter, samples = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids), []
@@ -120,9 +95,8 @@ def measure(services, args):
             started = time.monotonic()
             for k in range(int(args.duration / args.sample_interval) + 1):
                 harness.sleep_checking(started + k * args.sample_interval - time.monotonic(), traffic, server, worker)
-                samples.append(take_sample(services, server, worker, clients, traffic, meter, started,
-                                           samples[-1] if samples else None))
-                s = samples[-1]
+                samples.append(s := take_sample(services, server, worker, clients, traffic, meter, started,
+                                                samples[-1] if samples else None))
                 print(f"  t={s['t']:6.1f} s  server {fmt(s['server_rss_mb'])} MB  worker {fmt(s['worker_rss_mb'])} MB"
                       f"  clients up {s['clients_connected']}  received {s['received']:,}  lag p99 "
                       f"{fmt(s['lag_ms']['p99'], 0)} ms", flush=True)
@@ -141,7 +115,7 @@ def measure(services, args):
         except AssertionError:
             final = False  # reported; the clients are compared with what is stored so far
         stored = {t: [] for t in tenant_ids}
-        for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY tenant_id, seq"):
+        for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY seq"):
             stored[tenant_id].append(seq)
         delivery = clients.ask(("verify", stored, args.final_timeout), args.final_timeout * 3 + 120)
     finally:
@@ -157,32 +131,16 @@ def measure(services, args):
             "cpu_percent_of_one_core": harness.Meter.delta(samples[0]["reading"], samples[-1]["reading"])[
                 "percent_of_one_core"],
             "log_problems": {"server": log_problems(server), "worker": log_problems(worker)},
-            "worker_settings": harness.worker_settings(services), "samples": samples}
+            "samples": samples}
 
 
-def main():
-    parser = harness.options(__doc__, "soak", "100 clients, 4 s of traffic", duration=600.0, rate=500.0, tenants=10,
-                             campaigns=50, client="python-socketio")
-    parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--status-interval", type=float, default=3.0, help="seconds between status events")
-    parser.add_argument("--sample-interval", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--clients-per-process", type=int, default=250)
-    parser.add_argument("--connect-threads", type=int, default=8, help="connects at a time per process")
-    parser.add_argument("--final-timeout", type=float, default=120.0, help="seconds for the drain and final state")
-    parser.add_argument("--strict-python-pings", action="store_true", help="give up when a PING is 5 s late")
-    args = parser.parse_args()
-    if args.quick:
-        args.clients, args.duration, args.sample_interval, args.status_interval = 100, 4.0, 1.0, 0.5
-    limit = harness.raise_open_files_limit()  # before any process starts: they all inherit it
-    info = harness.machine()
+def main(args):
     settings = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS_PER_TENANT": max(2000, args.clients)}
     with harness.environment("soak", args.keep_logs, **settings) as services:
         result = measure(services, args)
     d, c = result["delivery"], result["connect"]
     ok = (not d["clients_missing_after_final_replay"] and result["traffic"]["final_state_reached"]
           and c["connected"] == args.clients and not d["disconnected"])
-    c["server_kb_per_connection"] = 1024 * (c["rss_after_mb"]["server"] - c["rss_before_mb"]["server"]) / max(
-        c["connected"], 1)
     rows = [[fmt(s["t"], 0), fmt(s["server_rss_mb"]), fmt(s["worker_rss_mb"]), fmt(s["clients_rss_mb"], 0),
              *(fmt(s.get("cpu_percent", {}).get(n), 0) for n in ("server", "worker", "clients")),
              s["clients_connected"], fmt(s["server_sockets"], 0), fmt(s.get("published_per_s"), 0),
@@ -191,21 +149,26 @@ def main():
              fmt(s["ping_gap_s"]["max"]), s["gap_requests"], fmt(s["loadavg"])] for s in result["samples"]]
     for sample in result["samples"]:
         del sample["reading"]
-    harness.report(args, {"machine": info, "ok": ok, "rlimit_nofile": limit, **result}, [
+    harness.report(args, {"ok": ok, **result}, [
         (["t (s)", "server MB", "worker MB", "clients MB", "server CPU %", "worker CPU %", "clients CPU %",
           "clients up", "server sockets", "published/s", "applied/s", "batch", "queue", "received/s",
           "lag p50 ms", "lag p99 ms", "lag max ms", "ping gap max s", "gap replays", "load"], rows),
         (["RSS (MB)", "first window avg", "last window avg", "growth", "growth %", "min", "max"],
          [[name, *(fmt(m[k]) for k in ("first_avg_mb", "last_avg_mb", "growth_mb", "growth_percent", "min_mb",
                                        "max_mb"))] for name, m in result["memory"].items()]),
-        harness.figures(result, "delivery", "traffic", "cpu_percent_of_one_core", "connect.connected",
-                        "connect.seconds", "connect.errors", "connect.error_examples", "connect.retries",
-                        "connect.connect_ms", "connect.cpu_seconds", "connect.server_kb_per_connection",
-                        "open_files_limit", "log_problems")],
+        harness.figures(result, "delivery", "traffic", "cpu_percent_of_one_core", "connect", "open_files_limit",
+                        "log_problems")],
         ["result: OK: every client stayed connected and got every update of its tenant" if ok else
          "result: NOT OK: see the connect and delivery figures"])
     return 0 if ok else 1
 
 
+PARSER = harness.options(
+    __doc__, "soak", {"clients": 100, "duration": 4.0, "sample_interval": 1.0, "status_interval": 0.5},
+    clients=(2000, "clients"), duration=(600.0, "seconds of traffic"), rate=(500.0, "events published per second"),
+    tenants=(10, "tenants"), campaigns=(50, "running campaigns"), status_interval=(3.0, "seconds between statuses"),
+    sample_interval=(10.0, "seconds between samples"), clients_per_process=(250, "clients per process"),
+    connect_threads=(8, "connects at a time per process"), final_timeout=(120.0, "seconds to drain and finish"))
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)

@@ -1,18 +1,6 @@
-"""campaign-live side by side with the Node socket.io 4.8 reference peer, in one run.
-
-Starts both on this machine (the peer from ``../shared/peer/``, copied to a cache folder and
-``npm ci``-ed once; campaign-live as one server and one worker on a fresh database and vhost,
-tenant ``anchor``) and runs each scenario on both with the peer's own load clients, then prints
-one table: the figures of both and campaign-live's ratio to the peer.
-
-- ``idle-1000``, ``ws-1000``, ``poll-300``, ``poll-500`` (the defaults, with ``idle-10000``),
-  ``ws-5000-light``, ``idle-5000``, ``quick-200``, ...: the peer's runner (``side_by_side.py``:
-  connect time, probe latency, probes lost, RSS per connection, CPU per message), one unrecorded
-  warm-up round each (``--warmup``).
-- ``idle-10000`` (``idle-200`` in ``--quick``): 10,000 websocket clients (``loadclients.js``) on
-  one server, no traffic: connect time, RSS per connection (the first round: a server that held
-  connections before reuses its memory) and CPU at rest, % of one core over ``--rest`` seconds
-  with every client connected (the server alone, and with the worker). Run first, on fresh servers.
+"""campaign-live side by side with the Node socket.io 4.8 reference peer (``../shared/peer/``), in one
+run, with the peer's own load clients: one table of both servers' figures and campaign-live's ratio
+to the peer. The scenarios and how to read them: docs/benchmarks.md.
 
     python bench/vs_peer.py [--scenario S ...] [--repeat N] [--quick]
 """
@@ -58,9 +46,7 @@ def prepare_peer():
     stamp = hashlib.sha256((PEER_SOURCE / "package-lock.json").read_bytes()
                            + (PEER_SOURCE / "package.json").read_bytes()).hexdigest()
     PEER_CACHE.mkdir(parents=True, exist_ok=True)
-    for name in ("side_by_side.py", "publish.py", "loadclients.js", "package.json", "package-lock.json"):
-        shutil.copy2(PEER_SOURCE / name, PEER_CACHE / name)
-    shutil.copytree(PEER_SOURCE / "node-peer", PEER_CACHE / "node-peer", dirs_exist_ok=True)
+    shutil.copytree(PEER_SOURCE, PEER_CACHE, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules"))
     stamp_file = PEER_CACHE / "node_modules" / ".campaign-live-stamp"
     if not stamp_file.exists() or stamp_file.read_text() != stamp:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER_CACHE, check=True, timeout=600)
@@ -80,24 +66,17 @@ def node_peer(log_dir):
     broker = stack.amqp_url(vhost)
     env = {**os.environ, "PORT": str(port), "JWT_SECRET": stack.JWT_SECRET, "BROKER_URL": broker,
            "THROTTLE_SECONDS": "2"}
-    with open(Path(log_dir) / "node-peer.log", "wb") as log:
-        process = subprocess.Popen(["node", "node-peer/server.js"], cwd=PEER_CACHE, env=env, stdout=log, stderr=log)
-    try:
-        def listening():
-            if process.poll() is not None:
-                raise BenchFailure(f"the Node peer exited with {process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
+    process = stack.Process("node-peer", ["node", str(PEER_CACHE / "node-peer" / "server.js")], env, log_dir)
 
-        stack.wait_until(listening, 30, 0.1, "the Node peer")
+    def listening():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    try:
+        harness.wait_for(process, listening, 30, "the Node peer")
         yield f"http://127.0.0.1:{port}", process.pid, broker
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        process.stop(10)
         stack.delete_vhost(vhost)
 
 
@@ -107,24 +86,21 @@ def at_rest_round(url, pids, n, args, log_dir):
     ready, out = Path(log_dir) / "rest.ready", Path(log_dir) / "rest.json"
     ready.unlink(missing_ok=True)
     rss_before = harness.rss_mb(pids[0])
-    with open(Path(log_dir) / "loadclients.log", "ab") as log:
-        clients = subprocess.Popen(
-            ["node", "loadclients.js", "--url", url, "--n", str(n), "--tenant", TENANT, "--secret", stack.JWT_SECRET,
-             "--transport", "websocket", "--duration", str(args.settle + args.rest + 2), "--connect-timeout", "900",
-             "--ready-file", str(ready), "--out", str(out)], cwd=PEER_CACHE, stdout=log, stderr=log)
+    clients = stack.Process("loadclients", [
+        "node", str(PEER_CACHE / "loadclients.js"), "--url", url, "--n", str(n), "--tenant", TENANT, "--secret",
+        stack.JWT_SECRET, "--transport", "websocket", "--duration", str(args.settle + args.rest + 2),
+        "--connect-timeout", "900", "--ready-file", str(ready), "--out", str(out)], os.environ, log_dir)
     try:
-        stack.wait_until(lambda: ready.exists() or clients.poll() is not None, 960, 0.2, "the load clients")
+        stack.wait_until(lambda: ready.exists() or not clients.alive(), 960, 0.2, "the load clients")
         time.sleep(args.settle)  # the last handshakes' work is done
         meter = harness.Meter(first=pids[0], all=pids)
         rss_after, before = harness.rss_mb(pids[0]), meter.read()
         time.sleep(args.rest)  # the measurement: nothing but heartbeats
         rest = harness.Meter.delta(before, meter.read())["percent_of_one_core"]
-        clients.wait(args.settle + args.rest + 60)
+        clients.popen.wait(args.settle + args.rest + 60)
         result = json.loads(out.read_text())
     finally:
-        if clients.poll() is None:
-            clients.kill()
-            clients.wait(10)
+        clients.stop(10)
     return {"clients": result, "summary": {
         "connected": result["connected"], "connect_s": result["connect_seconds"],
         "rss_kb_per_conn": round(1024 * (rss_after - rss_before) / max(result["connected"], 1), 1),
@@ -159,19 +135,8 @@ def through_runner(runner, scenario, targets, args, log_dir):
     return {**json.loads(out.read_text()), "exit_status": status}
 
 
-def main():
-    parser = harness.options(__doc__, "vs_peer", "quick-200 and idle-200, no warm-up")
-    parser.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of the runner's scenarios")
-    parser.add_argument("--rest", type=float, default=10.0, help="seconds of CPU at rest (idle-N)")
-    parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds after connecting and between targets")
-    args = parser.parse_args()
-    scenarios = args.scenario or list(DEFAULT_SCENARIOS)
-    if args.quick:
-        scenarios, args.warmup, args.rest, args.settle = ["idle-200", "quick-200"], 0, 1.0, 0.5
-    harness.raise_open_files_limit()
-    runner, info = prepare_peer(), harness.machine()
+def main(args):
+    runner, scenarios = prepare_peer(), args.scenario or list(DEFAULT_SCENARIOS)
     settings = {"MAX_CONNECTIONS_PER_TENANT": 20000, "MAX_CONNECTIONS": 20000}
     with harness.environment("vs_peer", args.keep_logs, **settings) as services:
         services.create_tenant(TENANT)
@@ -190,12 +155,18 @@ def main():
             refused = sum(sum((run.get("clients") or {}).get("connect_errors", {}).values()) for run in target["runs"])
             rows.append([report["scenario"], target["name"], *cells, refused])
     failed = [report["scenario"] for report in reports if report["exit_status"]]
-    harness.report(args, {"machine": info, "scenarios": reports, "failed": failed},
+    harness.report(args, {"scenarios": reports, "failed": failed},
                    [(["scenario", "server", *SUMMARY, "refused"], rows)])
     if failed:
         raise BenchFailure(f"scenarios that did not run cleanly: {', '.join(failed)}")
     return 0
 
 
+PARSER = harness.options(
+    __doc__, "vs_peer", {"scenario": ["idle-200", "quick-200"], "warmup": 0, "rest": 1.0, "settle": 0.5},
+    repeat=(1, "recorded rounds"), warmup=(1, "unrecorded rounds of the runner's scenarios"),
+    rest=(10.0, "seconds of CPU at rest (idle-N)"), settle=(2.0, "quiet seconds after connecting and between targets"))
+PARSER.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
+
 if __name__ == "__main__":
-    harness.run(main)
+    harness.run(main, PARSER)

@@ -31,7 +31,7 @@ def check_polling_vs_socket(result):
     assert socket_["connected_at_start"] == socket_["connected_at_end"] == socket_["dashboards"] == 100
     # The expected count is approximate (updates in flight at the window's edges); gaps are losses.
     assert socket_["delivered"] > 0 and socket_["expected_updates"] > 0
-    assert socket_["seq_gaps_in_window"] == 0 and socket_["connect_failures"] == 0
+    assert socket_["seq_gaps_in_window"] == 0 and socket_["connect"]["errors"] == 0
     assert result["ratio_polling_over_socket"] > 0
 
 
