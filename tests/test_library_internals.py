@@ -277,6 +277,32 @@ def check_ping_task():
     assert eio_socket.queue.get_nowait().packet_type == eio_packet.PING
 
 
+@relied_on(
+    ENGINEIO,
+    "a polling GET takes its packets through socket.poll() (an instance attribute wins), and the Engine.IO "
+    "`connect` handler (server.handlers['connect']) runs once the socket is in server.sockets, before any poll",
+    "sockets/polling.py cap_polls, install",
+)
+def check_polls_go_through_socket_poll():
+    from engineio import packet as eio_packet
+
+    server = engineio_server()
+    registered = []
+    server.on("connect", lambda sid, environ: registered.append(sid in server.sockets))
+    opened = server.handle_request(
+        {"REQUEST_METHOD": "GET", "QUERY_STRING": "EIO=4&transport=polling", "wsgi.url_scheme": "http"},
+        lambda status, headers: None,
+    )
+    assert registered == [True], "the connect handler ran before the socket was registered"
+    sid = json.loads(b"".join(opened)[1:])["sid"]
+    server.sockets[sid].poll = lambda: [eio_packet.Packet(eio_packet.MESSAGE, "from our poll")]
+    answer = server.handle_request(
+        {"REQUEST_METHOD": "GET", "QUERY_STRING": f"EIO=4&transport=polling&sid={sid}", "wsgi.url_scheme": "http"},
+        lambda status, headers: None,
+    )
+    assert b"from our poll" in b"".join(answer)
+
+
 # python-socketio -----------------------------------------------------------------------
 
 
