@@ -16,7 +16,10 @@ PREFIX = "campaign_live"
 events_applied = Counter(f"{PREFIX}_events_applied_total", "Inbound events applied to the database", ["type"])
 events_duplicate = Counter(f"{PREFIX}_events_duplicate_total", "Inbound events already applied (redeliveries)")
 updates_emitted = Counter(f"{PREFIX}_updates_emitted_total", "campaign_update events emitted", ["type"])
-updates_merged = Counter(f"{PREFIX}_updates_merged_total", "Progress events merged into a later update by the throttle")
+updates_merged = Counter(
+    f"{PREFIX}_updates_merged_total",
+    "Progress events merged into a later update (by the throttle, or into a status update of the same batch)",
+)
 dead_lettered = Counter(f"{PREFIX}_dead_lettered_total", "Messages moved to campaign.events.dead", ["reason"])
 replayed_updates = Counter(f"{PREFIX}_replayed_updates_total", "Stored updates sent again for recovery", ["via"])
 failure_alerts_raised = Counter(

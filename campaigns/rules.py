@@ -150,7 +150,7 @@ class CampaignRules:
                 self._decide_alert(campaign, now, decisions)
                 decisions.emissions.append((event.tenant_id, event.type, campaign.to_dict()))
                 campaign.emit_due_at = None  # superseded: this update carries the latest state
-                progress.pop(key, None)
+                decisions.merged += progress.pop(key, 0)  # the progress before it, merged into it
             else:
                 if event.type in FAILURE_WINDOW_EVENTS:
                     campaign.failure_window = record_message(self.alert_rule, campaign.failure_window, event.type, now)
