@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
 import selectors
 import socket
 import threading
@@ -237,7 +238,7 @@ def child(pipe, url, share, options):
                        "gaps": sum(r.gaps for r in clients), "gap_requests": sum(r.gap_requests for r in clients),
                        "connected": len(up), "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
                        "disconnects": group.disconnects[:], "lags": lags, "ping_gaps": pings,
-                       "cpu": sum(cpu_times("self")),
+                       "cpu": sum(cpu_times(os.getpid())),
                        "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in clients if r.connected], *command[1:]))

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from unittest import mock
 
+import psutil
 from kombu import Connection
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +37,6 @@ from config import Config  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 WORKER_QUEUE = "campaign.events.worker"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MACHINE = {}  # what this run measures on: filled by ``run``, written by ``report``
 
 
@@ -174,47 +174,42 @@ def worker_settings(services):
 # readings -------------------------------------------------------------------------------
 
 
+def _ask(pid, method, *args):
+    """``psutil.Process(pid).<method>(*args)``, or None when the process is gone or not ours to read."""
+    with contextlib.suppress(psutil.Error):
+        return getattr(psutil.Process(pid), method)(*args)
+    return None
+
+
+def _each(pids, method):
+    """``method``'s answer for a pid or a list of them, leaving out the processes that are gone."""
+    answers = (_ask(pid, method) for pid in (pids if isinstance(pids, (list, tuple)) else [pids]))
+    return [answer for answer in answers if answer is not None]
+
+
 def cpu_times(pids):
-    """(user, system) CPU seconds used so far by a pid, "self", or a list of them (None when all are gone)."""
-    total, found = [0.0, 0.0], False
-    for pid in pids if isinstance(pids, (list, tuple)) else [pids]:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total[0] += int(fields[11]) / CLOCK_TICKS
-            total[1] += int(fields[12]) / CLOCK_TICKS
-            found = True
-    return tuple(total) if found else None
-
-
-def command_pids(command):
-    """The pids of every running process named ``command`` (e.g. ``postgres``)."""
-    return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
-
-
-def _read(path):
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def machine_cpu_times():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(values[:8]) - values[3] - values[4], sum(values[:8])
+    """(user, system) CPU seconds used so far by a pid or a list of them (None when all are gone)."""
+    times = _each(pids, "cpu_times")
+    return (sum(t.user for t in times), sum(t.system for t in times)) if times else None
 
 
 def rss_mb(pids):
-    """Resident memory (``VmRSS``) of a pid, or of a list of them, in MB (None when all are gone)."""
-    values = [line.split()[1] for pid in (pids if isinstance(pids, list) else [pids])
-              for line in _read(Path(f"/proc/{pid}/status")).splitlines() if line.startswith("VmRSS:")]
-    return sum(int(v) for v in values) / 1024 if values else None
+    """Resident memory of a pid, or of a list of them, in MB (None when all are gone)."""
+    values = [memory.rss for memory in _each(pids, "memory_info")]
+    return sum(values) / 2**20 if values else None
 
 
 def open_files_limit(pid):
     """The soft ``Max open files`` of a running process, or None."""
-    line = next((x for x in _read(Path(f"/proc/{pid}/limits")).splitlines() if x.startswith("Max open files")), "")
-    return int(line.split()[3]) if line and line.split()[3].isdigit() else None
+    limits = _ask(pid, "rlimit", psutil.RLIMIT_NOFILE)
+    return limits[0] if limits and limits[0] != psutil.RLIM_INFINITY else None
+
+
+def machine_cpu_times():
+    """(busy, total) CPU seconds of the whole machine (guest time is already in user and nice)."""
+    times = psutil.cpu_times()
+    total = sum(times) - times.guest - times.guest_nice
+    return total - times.idle - times.iowait, total
 
 
 def raise_open_files_limit(wanted=65536):
@@ -234,7 +229,8 @@ class Meter:
     (``bench``) and of the machine at one moment (``read``); ``delta`` of two readings."""
 
     def __init__(self, **pids):
-        self.pids = {**pids, "postgres": lambda: command_pids("postgres"), "bench": "self"}
+        self.pids = {**pids, "bench": os.getpid(), "postgres": lambda: [
+            p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]}
 
     def read(self, **extra):
         """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
@@ -332,8 +328,8 @@ def sleep_checking(seconds, *things):
 
 def machine():
     """What the numbers were measured on, and other test or benchmark processes running now."""
-    model = next((line.split(":", 1)[1].strip() for line in _read(Path("/proc/cpuinfo")).splitlines()
-                  if line.startswith("model name")), "")
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "")  # the one figure psutil does not give
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
             "git_commit": commit.stdout.strip(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -342,16 +338,12 @@ def machine():
 
 def foreign_processes():
     """Test and benchmark processes this run did not start (they share the cores and skew the numbers)."""
-    lines = {int(e.name): _read(e / "stat") for e in Path("/proc").iterdir() if e.name.isdigit()}
-    parents = {pid: int(stat.rsplit(")", 1)[1].split()[1]) for pid, stat in lines.items() if stat}
-    commands = {pid: _read(Path(f"/proc/{pid}/cmdline")).replace("\0", " ").strip() for pid in parents}
-    mine, pid = set(), os.getpid()
-    while pid not in (0, 1) and pid not in mine:  # this run and whoever launched it
-        mine.add(pid)
-        pid = parents.get(pid, 0)
+    me = psutil.Process()
+    mine = {me.pid, *(parent.pid for parent in me.parents())}  # this run and whoever launched it
     patterns = ("pytest", "bench/", "-m worker", "app.py", "multiprocessing")
-    return sorted({command[:120] for pid, command in commands.items()
-                   if pid not in mine and parents.get(pid) != os.getpid() and any(p in command for p in patterns)})
+    commands = {" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["ppid", "cmdline"])
+                if p.pid not in mine and p.info["ppid"] != me.pid}
+    return sorted({command[:120] for command in commands if any(p in command for p in patterns)})
 
 
 def fmt(value, digits=1):
