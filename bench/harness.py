@@ -174,17 +174,13 @@ def worker_settings(services):
 # readings -------------------------------------------------------------------------------
 
 
-def _ask(pid, method, *args):
-    """``psutil.Process(pid).<method>(*args)``, or None when the process is gone or not ours to read."""
-    with contextlib.suppress(psutil.Error):
-        return getattr(psutil.Process(pid), method)(*args)
-    return None
-
-
-def _each(pids, method):
-    """``method``'s answer for a pid or a list of them, leaving out the processes that are gone."""
-    answers = (_ask(pid, method) for pid in (pids if isinstance(pids, (list, tuple)) else [pids]))
-    return [answer for answer in answers if answer is not None]
+def _each(pids, method, *args):
+    """``method(*args)`` of each process of a pid or a list of them, leaving out those that are gone."""
+    answers = []
+    for pid in pids if isinstance(pids, (list, tuple)) else [pids]:
+        with contextlib.suppress(psutil.Error):
+            answers.append(getattr(psutil.Process(pid), method)(*args))
+    return answers
 
 
 def cpu_times(pids):
@@ -201,8 +197,8 @@ def rss_mb(pids):
 
 def open_files_limit(pid):
     """The soft ``Max open files`` of a running process, or None."""
-    limits = _ask(pid, "rlimit", psutil.RLIMIT_NOFILE)
-    return limits[0] if limits and limits[0] != psutil.RLIM_INFINITY else None
+    soft = [limits[0] for limits in _each(pid, "rlimit", psutil.RLIMIT_NOFILE) if limits[0] != psutil.RLIM_INFINITY]
+    return soft[0] if soft else None
 
 
 def machine_cpu_times():
@@ -243,19 +239,16 @@ class Meter:
         """What happened between two readings: seconds, CPU seconds (user + system, and split) per name,
         and how much each extra counter grew."""
         seconds = after["at"] - before["at"]
-        cpu = {name: sum(after["cpu"][name]) - sum(before["cpu"][name]) for name in after["cpu"]}
+        split = {name: [a - b for a, b in zip(after["cpu"][name], before["cpu"][name])] for name in after["cpu"]}
         grew = {key: {k: v - before[key].get(k, 0) for k, v in value.items()} if isinstance(value, dict)
-                else value - before[key] for key, value in after.items() if key not in ("at", "cpu", "machine",
-                                                                                        "loadavg")}
-        return {**grew,
-            "seconds": seconds, "cpu_seconds": cpu,
-            "percent_of_one_core": {name: 100 * value / seconds for name, value in cpu.items()},
-            "user_seconds": {name: after["cpu"][name][0] - before["cpu"][name][0] for name in cpu},
-            "system_seconds": {name: after["cpu"][name][1] - before["cpu"][name][1] for name in cpu},
-            "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
-            / max(after["machine"][1] - before["machine"][1], 1),
-            "loadavg_at_end": after["loadavg"],
-        }
+                else value - before[key] for key, value in after.items()
+                if key not in ("at", "cpu", "machine", "loadavg")}
+        return {**grew, "seconds": seconds, "cpu_seconds": {name: sum(pair) for name, pair in split.items()},
+                "percent_of_one_core": {name: 100 * sum(pair) / seconds for name, pair in split.items()},
+                "user_seconds": {name: pair[0] for name, pair in split.items()},
+                "system_seconds": {name: pair[1] for name, pair in split.items()},
+                "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
+                / max(after["machine"][1] - before["machine"][1], 1), "loadavg_at_end": after["loadavg"]}
 
 
 def stats(values):
