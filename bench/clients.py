@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import multiprocessing
-import os
 import selectors
 import socket
 import threading
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
-from bench.harness import BenchFailure, cpu_times, stats
+from bench.harness import BenchFailure, stats
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
@@ -82,28 +81,27 @@ class Client:
         return None if data else "connection lost"
 
     def packet(self, text, arrived):
-        """Handle one Engine.IO packet."""
-        if text == "2":
-            self.on_ping(arrived)
+        """Handle one Engine.IO packet that arrived at ``arrived`` (monotonic)."""
+        if text == "2":  # PING: gaps between them show a load generator falling behind
+            if self.last_ping is not None:
+                self.shared["ping_gaps"].append(arrived - self.last_ping)
+            self.last_ping = arrived
             self.send_text("3")
         elif text.startswith("0"):
             self.send_text("40" + json.dumps({"token": self.token}))
         elif text.startswith(("44", "41")):
             return f"refused or disconnected by the server: {text[2:200]}"
         elif text.startswith("42"):
-            self.on_event(*json.loads(text[2:])[:2], arrived)
+            name, data = json.loads(text[2:])[:2]
+            with self.lock:
+                if name == "campaign_snapshot" and self.snapshot_seq is None:
+                    self.snapshot_seq = self.last_live = data["seq"]
+                    self.max_seq = max(self.max_seq or 0, data["seq"])
+                    self.connected = True
+                    self.settled.set()
+                elif name == "campaign_update":
+                    self._update(data, arrived)
         return None
-
-    def on_event(self, name, data, arrived):
-        """A ``campaign_snapshot`` or ``campaign_update`` that arrived at ``arrived`` (monotonic)."""
-        with self.lock:
-            if name == "campaign_snapshot" and self.snapshot_seq is None:
-                self.snapshot_seq = self.last_live = data["seq"]
-                self.max_seq = max(self.max_seq or 0, data["seq"])
-                self.connected = True
-                self.settled.set()
-            elif name == "campaign_update":
-                self._update(data, arrived)
 
     def _update(self, data, arrived):
         seq, campaign = data["seq"], data["campaign"]
@@ -130,12 +128,6 @@ class Client:
                 self.holes.setdefault(missing, arrived)
         self.max_seq = seq if self.max_seq is None else max(self.max_seq, seq)
 
-    def on_ping(self, now):
-        """An Engine.IO PING arrived (gaps between them show a load generator falling behind)."""
-        if self.last_ping is not None:
-            self.shared["ping_gaps"].append(now - self.last_ping)
-        self.last_ping = now
-
     def ask_for_old_holes(self, now):
         """``replay`` from the oldest hole once it outlived the grace period (not too often)."""
         with self.lock:
@@ -160,12 +152,8 @@ class Clients:
         self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
         threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
 
-    def connect_all(self):
-        """Connect every client; return when all are connected or gave up."""
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            list(pool.map(self.connect, self.clients))
-
     def connect(self, client):
+        """Connect one client (``attempts`` tries); its connect time or its error is recorded."""
         for attempt in range(self.attempts):
             began = time.monotonic()
             try:
@@ -222,7 +210,8 @@ def child(pipe, url, share, options):
     clients = [Client(tenant_id, token, shared, options.get("probe_campaign")) for tenant_id, token in share]
     group = Clients(url, clients, options.get("connect_threads", 8), options.get("attempts", 5))
     started = time.monotonic()
-    group.connect_all()
+    with ThreadPoolExecutor(max_workers=group.concurrency) as pool:
+        list(pool.map(group.connect, clients))
     pipe.send({"connected": sum(r.connected for r in clients), "errors": group.errors, "retries": group.retries,
                "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
     while (command := pipe.poll(0.25) and pipe.recv()) != "close":
@@ -238,7 +227,6 @@ def child(pipe, url, share, options):
                        "gaps": sum(r.gaps for r in clients), "gap_requests": sum(r.gap_requests for r in clients),
                        "connected": len(up), "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
                        "disconnects": group.disconnects[:], "lags": lags, "ping_gaps": pings,
-                       "cpu": sum(cpu_times(os.getpid())),
                        "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in clients if r.connected], *command[1:]))

@@ -93,9 +93,10 @@ def run_polling(measure, server, dashboards, args):
             "response_ms": stats([(r[2] - r[1]) * 1000 for r in done])}
 
 
-def run_socket(measure, server, dashboards, args):
+def run_socket(measure, server, dashboards, args, client_pids):
     setup_before = measure()
     clients = ClientProcesses(server.url, dashboards, per_process=125, connect_threads=4)
+    client_pids.extend(clients.pids)  # the meter reads their CPU from now on
     try:
         connect = clients.connected(600)
         setup_after = measure()
@@ -119,7 +120,7 @@ def run_socket(measure, server, dashboards, args):
             "client_processes": len(clients.pids), "delivered": marks_after["updates"] - marks_before["updates"],
             "expected_updates": expected, "replayed_in_window": marks_after["replayed"] - marks_before["replayed"],
             "seq_gaps_in_window": marks_after["gaps"] - marks_before["gaps"],
-            "client_processes_cpu": marks_after["cpu"] - marks_before["cpu"], "unrequested_disconnects": disconnects}
+            "client_processes_cpu": result["cpu_seconds"]["clients"], "unrequested_disconnects": disconnects}
 
 
 def measure_phases(services, args):
@@ -132,7 +133,8 @@ def measure_phases(services, args):
         return [make_event(*campaigns[n % len(campaigns)], "message_failed" if failed else "message_sent",
                            {"message_id": f"m-{n}", **({"error": "bench failure"} if failed else {})})]
 
-    meter, phases = harness.Meter(server=server.pid, worker=worker.pid), {}
+    client_pids, phases = [], {}
+    meter = harness.Meter(server=server.pid, worker=worker.pid, clients=lambda: client_pids)
     with harness.Traffic(services, args.rate, events) as traffic:
         def measure():
             traffic.check()
@@ -149,7 +151,7 @@ def measure_phases(services, args):
         print(f"phase A: polling, {args.dashboards} dashboards ...", flush=True)
         phases["polling"] = run_polling(measure, server, dashboards, args)
         print(f"phase B: Socket.IO, {args.dashboards} clients ...", flush=True)
-        phases["socket"] = run_socket(measure, server, dashboards, args)
+        phases["socket"] = run_socket(measure, server, dashboards, args, client_pids)
         if args.idle:  # python-socketio consumes the message queue since the first connection
             harness.sleep_checking(min(2.0, args.idle), traffic, server)
             idle("idle_after", "idle, queue listener on")
