@@ -137,11 +137,11 @@ def wait_for(process, predicate, timeout, what):
         raise BenchFailure(f"{exc}\n{process.log()[-3000:]}") from None
 
 
-def drain(services, worker, published, timeout):
-    """Seconds until ``applied_events`` holds ``published`` rows (None when it did not in ``timeout``)."""
+def seconds_until(predicate, timeout, *things):
+    """Seconds until ``predicate()`` holds while ``things`` run (``check_running``); None if not within ``timeout``."""
     started = time.monotonic()
-    with contextlib.suppress(BenchFailure):
-        wait_for(worker, lambda: applied(services)[0] >= published, timeout, "the worker to apply everything")
+    with contextlib.suppress(AssertionError, BenchFailure):
+        stack.wait_until(lambda: check_running(*things) or predicate(), timeout, 0.05)
         return time.monotonic() - started
     return None
 

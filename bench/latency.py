@@ -5,7 +5,6 @@ Target: p99 < 50 ms. How to read the figures: docs/benchmarks.md.
     .venv/bin/python bench/latency.py [--duration S] [--rate R] [--quick]
 """
 
-import contextlib
 import sys
 import threading
 import time
@@ -73,10 +72,8 @@ def measure(services, args):
             in_window, threads = background.count - published_before, threading.active_count()
             backlog = harness.queue_depth(services.broker_url)
         published = len(campaigns) + len(tenant_ids) + background.count + len(samples)
-        drained = harness.drain(services, worker, published, args.drain_timeout)
-        with contextlib.suppress(AssertionError):  # what is still missing then is reported
-            harness.stack.wait_until(lambda: not match(samples, clients.ask("mark")["probes"])[1],
-                                     LATE_UPDATE_SECONDS, 0.1, "every client to receive every sample")
+        drained = harness.seconds_until(lambda: harness.applied(services)[0] >= published, args.drain_timeout, worker)
+        harness.seconds_until(lambda: not match(samples, clients.ask("mark")["probes"])[1], LATE_UPDATE_SECONDS)
         received = clients.ask("mark")["probes"]
         applied, batches = harness.applied(services)
         applied_ids = {r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s",

@@ -40,22 +40,20 @@ def log_problems(process):
 
 def take_sample(services, server, worker, clients, traffic, meter, started, previous):
     """One row of the soak's table."""
-    marks = clients.ask("mark")
-    reading = meter.read()
-    applied, batches = harness.applied(services)
-    sample = {"t": time.monotonic() - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
-              "clients_rss_mb": rss_mb(clients.pids), "reading": reading, "published": traffic.published,
-              "received": marks["updates"], "clients_connected": marks["connected"], "applied": applied,
-              "batches": batches, "gap_requests": marks["gap_requests"], "server_sockets": server_sockets(server),
-              "lag_ms": stats([1000 * lag for lag in marks["lags"]]), "ping_gap_s": stats(marks["ping_gaps"]),
-              "queue_depth": harness.queue_depth(services.broker_url), "loadavg": reading["loadavg"]}
+    marks, (applied, batches) = clients.ask("mark"), harness.applied(services)
+    counters = {"published": traffic.published, "received": marks["updates"], "applied": applied, "batches": batches}
+    reading = meter.read(**counters)
+    sample = {"t": reading["at"] - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
+              "clients_rss_mb": rss_mb(clients.pids), "reading": reading, **counters,
+              "clients_connected": marks["connected"], "gap_requests": marks["gap_requests"],
+              "server_sockets": server_sockets(server), "lag_ms": stats([1000 * lag for lag in marks["lags"]]),
+              "ping_gap_s": stats(marks["ping_gaps"]), "queue_depth": harness.queue_depth(services.broker_url),
+              "loadavg": reading["loadavg"]}
     if previous:
-        span = sample["t"] - previous["t"]
-        sample["cpu_percent"] = harness.Meter.delta(previous["reading"], reading)["percent_of_one_core"]
-        for key in ("published", "received", "applied"):
-            sample[f"{key}_per_s"] = (sample[key] - previous[key]) / span
-        batches = sample["batches"] - previous["batches"]
-        sample["mean_batch"] = (sample["applied"] - previous["applied"]) / batches if batches else None
+        grew = harness.Meter.delta(previous["reading"], reading)
+        sample.update({f"{key}_per_s": grew[key] / grew["seconds"] for key in ("published", "received", "applied")},
+                      cpu_percent=grew["percent_of_one_core"],
+                      mean_batch=grew["applied"] / grew["batches"] if grew["batches"] else None)
     return sample
 
 
@@ -103,17 +101,13 @@ def measure(services, args):
             traffic_seconds = time.monotonic() - started
         backlog = harness.queue_depth(services.broker_url)
         published = len(campaigns) + traffic.published
-        drained = harness.drain(services, worker, published, args.final_timeout)
+        drained = harness.seconds_until(lambda: harness.applied(services)[0] >= published, args.final_timeout, worker)
         with services.publisher() as publisher:  # the final state: status events end any merge at once
             for key in campaigns:
                 publisher.publish(make_event(*key, "campaign_completed", {}, occurred_at=at(1)))
-        try:
-            harness.stack.wait_until(lambda: not services.sql(
-                "SELECT count(*) FROM campaigns WHERE status <> 'completed' OR emit_due_at IS NOT NULL")[0][0],
-                args.final_timeout, 0.1, "every campaign to be completed")
-            final = True
-        except AssertionError:
-            final = False  # reported; the clients are compared with what is stored so far
+        final = harness.seconds_until(lambda: not services.sql(  # else the clients are compared with what is stored
+            "SELECT count(*) FROM campaigns WHERE status <> 'completed' OR emit_due_at IS NOT NULL")[0][0],
+            args.final_timeout) is not None
         stored = {t: [] for t in tenant_ids}
         for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY seq"):
             stored[tenant_id].append(seq)
