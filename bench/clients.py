@@ -54,10 +54,10 @@ class Client:
         sock.settimeout(None)
         self.sock = sock
 
-    def send_text(self, text):
-        """Send one websocket text frame."""
+    def send_text(self, text, event=None):
+        """Send one websocket text frame (or another wsproto ``event``)."""
         with self.send_lock:
-            self.sock.sendall(self.ws.send(Message(data=text)))
+            self.sock.sendall(self.ws.send(event or Message(data=text)))
 
     def emit(self, name, data):
         """Emit a Socket.IO event."""
@@ -74,8 +74,7 @@ class Client:
                     if error := self.packet(text, arrived):
                         return error
             elif isinstance(event, Ping):
-                with self.send_lock:
-                    self.sock.sendall(self.ws.send(event.response()))
+                self.send_text(None, event.response())
             elif isinstance(event, (CloseConnection, RejectConnection)):
                 return f"closed by the server ({getattr(event, 'code', getattr(event, 'status_code', '?'))})"
         return None if data else "connection lost"

@@ -26,14 +26,6 @@ TENANTS, CAMPAIGNS, TARGET_RATIO, MIN_CONNECTED, POLL_THREADS = 10, 20, 10.0, 0.
 window = harness.Meter.delta
 
 
-def reading(meter, services, server, traffic):
-    """A ``Meter`` reading with each tenant's ``last_seq`` (updates stored), events published and packets sent."""
-    return meter.read(updates_stored=dict(services.sql("SELECT id, last_seq FROM tenants")),
-                      events_published=traffic.count, packets_sent={
-                          p: harness.metric(server, "campaign_live_socketio_packets_sent_total", path=p)
-                          for p in ("direct", "queued")})
-
-
 def poll_thread(port, dashboards, indices, start, interval, end, results, stop):
     """Poll ``indices`` at their due times until ``end`` on one keep-alive connection; record each poll."""
     connection, etags, cycle = None, {}, 0
@@ -137,8 +129,12 @@ def measure_phases(services, args):
     meter = harness.Meter(server=server.pid, worker=worker.pid, clients=lambda: client_pids)
     with harness.Traffic(services, args.rate, events) as traffic:
         def measure():
+            """A reading with each tenant's ``last_seq`` (updates stored), events published and packets sent."""
             traffic.check()
-            return reading(meter, services, server, traffic)
+            return meter.read(updates_stored=dict(services.sql("SELECT id, last_seq FROM tenants")),
+                              events_published=traffic.count, packets_sent={
+                                  p: harness.metric(server, "campaign_live_socketio_packets_sent_total", path=p)
+                                  for p in ("direct", "queued")})
 
         def idle(key, mode):
             before = measure()
