@@ -201,13 +201,6 @@ def open_files_limit(pid):
     return soft[0] if soft else None
 
 
-def machine_cpu_times():
-    """(busy, total) CPU seconds of the whole machine (guest time is already in user and nice)."""
-    times = psutil.cpu_times()
-    total = sum(times) - times.guest - times.guest_nice
-    return total - times.idle - times.iowait, total
-
-
 def raise_open_files_limit(wanted=65536):
     """Raise RLIMIT_NOFILE (inherited by every child started later) to ``wanted``, or as far as allowed
     (beyond the hard limit as root); return (soft, hard)."""
@@ -231,14 +224,15 @@ class Meter:
     def read(self, **extra):
         """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
         cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
-        return {"at": time.monotonic(), "cpu": cpu, "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0],
+        return {"at": time.monotonic(), "cpu": cpu, "machine": psutil.cpu_times(), "loadavg": os.getloadavg()[0],
                 **extra}
 
     @staticmethod
     def delta(before, after):
         """What happened between two readings: seconds, CPU seconds (user + system, and split) per name,
         and how much each extra counter grew."""
-        seconds = after["at"] - before["at"]
+        seconds, machine = after["at"] - before["at"], {f: a - b for f, a, b in zip(
+            after["machine"]._fields, after["machine"], before["machine"])}  # guest time is in user and nice too
         split = {name: [a - b for a, b in zip(after["cpu"][name], before["cpu"][name])] for name in after["cpu"]}
         grew = {key: {k: v - before[key].get(k, 0) for k, v in value.items()} if isinstance(value, dict)
                 else value - before[key] for key, value in after.items()
@@ -247,8 +241,9 @@ class Meter:
                 "percent_of_one_core": {name: 100 * sum(pair) / seconds for name, pair in split.items()},
                 "user_seconds": {name: pair[0] for name, pair in split.items()},
                 "system_seconds": {name: pair[1] for name, pair in split.items()},
-                "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
-                / max(after["machine"][1] - before["machine"][1], 1), "loadavg_at_end": after["loadavg"]}
+                "machine_busy_percent": 100 - 100 * (machine["idle"] + machine["iowait"])
+                / max(sum(machine.values()) - machine["guest"] - machine["guest_nice"], 0.01),
+                "loadavg_at_end": after["loadavg"]}
 
 
 def stats(values):

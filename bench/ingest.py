@@ -72,29 +72,24 @@ def publish_backlog(services, events, timeout):
 
 
 def run_bare(services, n, timeout):
-    """Ack-only kombu consumer on ``bench.bare``: seconds from the first message to the N-th ack."""
-    state = {"count": 0, "first": None, "last": None}
-    cpu_before = time.process_time()
+    """Ack-only kombu consumer on ``bench.bare``: seconds from the first ack to the N-th."""
+    acked, cpu_before, deadline = [], time.process_time(), time.monotonic() + timeout
 
     def on_message(message):
-        state["first"] = state["first"] or time.perf_counter()
         message.ack()
-        state["count"] += 1
-        if state["count"] == n:
-            state["last"] = time.perf_counter()
+        acked.append(time.perf_counter())
 
-    deadline = time.monotonic() + timeout
     with Connection(services.broker_url) as connection, \
             Consumer(connection.channel(), queues=[BARE], on_message=on_message, prefetch_count=1000):
-        while state["count"] < n:
+        while len(acked) < n:
             if time.monotonic() > deadline:
-                raise BenchFailure(f"bare consumer: {state['count']} of {n} after {timeout} s")
+                raise BenchFailure(f"bare consumer: {len(acked)} of {n} after {timeout} s")
             with contextlib.suppress(socket.timeout):
                 connection.drain_events(timeout=1.0)
     left = harness.queue_depth(services.broker_url, BARE_QUEUE)  # a fresh connection: unacked ones are back
     if left:
         raise BenchFailure(f"bare consumer: {left} messages still in {BARE_QUEUE} after acking {n}")
-    seconds = state["last"] - state["first"]
+    seconds = acked[n - 1] - acked[0]
     return {"events": n, "seconds": seconds, "rate": n / seconds, "cpu_seconds": time.process_time() - cpu_before}
 
 

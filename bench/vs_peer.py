@@ -6,7 +6,6 @@ to the peer. The scenarios and how to read them: docs/benchmarks.md.
 """
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
@@ -43,14 +42,12 @@ def prepare_peer():
     """The peer's folder with its npm packages installed (again when its lock file changes)."""
     if not PEER_SOURCE.is_dir():
         raise BenchFailure(f"{PEER_SOURCE} is missing: the reference peer lives in ../shared/peer/")
-    stamp = hashlib.sha256((PEER_SOURCE / "package-lock.json").read_bytes()
-                           + (PEER_SOURCE / "package.json").read_bytes()).hexdigest()
-    PEER_CACHE.mkdir(parents=True, exist_ok=True)
+    stamp = b"".join((PEER_SOURCE / name).read_bytes() for name in ("package-lock.json", "package.json"))
     shutil.copytree(PEER_SOURCE, PEER_CACHE, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules"))
     stamp_file = PEER_CACHE / "node_modules" / ".campaign-live-stamp"
-    if not stamp_file.exists() or stamp_file.read_text() != stamp:
+    if not stamp_file.exists() or stamp_file.read_bytes() != stamp:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER_CACHE, check=True, timeout=600)
-        stamp_file.write_text(stamp)
+        stamp_file.write_bytes(stamp)
     spec = importlib.util.spec_from_file_location("side_by_side", PEER_CACHE / "side_by_side.py")
     runner = importlib.util.module_from_spec(spec)
     sys.modules["side_by_side"] = runner  # its dataclasses look their module up there
