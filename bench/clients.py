@@ -287,7 +287,7 @@ def merge(answers):
 
 class ClientProcesses:
     """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
-    (or ``processes`` of them); ``options`` for ``child``."""
+    (or ``processes`` of them); ``options`` for ``child``. A context manager: ``close`` at the end."""
 
     def __init__(self, url, credentials, per_process=250, processes=None, **options):
         count = processes or max(1, math.ceil(len(credentials) / per_process))
@@ -300,6 +300,12 @@ class ClientProcesses:
             process.start()
             self.children.append((process, parent_end))
         self.pids = [process.pid for process, _ in self.children]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def receive(self, timeout):
         """The next answer of every child, merged; ``BenchFailure`` if one dies or stays silent."""

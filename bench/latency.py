@@ -57,10 +57,9 @@ def measure(services, args):
     server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "lat", args.tenants, args.campaigns,
                                                                     every_tenant=[PROBE])
     credentials = [(t, services.token(t)) for t in tenant_ids for _ in range(args.clients_per_tenant)]
-    clients = ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
-                              connect_threads=10)
-    meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
-    try:
+    with ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
+                         connect_threads=10) as clients:
+        meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
         if (connect := clients.connected(120))["errors"]:
             raise BenchFailure(f"clients could not connect: {connect['error_examples']}")
         with harness.Traffic(services, args.rate, lambda n, _: [make_event(
@@ -78,8 +77,6 @@ def measure(services, args):
         applied, batches = harness.applied(services)
         applied_ids = {r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s",
                                                   (PROBE,))}
-    finally:
-        clients.close()
     pairs, missing = match(samples, received)
     lost = sum(1 for s in missing if s["event_id"] in applied_ids)
     offset = time.time() - time.monotonic()  # wall -> monotonic, to split the legs at the worker's timestamp

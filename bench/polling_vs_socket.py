@@ -87,9 +87,8 @@ def run_polling(measure, server, dashboards, args):
 
 def run_socket(measure, server, dashboards, args, client_pids):
     setup_before = measure()
-    clients = ClientProcesses(server.url, dashboards, per_process=125, connect_threads=4)
-    client_pids.extend(clients.pids)  # the meter reads their CPU from now on
-    try:
+    with ClientProcesses(server.url, dashboards, per_process=125, connect_threads=4) as clients:
+        client_pids.extend(clients.pids)  # the meter reads their CPU from now on
         connect = clients.connected(600)
         setup_after = measure()
         if connect["connected"] < MIN_CONNECTED * len(dashboards):
@@ -99,8 +98,6 @@ def run_socket(measure, server, dashboards, args, client_pids):
         marks_before, before = clients.ask("mark"), measure()
         harness.sleep_checking(args.duration, server)
         after, marks_after = measure(), clients.ask("mark")
-    finally:
-        clients.close()
     result = window(before, after)
     disconnects = {name: collections.Counter(reason for moment, reason in marks_after["disconnects"]
                                              if (moment >= before["at"]) == (name == "in_window"))

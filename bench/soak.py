@@ -66,9 +66,8 @@ def measure(services, args):
     rss = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}
     connect_meter = harness.Meter(server=server.pid)
     before = connect_meter.read()
-    clients = ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
-                              connect_threads=args.connect_threads, attempts=3, replay_holes=True)
-    try:
+    with ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
+                         connect_threads=args.connect_threads, attempts=3, replay_holes=True) as clients:
         connect = {"requested": args.clients, **clients.connected(120 + args.clients * 0.5),
                    **harness.Meter.delta(before, connect_meter.read()), "server_metric": server_sockets(server),
                    "rss_before_mb": rss, "rss_after_mb": {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}}
@@ -112,8 +111,6 @@ def measure(services, args):
         for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY seq"):
             stored[tenant_id].append(seq)
         delivery = clients.ask(("verify", stored, args.final_timeout), args.final_timeout * 3 + 120)
-    finally:
-        clients.close()
     window = min(60.0, args.duration / 2)
     return {"open_files_limit": limits, "connect": connect, "delivery": delivery,
             "traffic": {"seconds": traffic_seconds, "message_sent": traffic.count, "status_events": len(statuses),
