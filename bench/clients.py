@@ -26,8 +26,7 @@ HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
 
 class Client:
-    """One minimal Socket.IO client and what it received: seqs (live and replayed), holes, duplicates,
-    lag, PINGs, probe arrivals. ``up`` while its connection is open."""
+    """One minimal Socket.IO client and what it received (seqs, holes, lag, PINGs, probes); ``up`` while open."""
 
     def __init__(self, tenant_id, token, shared, probe_campaign):
         self.tenant_id, self.token, self.shared, self.probe_campaign = tenant_id, token, shared, probe_campaign
@@ -139,8 +138,7 @@ class Client:
 
 
 class Clients:
-    """Connects every client ``concurrency`` at a time (``attempts`` each), reads them all on one
-    selector thread, counts what ends them."""
+    """Connects clients (``attempts`` each), reads them all on one selector thread, counts what ends them."""
 
     def __init__(self, url, clients, concurrency, attempts):
         parts = urlsplit(url)

@@ -45,9 +45,8 @@ class BenchFailure(Exception):
 
 
 def options(doc, name, quick, **numbers):
-    """An argument parser with what every benchmark has: ``--quick`` (a smoke run: the values of
-    ``quick`` replace those given), ``--keep-logs``, ``--output``, and a ``--name`` for each of
-    ``numbers`` (``name=(default, help)``)."""
+    """An argument parser: ``--quick`` (a smoke run with the values of ``quick``), ``--keep-logs``,
+    ``--output``, and a ``--name`` for each of ``numbers`` (``name=(default, help)``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: " + ", ".join(f"{key}={value}" for key, value in quick.items()))
@@ -61,9 +60,8 @@ def options(doc, name, quick, **numbers):
 
 
 def run(main, parser):
-    """Run a benchmark as a script: ``main(args)``'s exit status, 1 on ``BenchFailure``. Records the
-    machine first and raises the open files limit (every process started later inherits it);
-    SIGTERM cleans up."""
+    """Run a benchmark script: record the machine, raise the open files limit (inherited by every process
+    started later), exit with ``main(args)``'s status (1 on ``BenchFailure``); SIGTERM cleans up."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = parser.parse_args()
     if args.quick:
@@ -112,9 +110,8 @@ def at(offset=0.0):
 
 
 def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
-    """Declare the topology, start one server and one worker, create ``tenants`` tenants and start
-    ``campaigns`` campaigns round-robin over them (plus the ids ``every_tenant`` in each one);
-    return ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once all are applied."""
+    """One server and one worker; ``tenants`` tenants and ``campaigns`` started round-robin over them (plus
+    ``every_tenant`` in each): ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once applied."""
     with Connection(services.broker_url) as connection:  # an exchange without a queue drops messages
         declare_topology(connection, WORKER_QUEUE)
     server, worker = services.start_server(), services.start_worker(wait=False)
@@ -174,12 +171,12 @@ def worker_settings(services):
 # readings -------------------------------------------------------------------------------
 
 
-def _each(pids, method, *args):
-    """``method(*args)`` of each process of a pid or a list of them, leaving out those that are gone."""
+def _each(pids, method):
+    """``method()`` of each process of a pid or a list of them, leaving out those that are gone."""
     answers = []
     for pid in pids if isinstance(pids, (list, tuple)) else [pids]:
         with contextlib.suppress(psutil.Error):
-            answers.append(getattr(psutil.Process(pid), method)(*args))
+            answers.append(getattr(psutil.Process(pid), method)())
     return answers
 
 
@@ -195,15 +192,8 @@ def rss_mb(pids):
     return sum(values) / 2**20 if values else None
 
 
-def open_files_limit(pid):
-    """The soft ``Max open files`` of a running process, or None."""
-    soft = [limits[0] for limits in _each(pid, "rlimit", psutil.RLIMIT_NOFILE) if limits[0] != psutil.RLIM_INFINITY]
-    return soft[0] if soft else None
-
-
 def raise_open_files_limit(wanted=65536):
-    """Raise RLIMIT_NOFILE (inherited by every child started later) to ``wanted``, or as far as allowed
-    (beyond the hard limit as root); return (soft, hard)."""
+    """Raise RLIMIT_NOFILE to ``wanted`` or as far as allowed (beyond the hard limit as root): (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = max(soft, wanted)
     for limits in ((wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
@@ -229,8 +219,7 @@ class Meter:
 
     @staticmethod
     def delta(before, after):
-        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name,
-        and how much each extra counter grew."""
+        """Seconds, CPU seconds (user + system, and split) per name and extra counters' growth between readings."""
         seconds, machine = after["at"] - before["at"], {f: a - b for f, a, b in zip(
             after["machine"]._fields, after["machine"], before["machine"])}  # guest time is in user and nice too
         split = {name: [a - b for a, b in zip(after["cpu"][name], before["cpu"][name])] for name in after["cpu"]}

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
@@ -62,7 +64,7 @@ def measure(services, args):
     ttl = int(args.duration) + 7200
     credentials = [(t := tenant_ids[i % len(tenant_ids)], services.token(t, ttl=ttl, subject=f"soak-{i}"))
                    for i in range(args.clients)]
-    limits = {"server": harness.open_files_limit(server.pid), "worker": harness.open_files_limit(worker.pid)}
+    limits = {p.name: psutil.Process(p.pid).rlimit(psutil.RLIMIT_NOFILE)[0] for p in (server, worker)}  # soft
     rss = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}
     connect_meter = harness.Meter(server=server.pid)
     before = connect_meter.read()

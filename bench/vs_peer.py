@@ -78,8 +78,7 @@ def node_peer(log_dir):
 
 
 def at_rest_round(url, pids, n, args, log_dir):
-    """n websocket clients (the peer's load clients) on one server, no traffic: connect, then RSS per
-    connection and CPU at rest over ``args.rest`` seconds."""
+    """n of the peer's websocket load clients on one server, no traffic: RSS per connection, CPU at rest."""
     ready, out = Path(log_dir) / "rest.ready", Path(log_dir) / "rest.json"
     ready.unlink(missing_ok=True)
     rss_before = harness.rss_mb(pids[0])
