@@ -9,7 +9,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -194,13 +193,14 @@ def rss_mb(pids):
 
 def raise_open_files_limit(wanted=65536):
     """Raise RLIMIT_NOFILE to ``wanted`` or as far as allowed (beyond the hard limit as root): (soft, hard)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    me = psutil.Process()
+    soft, hard = me.rlimit(psutil.RLIMIT_NOFILE)
     wanted = max(soft, wanted)
-    for limits in ((wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    for limits in ((wanted, hard if hard == psutil.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
+        with contextlib.suppress(ValueError, OSError, psutil.Error):
+            me.rlimit(psutil.RLIMIT_NOFILE, limits)
             break
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+    return me.rlimit(psutil.RLIMIT_NOFILE)
 
 
 class Meter:

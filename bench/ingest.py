@@ -142,11 +142,10 @@ def main(args):
         exact = check_exactness(s, expected)
     target = min(TARGET, bare["rate"] / 2)
     met = {"end_to_end": worker["rate"] >= target, "steady": (worker["steady_rate"] or 0) >= target}
-    rows = [["bare kombu consumer (ack only)", bare["events"], fmt(bare["seconds"], 2), fmt(bare["rate"], 0), "1.00x"]]
-    for label, kind in (("worker, end to end (from process start)", ""), ("worker, steady (first to last batch)",
-                                                                          "steady_")):
-        rows.append([label, worker[f"{kind}events"], fmt(worker[f"{kind}seconds"], 2), fmt(worker[f"{kind}rate"], 0),
-                     f"{(worker[f'{kind}rate'] or 0) / bare['rate']:.2f}x"])
+    rows = [[label, run[f"{kind}events"], fmt(run[f"{kind}seconds"], 2), fmt(run[f"{kind}rate"], 0),
+             f"{(run[f'{kind}rate'] or 0) / bare['rate']:.2f}x"] for label, run, kind in (
+        ("bare kombu consumer (ack only)", bare, ""), ("worker, end to end (from process start)", worker, ""),
+        ("worker, steady (first to last batch)", worker, "steady_"))]
     data = {"publish": publish, "bare": bare, "worker": worker, "exactness": exact,
             "target": {"events_per_second": target, **met}}
     harness.report(args, data, [(["consumer", "events", "seconds", "events/s", "vs bare"], rows),
