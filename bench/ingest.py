@@ -2,8 +2,6 @@
 a bare kombu consumer that only acks a copy of the same backlog; then every campaign's counters are
 checked (each event applied exactly once). Target: the worker >= min(10,000 events/s, bare / 2).
 How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/ingest.py [--events N] [--batch-size B] [--linger-ms MS] [--quick]
 """
 
 import contextlib

@@ -1,8 +1,6 @@
 """Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients,
 under 1,000 events/s of background traffic; p50/p95/p99 per (sample, client) pair and its two legs.
 Target: p99 < 50 ms. How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--quick]
 """
 
 import sys

@@ -1,8 +1,6 @@
 """Server CPU to keep dashboards fresh: REST polling with ETags vs Socket.IO push, same traffic.
 Phases: idle, polling, Socket.IO, idle with the queue listener on. Target: polling / socket >= 10x
 (server CPU per dashboard-minute). How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/polling_vs_socket.py [--dashboards N] [--duration S] [--stock-writes] [--quick]
 """
 
 import collections

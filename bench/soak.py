@@ -1,8 +1,6 @@
 """Soak: thousands of Socket.IO clients and 500 events/s for minutes: memory growth and missed updates.
 A table row every 10 s (RSS, CPU, rates, lag, PING gaps), then every client's seqs are checked
 against ``campaign_updates``. How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/soak.py [--clients N] [--duration S] [--rate R] [--quick]
 """
 
 import sys

@@ -1,8 +1,6 @@
 """campaign-live side by side with the Node socket.io 4.8 reference peer (``../shared/peer/``), in one
 run, with the peer's own load clients: one table of both servers' figures and campaign-live's ratio
 to the peer. The scenarios and how to read them: docs/benchmarks.md.
-
-    python bench/vs_peer.py [--scenario S ...] [--repeat N] [--quick]
 """
 
 import contextlib
