@@ -272,14 +272,11 @@ def verify(clients, stored, timeout):
 
 
 def merge(answers):
-    """One answer of many children: numbers added, lists joined, dicts of numbers added by key."""
+    """One answer of many children: numbers and ``Counter``s added, lists joined."""
     merged = {}
     for answer in answers:
         for key, value in answer.items():
-            if isinstance(value, dict):
-                merged.setdefault(key, collections.Counter()).update(value)
-            else:
-                merged[key] = merged[key] + value if key in merged else value
+            merged[key] = merged[key] + value if key in merged else value
     return merged
 
 

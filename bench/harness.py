@@ -293,11 +293,12 @@ def check_running(*things):
 
 
 def sleep_checking(seconds, *things):
-    """Sleep ``seconds`` (a measurement window), checking every second that ``things`` still run."""
+    """Sleep ``seconds`` (a measurement window), checking first and every second that ``things`` still run."""
     end = time.monotonic() + seconds
+    check_running(*things)
     while (left := end - time.monotonic()) > 0:
-        check_running(*things)
         time.sleep(min(1.0, left))
+        check_running(*things)
 
 
 # output ---------------------------------------------------------------------------------

@@ -39,8 +39,7 @@ def sample_window(services, tenant_ids, args, background):
     samples, started = [], time.monotonic()
     with services.publisher(confirm=True) as publisher:
         for k in range(int(args.duration / args.interval)):
-            time.sleep(max(started + k * args.interval - time.monotonic(), 0))  # the sample schedule
-            background.check()
+            harness.sleep_checking(started + k * args.interval - time.monotonic(), background)  # the schedule
             tenant_id, count = tenant_ids[k % len(tenant_ids)], k // len(tenant_ids)  # the tenants take turns
             kind = "campaign_resumed" if count % 2 else "campaign_paused"
             event = make_event(tenant_id, PROBE, kind, {} if count % 2 else {"reason": "latency probe"})

@@ -63,14 +63,13 @@ def measure(services, args):
     credentials = [(t := tenant_ids[i % len(tenant_ids)], services.token(t, ttl=ttl, subject=f"soak-{i}"))
                    for i in range(args.clients)]
     limits = {p.name: psutil.Process(p.pid).rlimit(psutil.RLIMIT_NOFILE)[0] for p in (server, worker)}  # soft
-    rss = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}
     connect_meter = harness.Meter(server=server.pid)
-    before = connect_meter.read()
+    rss, before = {p.name: rss_mb(p.pid) for p in (server, worker)}, connect_meter.read()
     with ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
                          connect_threads=args.connect_threads, attempts=3, replay_holes=True) as clients:
         connect = {"requested": args.clients, **clients.connected(120 + args.clients * 0.5),
                    **harness.Meter.delta(before, connect_meter.read()), "server_metric": server_sockets(server),
-                   "rss_before_mb": rss, "rss_after_mb": {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}}
+                   "rss_before_mb": rss, "rss_after_mb": {p.name: rss_mb(p.pid) for p in (server, worker)}}
         connect["server_kb_per_connection"] = 1024 * (connect["rss_after_mb"]["server"] - rss["server"]) / max(
             connect["connected"], 1)
         print(f"connected {connect['connected']:,} of {args.clients:,} in {connect['seconds']:.1f} s", flush=True)
