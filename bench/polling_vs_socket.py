@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,24 +57,20 @@ def run_polling(measure, server, dashboards, args):
     results, stop = [], threading.Event()
     setup_before, start = measure(), time.monotonic() + 0.5
     window_start = start + args.interval  # after the first cycle: connections open, every ETag known
-    end = window_start + args.duration
-    count = min(POLL_THREADS, len(dashboards))
-    threads = [threading.Thread(target=poll_thread, daemon=True, args=(
-        server.port, dashboards, list(range(t, len(dashboards), count)), start, args.interval, end, results, stop))
-        for t in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(max(window_start - time.monotonic(), 0))
-        before = measure()
-        harness.sleep_checking(end - time.monotonic(), server)
-        after = measure()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(35)
+    end, count = window_start + args.duration, min(POLL_THREADS, len(dashboards))
+    with ThreadPoolExecutor(count) as pool:  # leaving it waits for the threads
+        for t in range(count):
+            pool.submit(poll_thread, server.port, dashboards, range(t, len(dashboards), count), start, args.interval,
+                        end, results, stop)
+        try:
+            time.sleep(max(window_start - time.monotonic(), 0))
+            before = measure()
+            harness.sleep_checking(end - time.monotonic(), server)
+            after = measure()
+        finally:
+            stop.set()
     done = [r for r in results if before["at"] <= r[2] < after["at"]]
-    statuses = {s: sum(1 for r in done if r[3] == s) for s in {r[3] for r in done}}
+    statuses = dict(collections.Counter(r[3] for r in done))
     return {"mode": "polling", "dashboards": len(dashboards), "window": window(before, after),
             "setup": {**window(setup_before, before), "polls": sum(1 for r in results if r[2] < before["at"])},
             "delivered": len(done), "expected_polls_per_second": len(dashboards) / args.interval,
