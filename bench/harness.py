@@ -78,23 +78,20 @@ def environment(name, keep_logs=False, **settings):
     """Yield a ``stack.Stack`` on a fresh database and vhost (``settings``: environment of its
     processes); remove everything afterwards. Logs are kept (path printed) after a failure."""
     stack.require_services()
-    log_dir, made, failed = tempfile.mkdtemp(prefix=f"bench-{name}-"), [], True
+    log_dir, made, failed = tempfile.mkdtemp(prefix=f"bench-{name}-"), [], True  # made: (undo, argument)
     try:
-        template = stack.create_template_database()
-        made.append(lambda: stack.drop_database(template))
-        database = stack.create_database(template)
-        made.append(lambda: stack.drop_database(database))
-        vhost = stack.create_vhost()
-        made.append(lambda: stack.delete_vhost(vhost))
+        made.append((stack.drop_database, template := stack.create_template_database()))
+        made.append((stack.drop_database, database := stack.create_database(template)))
+        made.append((stack.delete_vhost, vhost := stack.create_vhost()))
         services = stack.Stack(database, vhost, log_dir, **settings)
-        made.append(services.stop)
+        made.append((stack.Stack.stop, services))
         MACHINE["worker_settings"] = worker_settings(services)
         yield services
         failed = False
     finally:
-        for undo in reversed(made):  # processes first, then the vhost, the database, the template
+        for undo, argument in reversed(made):  # processes first, then the vhost, the database, the template
             try:
-                undo()
+                undo(argument)
             except Exception as exc:  # noqa: BLE001 - go on cleaning up
                 print(f"cleanup error: {exc!r}", file=sys.stderr)
         if failed or keep_logs:
@@ -179,12 +176,6 @@ def _each(pids, method):
     return answers
 
 
-def cpu_times(pids):
-    """(user, system) CPU seconds used so far by a pid or a list of them (None when all are gone)."""
-    times = _each(pids, "cpu_times")
-    return (sum(t.user for t in times), sum(t.system for t in times)) if times else None
-
-
 def rss_mb(pids):
     """Resident memory of a pid, or of a list of them, in MB (None when all are gone)."""
     values = [memory.rss for memory in _each(pids, "memory_info")]
@@ -213,7 +204,10 @@ class Meter:
 
     def read(self, **extra):
         """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
-        cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
+        cpu = {}  # (user, system) CPU seconds so far, of the processes still there
+        for name, pids in self.pids.items():
+            times = _each(pids() if callable(pids) else pids, "cpu_times")
+            cpu[name] = (sum(t.user for t in times), sum(t.system for t in times))
         return {"at": time.monotonic(), "cpu": cpu, "machine": psutil.cpu_times(), "loadavg": os.getloadavg()[0],
                 **extra}
 
