@@ -123,11 +123,9 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
 
 
 def wait_for(process, predicate, timeout, what):
-    """``stack.wait_until`` that fails with the process's log when it exits or the time is up."""
-    try:
-        return stack.wait_until(lambda: check_running(process) or predicate(), timeout, 0.05, what)
-    except AssertionError as exc:
-        raise BenchFailure(f"{exc}\n{process.log()[-3000:]}") from None
+    """Wait until ``predicate()`` holds; ``BenchFailure`` with the process's log when it exits or the time is up."""
+    if seconds_until(predicate, timeout, process) is None:
+        raise BenchFailure(f"{what}: not within {timeout} s, or {process.name} exited:\n{process.log()[-3000:]}")
 
 
 def seconds_until(predicate, timeout, *things):
