@@ -140,10 +140,9 @@ class Client:
 class Clients:
     """Connects clients (``attempts`` each), reads them all on one selector thread, counts what ends them."""
 
-    def __init__(self, url, clients, concurrency, attempts):
+    def __init__(self, url, attempts):
         parts = urlsplit(url)
-        self.host, self.port, self.clients = parts.hostname, parts.port, clients
-        self.concurrency, self.attempts = concurrency, attempts
+        self.host, self.port, self.attempts = parts.hostname, parts.port, attempts
         self.disconnects, self.errors, self.retries, self.durations = [], [], [], []
         self.closing = False
         self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
@@ -182,22 +181,12 @@ class Clients:
                     error = client.receive(key.fileobj.recv(65536), time.monotonic())
                 except (OSError, ValueError, AttributeError) as exc:
                     error = repr(exc)
-                if error:
+                if error:  # once connected, a disconnection the bench did not ask for; before, a refusal
                     self.drop(client)
-                    self.ended(client, error)
-
-    def ended(self, client, reason):
-        """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
-        if client.connected and not self.closing:
-            self.disconnects.append((time.monotonic(), reason))
-        client.disconnected = {"at": time.time(), "reason": reason}
-        client.settled.set()
-
-    def close(self):
-        """Close every connection."""
-        self.closing = True
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(self.drop, self.clients))
+                    if client.connected and not self.closing:
+                        self.disconnects.append((time.monotonic(), error))
+                    client.disconnected = {"at": time.time(), "reason": error}
+                    client.settled.set()
 
 
 def child(pipe, url, share, options):
@@ -205,9 +194,8 @@ def child(pipe, url, share, options):
     answers ``"mark"``, ``("verify", stored seqs by tenant, timeout)`` and ``"close"``."""
     shared = {"lags": [], "ping_gaps": []}
     clients = [Client(tenant_id, token, shared, options.get("probe_campaign")) for tenant_id, token in share]
-    group = Clients(url, clients, options.get("connect_threads", 8), options.get("attempts", 5))
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=group.concurrency) as pool:
+    group, started = Clients(url, options.get("attempts", 5)), time.monotonic()
+    with ThreadPoolExecutor(max_workers=options.get("connect_threads", 8)) as pool:
         list(pool.map(group.connect, clients))
     pipe.send({"connected": sum(r.connected for r in clients), "errors": group.errors, "retries": group.retries,
                "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
@@ -227,7 +215,9 @@ def child(pipe, url, share, options):
                        "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in clients if r.connected], *command[1:]))
-    group.close()
+    group.closing = True
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(group.drop, clients))
     pipe.send({"closed": True})
 
 
