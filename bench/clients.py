@@ -116,7 +116,7 @@ class Client:
             self.live_seqs.add(seq)
             self.out_of_order += seq < self.last_live
             self.last_live = max(self.last_live, seq)
-            stamp = datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")).timestamp()
+            stamp = datetime.fromisoformat(data["timestamp"]).timestamp()
             self.shared["lags"].append(time.time() - stamp)
         if campaign["id"] == self.probe_campaign:
             self.probes.setdefault((campaign["id"], data["type"], campaign["version"]), (arrived, data["timestamp"]))
