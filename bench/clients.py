@@ -272,7 +272,7 @@ def merge(answers):
 
 class ClientProcesses:
     """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
-    (or ``processes`` of them); ``options`` for ``child``. A context manager: ``close`` at the end."""
+    (or ``processes`` of them); ``options`` for ``child``. A context manager."""
 
     def __init__(self, url, credentials, per_process=250, processes=None, **options):
         count = processes or max(1, math.ceil(len(credentials) / per_process))
@@ -290,7 +290,14 @@ class ClientProcesses:
         return self
 
     def __exit__(self, *exc_info):
-        self.close()
+        """Disconnect every client and stop the processes."""
+        with contextlib.suppress(Exception):
+            self.ask("close", 120)
+        for process, _ in self.children:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
 
     def receive(self, timeout):
         """The next answer of every child, merged; ``BenchFailure`` if one dies or stays silent."""
@@ -316,13 +323,3 @@ class ClientProcesses:
         for _, pipe in self.children:
             pipe.send(command)
         return self.receive(timeout)
-
-    def close(self):
-        """Disconnect every client and stop the processes."""
-        with contextlib.suppress(Exception):
-            self.ask("close", 120)
-        for process, _ in self.children:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
