@@ -244,30 +244,29 @@ class Traffic(threading.Thread):
         super().__init__(name="traffic", daemon=True)
         self.services, self.rate, self.events, self.stop_event = services, rate, events, threading.Event()
         self.count = self.published = 0
-        self.error = self.publisher = None
+        self.error = None
 
     def run(self):
-        started = time.monotonic()
         try:
-            while not self.stop_event.wait(0.002):
-                elapsed = time.monotonic() - started
-                while self.count < int(elapsed * self.rate):
-                    for event in self.events(self.count, elapsed):
-                        self.publisher.publish(event)
-                        self.published += 1
-                    self.count += 1
+            with self.services.publisher(confirm=False) as publisher:
+                started = time.monotonic()
+                while not self.stop_event.wait(0.002):
+                    elapsed = time.monotonic() - started
+                    while self.count < int(elapsed * self.rate):
+                        for event in self.events(self.count, elapsed):
+                            publisher.publish(event)
+                            self.published += 1
+                        self.count += 1
         except Exception as exc:  # noqa: BLE001 - reported by check()
             self.error = exc
 
     def __enter__(self):
-        self.publisher = self.services.publisher(confirm=False)
         self.start()
         return self
 
     def __exit__(self, *exc_info):
         self.stop_event.set()
         self.join(30)
-        self.publisher.close()
 
     def check(self):
         """Raise ``BenchFailure`` if the publisher failed or stopped."""
