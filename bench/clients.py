@@ -261,15 +261,6 @@ def verify(clients, stored, timeout):
     }
 
 
-def merge(answers):
-    """One answer of many children: numbers and ``Counter``s added, lists joined."""
-    merged = {}
-    for answer in answers:
-        for key, value in answer.items():
-            merged[key] = merged[key] + value if key in merged else value
-    return merged
-
-
 class ClientProcesses:
     """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
     (or ``processes`` of them); ``options`` for ``child``. A context manager."""
@@ -300,15 +291,17 @@ class ClientProcesses:
                 process.join(5)
 
     def receive(self, timeout):
-        """The next answer of every child, merged; ``BenchFailure`` if one dies or stays silent."""
-        answers = []
+        """The next answer of every child, merged (numbers and ``Counter``s added, lists joined); ``BenchFailure``
+        if one dies or stays silent."""
+        merged = {}
         for process, pipe in self.children:
             deadline = time.monotonic() + timeout
             while not pipe.poll(0.5):
                 if not process.is_alive() or time.monotonic() > deadline:
                     raise BenchFailure(f"{process.name} exited ({process.exitcode}) or did not answer in {timeout} s")
-            answers.append(pipe.recv())
-        return merge(answers)
+            for key, value in pipe.recv().items():
+                merged[key] = merged[key] + value if key in merged else value
+        return merged
 
     def connected(self, timeout):
         """Wait for every child's ready report; what connecting took, and what went wrong."""
