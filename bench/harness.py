@@ -24,16 +24,13 @@ from unittest import mock
 import psutil
 from kombu import Connection
 
+import stack  # the scripts put the repository's root on sys.path
+from campaigns.publisher import make_event
+from campaigns.queues import declare_topology
+from campaigns.timeutil import isoformat
+from config import Config
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import stack  # noqa: E402  (needs the repo root on sys.path)
-from campaigns.publisher import make_event  # noqa: E402
-from campaigns.queues import declare_topology  # noqa: E402
-from campaigns.timeutil import isoformat  # noqa: E402
-from config import Config  # noqa: E402
-
 RESULTS_DIR = REPO / "bench" / "results"
 WORKER_QUEUE = "campaign.events.worker"
 MACHINE = {}  # what this run measures on: filled by ``run``, written by ``report``
