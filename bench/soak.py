@@ -16,10 +16,7 @@ from bench.clients import ClientProcesses  # noqa: E402
 from bench.harness import BenchFailure, at, fmt, rss_mb, stats  # noqa: E402
 from campaigns.publisher import make_event  # noqa: E402
 
-
-def server_sockets(server):
-    """The server's ``campaign_live_connected_clients`` of websockets (its /metrics)."""
-    return harness.metric(server, "campaign_live_connected_clients", transport="websocket")
+SOCKETS = {"name": "campaign_live_connected_clients", "transport": "websocket"}  # the server's websockets (/metrics)
 
 
 def growth(samples, key, window):
@@ -46,7 +43,7 @@ def take_sample(services, server, worker, clients, traffic, meter, started, prev
     sample = {"t": reading["at"] - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
               "clients_rss_mb": rss_mb(clients.pids), "reading": reading, **counters,
               "clients_connected": marks["connected"], "gap_requests": marks["gap_requests"],
-              "server_sockets": server_sockets(server), "lag_ms": stats([1000 * lag for lag in marks["lags"]]),
+              "server_sockets": harness.metric(server, **SOCKETS), "lag_ms": stats([1000 * x for x in marks["lags"]]),
               "ping_gap_s": stats(marks["ping_gaps"]), "queue_depth": harness.queue_depth(services.broker_url),
               "loadavg": reading["loadavg"]}
     if previous:
@@ -63,12 +60,12 @@ def measure(services, args):
     credentials = [(t := tenant_ids[i % len(tenant_ids)], services.token(t, ttl=ttl, subject=f"soak-{i}"))
                    for i in range(args.clients)]
     limits = {p.name: psutil.Process(p.pid).rlimit(psutil.RLIMIT_NOFILE)[0] for p in (server, worker)}  # soft
-    connect_meter = harness.Meter(server=server.pid)
-    rss, before = {p.name: rss_mb(p.pid) for p in (server, worker)}, connect_meter.read()
+    meter = harness.Meter(server=server.pid)
+    rss, before = {p.name: rss_mb(p.pid) for p in (server, worker)}, meter.read()
     with ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
                          connect_threads=args.connect_threads, attempts=3, replay_holes=True) as clients:
         connect = {"requested": args.clients, **clients.connected(120 + args.clients * 0.5),
-                   **harness.Meter.delta(before, connect_meter.read()), "server_metric": server_sockets(server),
+                   **harness.Meter.delta(before, meter.read()), "server_metric": harness.metric(server, **SOCKETS),
                    "rss_before_mb": rss, "rss_after_mb": {p.name: rss_mb(p.pid) for p in (server, worker)}}
         connect["server_kb_per_connection"] = 1024 * (connect["rss_after_mb"]["server"] - rss["server"]) / max(
             connect["connected"], 1)

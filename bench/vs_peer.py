@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,13 +61,8 @@ def node_peer(log_dir):
     env = {**os.environ, "PORT": str(port), "JWT_SECRET": stack.JWT_SECRET, "BROKER_URL": broker,
            "THROTTLE_SECONDS": "2"}
     process = stack.Process("node-peer", ["node", str(PEER_CACHE / "node-peer" / "server.js")], env, log_dir)
-
-    def listening():
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-
-    try:
-        harness.wait_for(process, listening, 30, "the Node peer")
+    try:  # its /healthz answers 200 once it consumes from the broker
+        harness.wait_for(process, lambda: stack.server_healthy(process, port), 30, "the Node peer")
         yield f"http://127.0.0.1:{port}", process.pid, broker
     finally:
         process.stop(10)
