@@ -91,11 +91,9 @@ def run_worker(services, n, timeout):
     """Start one worker; time until ``applied_events`` holds N rows."""
     if harness.applied(services)[0]:
         raise BenchFailure("applied_events is not empty before the worker starts")
-    pids = []
-    started_wall, meter = time.time(), harness.Meter(worker=lambda: pids)
-    before = meter.read()
+    meter = harness.Meter(worker=lambda: [process.pid for process in services.workers])
+    started_wall, before = time.time(), meter.read()
     worker = services.start_worker(wait=False)
-    pids.append(worker.pid)
     harness.wait_for(worker, lambda: harness.applied(services)[0] >= n, timeout, f"{n} applied events")
     window = harness.Meter.delta(before, meter.read())
     count, first, last, in_last, batches = services.sql(
