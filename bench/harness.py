@@ -5,6 +5,7 @@ campaigns to drive (``start_campaigns``), steady publishing (``Traffic``), CPU a
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -330,9 +331,7 @@ def figures(data, *paths):
     """A table (headers, rows) of the figures of ``data`` at ``paths`` ("a.b"; a dict: a row per item)."""
     rows = []
     for path in paths:
-        value = data
-        for part in path.split("."):
-            value = value[part]
+        value = functools.reduce(lambda found, part: found[part], path.split("."), data)
         for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
             rows.append([path if key is None else f"{path}.{key}", shown(item)])
     return ["figure", "value"], rows
@@ -350,9 +349,8 @@ def table(headers, rows):
 def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
-    info = dict(MACHINE)  # other processes: those seen at the start and at the end
-    info.update(loadavg_at_end=os.getloadavg()[0],
-                other_processes=sorted({*info["other_processes"], *foreign_processes()}))
+    info = {**MACHINE, "loadavg_at_end": os.getloadavg()[0],  # other processes: seen at the start or at the end
+            "other_processes": sorted({*MACHINE["other_processes"], *foreign_processes()})}
     print(*(f"\n{table(headers, rows)}" for headers, rows in tables), "", *notes, sep="\n")
     if info["other_processes"]:
         print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "

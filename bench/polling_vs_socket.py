@@ -149,8 +149,7 @@ def measure_phases(services, args):
 
 def summarize(result, args):
     """Per phase: CPU per dashboard-minute, per poll or update; the ratio, a projection, the verdict."""
-    phases = result["phases"]
-    polling, socket_ = phases["polling"], phases["socket"]
+    polling, socket_ = result["phases"]["polling"], result["phases"]["socket"]
     for phase in (polling, socket_):
         w = phase["window"]
         served = (phase["connected_at_start"] + phase["connected_at_end"]) / 2 if phase is socket_ else args.dashboards
