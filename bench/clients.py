@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
-from bench.harness import BenchFailure, stats
+from bench.harness import BenchFailure, seconds_until, stats
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
@@ -230,9 +230,7 @@ def verify(clients, stored, timeout):
         with client.lock:
             return [seq for seq in stored[client.tenant_id] if seq > client.snapshot_seq and seq not in client.seqs]
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(r.max_seq < last[r.tenant_id] for r in clients if r.up):
-        time.sleep(0.05)
+    seconds_until(lambda: all(r.max_seq >= last[r.tenant_id] for r in clients if r.up), timeout)
     before = [missing(r) for r in clients]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(missing(r) for r in clients if r.up):

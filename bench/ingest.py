@@ -115,8 +115,7 @@ def check_exactness(services, expected):
     problems = [f"{key}: {found.get(key)}, want {want}" for key, want in expected.items() if found.get(key) != want]
     problems += [f"unexpected campaign {key}" for key in set(found) - set(expected)]
     dead = harness.queue_depth(services.broker_url, DEAD_LETTER_QUEUE)
-    if dead:
-        problems.append(f"{dead} messages dead-lettered")
+    problems += [f"{dead} messages dead-lettered"] if dead else []
     return {"passed": not problems, "problems": problems[:20], "dead_lettered": dead,
             "sent": sum(r["sent"] for r in found.values()), "failed": sum(r["failed"] for r in found.values()),
             "published_sent": sum(w["sent"] for w in expected.values()),
