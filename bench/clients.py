@@ -53,14 +53,14 @@ class Client:
         sock.settimeout(None)
         self.sock = sock
 
-    def send_text(self, text, event=None):
-        """Send one websocket text frame (or another wsproto ``event``)."""
+    def send(self, event):
+        """Send a wsproto event; a ``str`` as one websocket text frame."""
         with self.send_lock:
-            self.sock.sendall(self.ws.send(event or Message(data=text)))
+            self.sock.sendall(self.ws.send(Message(data=event) if isinstance(event, str) else event))
 
     def emit(self, name, data):
         """Emit a Socket.IO event."""
-        self.send_text("42" + json.dumps([name, data]))
+        self.send("42" + json.dumps([name, data]))
 
     def receive(self, data, arrived):
         """Feed bytes from the socket; return an error text when the connection ended."""
@@ -73,7 +73,7 @@ class Client:
                     if error := self.packet(text, arrived):
                         return error
             elif isinstance(event, Ping):
-                self.send_text(None, event.response())
+                self.send(event.response())
             elif isinstance(event, (CloseConnection, RejectConnection)):
                 return f"closed by the server ({getattr(event, 'code', getattr(event, 'status_code', '?'))})"
         return None if data else "connection lost"
@@ -84,9 +84,9 @@ class Client:
             if self.last_ping is not None:
                 self.shared["ping_gaps"].append(arrived - self.last_ping)
             self.last_ping = arrived
-            self.send_text("3")
+            self.send("3")
         elif text.startswith("0"):
-            self.send_text("40" + json.dumps({"token": self.token}))
+            self.send("40" + json.dumps({"token": self.token}))
         elif text.startswith(("44", "41")):
             return f"refused or disconnected by the server: {text[2:200]}"
         elif text.startswith("42"):
