@@ -20,14 +20,13 @@ from urllib.parse import urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Message, Ping, RejectConnection, Request, TextMessage
 
-from bench.harness import BenchFailure, cpu_times, stats
+from bench.harness import BenchFailure, seconds_until, stats
 
 HOLE_GRACE_SECONDS, ASK_AGAIN_SECONDS = 1.0, 5.0
 
 
 class Client:
-    """One minimal Socket.IO client and what it received: seqs (live and replayed), holes, duplicates,
-    lag, PINGs, probe arrivals. ``up`` while its connection is open."""
+    """One minimal Socket.IO client and what it received (seqs, holes, lag, PINGs, probes); ``up`` while open."""
 
     def __init__(self, tenant_id, token, shared, probe_campaign):
         self.tenant_id, self.token, self.shared, self.probe_campaign = tenant_id, token, shared, probe_campaign
@@ -54,14 +53,14 @@ class Client:
         sock.settimeout(None)
         self.sock = sock
 
-    def send_text(self, text):
-        """Send one websocket text frame."""
+    def send(self, event):
+        """Send a wsproto event; a ``str`` as one websocket text frame."""
         with self.send_lock:
-            self.sock.sendall(self.ws.send(Message(data=text)))
+            self.sock.sendall(self.ws.send(Message(data=event) if isinstance(event, str) else event))
 
     def emit(self, name, data):
         """Emit a Socket.IO event."""
-        self.send_text("42" + json.dumps([name, data]))
+        self.send("42" + json.dumps([name, data]))
 
     def receive(self, data, arrived):
         """Feed bytes from the socket; return an error text when the connection ended."""
@@ -74,35 +73,33 @@ class Client:
                     if error := self.packet(text, arrived):
                         return error
             elif isinstance(event, Ping):
-                with self.send_lock:
-                    self.sock.sendall(self.ws.send(event.response()))
+                self.send(event.response())
             elif isinstance(event, (CloseConnection, RejectConnection)):
                 return f"closed by the server ({getattr(event, 'code', getattr(event, 'status_code', '?'))})"
         return None if data else "connection lost"
 
     def packet(self, text, arrived):
-        """Handle one Engine.IO packet."""
-        if text == "2":
-            self.on_ping(arrived)
-            self.send_text("3")
+        """Handle one Engine.IO packet that arrived at ``arrived`` (monotonic)."""
+        if text == "2":  # PING: gaps between them show a load generator falling behind
+            if self.last_ping is not None:
+                self.shared["ping_gaps"].append(arrived - self.last_ping)
+            self.last_ping = arrived
+            self.send("3")
         elif text.startswith("0"):
-            self.send_text("40" + json.dumps({"token": self.token}))
+            self.send("40" + json.dumps({"token": self.token}))
         elif text.startswith(("44", "41")):
             return f"refused or disconnected by the server: {text[2:200]}"
         elif text.startswith("42"):
-            self.on_event(*json.loads(text[2:])[:2], arrived)
+            name, data = json.loads(text[2:])[:2]
+            with self.lock:
+                if name == "campaign_snapshot" and self.snapshot_seq is None:
+                    self.snapshot_seq = self.last_live = data["seq"]
+                    self.max_seq = max(self.max_seq or 0, data["seq"])
+                    self.connected = True
+                    self.settled.set()
+                elif name == "campaign_update":
+                    self._update(data, arrived)
         return None
-
-    def on_event(self, name, data, arrived):
-        """A ``campaign_snapshot`` or ``campaign_update`` that arrived at ``arrived`` (monotonic)."""
-        with self.lock:
-            if name == "campaign_snapshot" and self.snapshot_seq is None:
-                self.snapshot_seq = self.last_live = data["seq"]
-                self.max_seq = max(self.max_seq or 0, data["seq"])
-                self.connected = True
-                self.settled.set()
-            elif name == "campaign_update":
-                self._update(data, arrived)
 
     def _update(self, data, arrived):
         seq, campaign = data["seq"], data["campaign"]
@@ -119,7 +116,7 @@ class Client:
             self.live_seqs.add(seq)
             self.out_of_order += seq < self.last_live
             self.last_live = max(self.last_live, seq)
-            stamp = datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")).timestamp()
+            stamp = datetime.fromisoformat(data["timestamp"]).timestamp()
             self.shared["lags"].append(time.time() - stamp)
         if campaign["id"] == self.probe_campaign:
             self.probes.setdefault((campaign["id"], data["type"], campaign["version"]), (arrived, data["timestamp"]))
@@ -128,12 +125,6 @@ class Client:
             for missing in range(self.max_seq + 1, seq):
                 self.holes.setdefault(missing, arrived)
         self.max_seq = seq if self.max_seq is None else max(self.max_seq, seq)
-
-    def on_ping(self, now):
-        """An Engine.IO PING arrived (gaps between them show a load generator falling behind)."""
-        if self.last_ping is not None:
-            self.shared["ping_gaps"].append(now - self.last_ping)
-        self.last_ping = now
 
     def ask_for_old_holes(self, now):
         """``replay`` from the oldest hole once it outlived the grace period (not too often)."""
@@ -147,24 +138,18 @@ class Client:
 
 
 class Clients:
-    """Connects every client ``concurrency`` at a time (``attempts`` each), reads them all on one
-    selector thread, counts what ends them."""
+    """Connects clients (``attempts`` each), reads them all on one selector thread, counts what ends them."""
 
-    def __init__(self, url, clients, concurrency, attempts):
+    def __init__(self, url, attempts):
         parts = urlsplit(url)
-        self.host, self.port, self.clients = parts.hostname, parts.port, clients
-        self.concurrency, self.attempts = concurrency, attempts
+        self.host, self.port, self.attempts = parts.hostname, parts.port, attempts
         self.disconnects, self.errors, self.retries, self.durations = [], [], [], []
         self.closing = False
         self.selector = selectors.DefaultSelector()  # registered from other threads while it selects: epoll allows
         threading.Thread(target=self.loop, name="selector-clients", daemon=True).start()
 
-    def connect_all(self):
-        """Connect every client; return when all are connected or gave up."""
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            list(pool.map(self.connect, self.clients))
-
     def connect(self, client):
+        """Connect one client (``attempts`` tries); its connect time or its error is recorded."""
         for attempt in range(self.attempts):
             began = time.monotonic()
             try:
@@ -196,22 +181,12 @@ class Clients:
                     error = client.receive(key.fileobj.recv(65536), time.monotonic())
                 except (OSError, ValueError, AttributeError) as exc:
                     error = repr(exc)
-                if error:
+                if error:  # once connected, a disconnection the bench did not ask for; before, a refusal
                     self.drop(client)
-                    self.ended(client, error)
-
-    def ended(self, client, reason):
-        """A connection ended: a disconnection the bench did not ask for once connected, else a refusal."""
-        if client.connected and not self.closing:
-            self.disconnects.append((time.monotonic(), reason))
-        client.disconnected = {"at": time.time(), "reason": reason}
-        client.settled.set()
-
-    def close(self):
-        """Close every connection."""
-        self.closing = True
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(self.drop, self.clients))
+                    if client.connected and not self.closing:
+                        self.disconnects.append((time.monotonic(), error))
+                    client.disconnected = {"at": time.time(), "reason": error}
+                    client.settled.set()
 
 
 def child(pipe, url, share, options):
@@ -219,9 +194,9 @@ def child(pipe, url, share, options):
     answers ``"mark"``, ``("verify", stored seqs by tenant, timeout)`` and ``"close"``."""
     shared = {"lags": [], "ping_gaps": []}
     clients = [Client(tenant_id, token, shared, options.get("probe_campaign")) for tenant_id, token in share]
-    group = Clients(url, clients, options.get("connect_threads", 8), options.get("attempts", 5))
-    started = time.monotonic()
-    group.connect_all()
+    group, started = Clients(url, options.get("attempts", 5)), time.monotonic()
+    with ThreadPoolExecutor(max_workers=options.get("connect_threads", 8)) as pool:
+        list(pool.map(group.connect, clients))
     pipe.send({"connected": sum(r.connected for r in clients), "errors": group.errors, "retries": group.retries,
                "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
     while (command := pipe.poll(0.25) and pipe.recv()) != "close":
@@ -237,11 +212,12 @@ def child(pipe, url, share, options):
                        "gaps": sum(r.gaps for r in clients), "gap_requests": sum(r.gap_requests for r in clients),
                        "connected": len(up), "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
                        "disconnects": group.disconnects[:], "lags": lags, "ping_gaps": pings,
-                       "cpu": sum(cpu_times("self")),
                        "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in clients if r.connected], *command[1:]))
-    group.close()
+    group.closing = True
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(group.drop, clients))
     pipe.send({"closed": True})
 
 
@@ -254,9 +230,7 @@ def verify(clients, stored, timeout):
         with client.lock:
             return [seq for seq in stored[client.tenant_id] if seq > client.snapshot_seq and seq not in client.seqs]
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(r.max_seq < last[r.tenant_id] for r in clients if r.up):
-        time.sleep(0.05)
+    seconds_until(lambda: all(r.max_seq >= last[r.tenant_id] for r in clients if r.up), timeout)
     before = [missing(r) for r in clients]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(missing(r) for r in clients if r.up):
@@ -285,21 +259,9 @@ def verify(clients, stored, timeout):
     }
 
 
-def merge(answers):
-    """One answer of many children: numbers added, lists joined, dicts of numbers added by key."""
-    merged = {}
-    for answer in answers:
-        for key, value in answer.items():
-            if isinstance(value, dict):
-                merged.setdefault(key, collections.Counter()).update(value)
-            else:
-                merged[key] = merged[key] + value if key in merged else value
-    return merged
-
-
 class ClientProcesses:
     """Clients for ``credentials`` (``(tenant_id, token)``) in child processes of ``per_process`` each
-    (or ``processes`` of them); ``options`` for ``child``."""
+    (or ``processes`` of them); ``options`` for ``child``. A context manager."""
 
     def __init__(self, url, credentials, per_process=250, processes=None, **options):
         count = processes or max(1, math.ceil(len(credentials) / per_process))
@@ -313,16 +275,31 @@ class ClientProcesses:
             self.children.append((process, parent_end))
         self.pids = [process.pid for process, _ in self.children]
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        """Disconnect every client and stop the processes."""
+        with contextlib.suppress(Exception):
+            self.ask("close", 120)
+        for process, _ in self.children:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
     def receive(self, timeout):
-        """The next answer of every child, merged; ``BenchFailure`` if one dies or stays silent."""
-        answers = []
+        """The next answer of every child, merged (numbers and ``Counter``s added, lists joined); ``BenchFailure``
+        if one dies or stays silent."""
+        merged = {}
         for process, pipe in self.children:
             deadline = time.monotonic() + timeout
             while not pipe.poll(0.5):
                 if not process.is_alive() or time.monotonic() > deadline:
                     raise BenchFailure(f"{process.name} exited ({process.exitcode}) or did not answer in {timeout} s")
-            answers.append(pipe.recv())
-        return merge(answers)
+            for key, value in pipe.recv().items():
+                merged[key] = merged[key] + value if key in merged else value
+        return merged
 
     def connected(self, timeout):
         """Wait for every child's ready report; what connecting took, and what went wrong."""
@@ -337,13 +314,3 @@ class ClientProcesses:
         for _, pipe in self.children:
             pipe.send(command)
         return self.receive(timeout)
-
-    def close(self):
-        """Disconnect every client and stop the processes."""
-        with contextlib.suppress(Exception):
-            self.ask("close", 120)
-        for process, _ in self.children:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(5)

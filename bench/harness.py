@@ -5,11 +5,11 @@ campaigns to drive (``start_campaigns``), steady publishing (``Traffic``), CPU a
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -22,21 +22,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from unittest import mock
 
+import psutil
 from kombu import Connection
 
+import stack  # the scripts put the repository's root on sys.path
+from campaigns.publisher import make_event
+from campaigns.queues import declare_topology
+from campaigns.timeutil import isoformat
+from config import Config
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import stack  # noqa: E402  (needs the repo root on sys.path)
-from campaigns.publisher import make_event  # noqa: E402
-from campaigns.queues import declare_topology  # noqa: E402
-from campaigns.timeutil import isoformat  # noqa: E402
-from config import Config  # noqa: E402
-
 RESULTS_DIR = REPO / "bench" / "results"
 WORKER_QUEUE = "campaign.events.worker"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MACHINE = {}  # what this run measures on: filled by ``run``, written by ``report``
 
 
@@ -45,9 +42,8 @@ class BenchFailure(Exception):
 
 
 def options(doc, name, quick, **numbers):
-    """An argument parser with what every benchmark has: ``--quick`` (a smoke run: the values of
-    ``quick`` replace those given), ``--keep-logs``, ``--output``, and a ``--name`` for each of
-    ``numbers`` (``name=(default, help)``)."""
+    """An argument parser: ``--quick`` (a smoke run with the values of ``quick``), ``--keep-logs``,
+    ``--output``, and a ``--name`` for each of ``numbers`` (``name=(default, help)``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: " + ", ".join(f"{key}={value}" for key, value in quick.items()))
@@ -61,9 +57,8 @@ def options(doc, name, quick, **numbers):
 
 
 def run(main, parser):
-    """Run a benchmark as a script: ``main(args)``'s exit status, 1 on ``BenchFailure``. Records the
-    machine first and raises the open files limit (every process started later inherits it);
-    SIGTERM cleans up."""
+    """Run a benchmark script: record the machine, raise the open files limit (inherited by every process
+    started later), exit with ``main(args)``'s status (1 on ``BenchFailure``); SIGTERM cleans up."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = parser.parse_args()
     if args.quick:
@@ -81,23 +76,20 @@ def environment(name, keep_logs=False, **settings):
     """Yield a ``stack.Stack`` on a fresh database and vhost (``settings``: environment of its
     processes); remove everything afterwards. Logs are kept (path printed) after a failure."""
     stack.require_services()
-    log_dir, made, failed = tempfile.mkdtemp(prefix=f"bench-{name}-"), [], True
+    log_dir, made, failed = tempfile.mkdtemp(prefix=f"bench-{name}-"), [], True  # made: (undo, argument)
     try:
-        template = stack.create_template_database()
-        made.append(lambda: stack.drop_database(template))
-        database = stack.create_database(template)
-        made.append(lambda: stack.drop_database(database))
-        vhost = stack.create_vhost()
-        made.append(lambda: stack.delete_vhost(vhost))
+        made.append((stack.drop_database, template := stack.create_template_database()))
+        made.append((stack.drop_database, database := stack.create_database(template)))
+        made.append((stack.delete_vhost, vhost := stack.create_vhost()))
         services = stack.Stack(database, vhost, log_dir, **settings)
-        made.append(services.stop)
+        made.append((stack.Stack.stop, services))
         MACHINE["worker_settings"] = worker_settings(services)
         yield services
         failed = False
     finally:
-        for undo in reversed(made):  # processes first, then the vhost, the database, the template
+        for undo, argument in reversed(made):  # processes first, then the vhost, the database, the template
             try:
-                undo()
+                undo(argument)
             except Exception as exc:  # noqa: BLE001 - go on cleaning up
                 print(f"cleanup error: {exc!r}", file=sys.stderr)
         if failed or keep_logs:
@@ -112,9 +104,8 @@ def at(offset=0.0):
 
 
 def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
-    """Declare the topology, start one server and one worker, create ``tenants`` tenants and start
-    ``campaigns`` campaigns round-robin over them (plus the ids ``every_tenant`` in each one);
-    return ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once all are applied."""
+    """One server and one worker; ``tenants`` tenants and ``campaigns`` started round-robin over them (plus
+    ``every_tenant`` in each): ``(server, worker, tenant_ids, [(tenant_id, campaign_id)])`` once applied."""
     with Connection(services.broker_url) as connection:  # an exchange without a queue drops messages
         declare_topology(connection, WORKER_QUEUE)
     server, worker = services.start_server(), services.start_worker(wait=False)
@@ -130,18 +121,16 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
 
 
 def wait_for(process, predicate, timeout, what):
-    """``stack.wait_until`` that fails with the process's log when it exits or the time is up."""
-    try:
-        return stack.wait_until(lambda: check_running(process) or predicate(), timeout, 0.05, what)
-    except AssertionError as exc:
-        raise BenchFailure(f"{exc}\n{process.log()[-3000:]}") from None
+    """Wait until ``predicate()`` holds; ``BenchFailure`` with the process's log when it exits or the time is up."""
+    if seconds_until(predicate, timeout, process) is None:
+        raise BenchFailure(f"{what}: not within {timeout} s, or {process.name} exited:\n{process.log()[-3000:]}")
 
 
-def drain(services, worker, published, timeout):
-    """Seconds until ``applied_events`` holds ``published`` rows (None when it did not in ``timeout``)."""
+def seconds_until(predicate, timeout, *things):
+    """Seconds until ``predicate()`` holds while ``things`` run (``check_running``); None if not within ``timeout``."""
     started = time.monotonic()
-    with contextlib.suppress(BenchFailure):
-        wait_for(worker, lambda: applied(services)[0] >= published, timeout, "the worker to apply everything")
+    with contextlib.suppress(AssertionError, BenchFailure):
+        stack.wait_until(lambda: check_running(*things) or predicate(), timeout, 0.05)
         return time.monotonic() - started
     return None
 
@@ -174,59 +163,31 @@ def worker_settings(services):
 # readings -------------------------------------------------------------------------------
 
 
-def cpu_times(pids):
-    """(user, system) CPU seconds used so far by a pid, "self", or a list of them (None when all are gone)."""
-    total, found = [0.0, 0.0], False
+def _each(pids, method):
+    """``method()`` of each process of a pid or a list of them, leaving out those that are gone."""
+    answers = []
     for pid in pids if isinstance(pids, (list, tuple)) else [pids]:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total[0] += int(fields[11]) / CLOCK_TICKS
-            total[1] += int(fields[12]) / CLOCK_TICKS
-            found = True
-    return tuple(total) if found else None
-
-
-def command_pids(command):
-    """The pids of every running process named ``command`` (e.g. ``postgres``)."""
-    return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm").strip() == command]
-
-
-def _read(path):
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def machine_cpu_times():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(values[:8]) - values[3] - values[4], sum(values[:8])
+        with contextlib.suppress(psutil.Error):
+            answers.append(getattr(psutil.Process(pid), method)())
+    return answers
 
 
 def rss_mb(pids):
-    """Resident memory (``VmRSS``) of a pid, or of a list of them, in MB (None when all are gone)."""
-    values = [line.split()[1] for pid in (pids if isinstance(pids, list) else [pids])
-              for line in _read(Path(f"/proc/{pid}/status")).splitlines() if line.startswith("VmRSS:")]
-    return sum(int(v) for v in values) / 1024 if values else None
-
-
-def open_files_limit(pid):
-    """The soft ``Max open files`` of a running process, or None."""
-    line = next((x for x in _read(Path(f"/proc/{pid}/limits")).splitlines() if x.startswith("Max open files")), "")
-    return int(line.split()[3]) if line and line.split()[3].isdigit() else None
+    """Resident memory of a pid, or of a list of them, in MB (None when all are gone)."""
+    values = [memory.rss for memory in _each(pids, "memory_info")]
+    return sum(values) / 2**20 if values else None
 
 
 def raise_open_files_limit(wanted=65536):
-    """Raise RLIMIT_NOFILE (inherited by every child started later) to ``wanted``, or as far as allowed
-    (beyond the hard limit as root); return (soft, hard)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """Raise RLIMIT_NOFILE to ``wanted`` or as far as allowed (beyond the hard limit as root): (soft, hard)."""
+    me = psutil.Process()
+    soft, hard = me.rlimit(psutil.RLIMIT_NOFILE)
     wanted = max(soft, wanted)
-    for limits in ((wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    for limits in ((wanted, hard if hard == psutil.RLIM_INFINITY else max(hard, wanted)), (hard, hard)):
+        with contextlib.suppress(ValueError, OSError, psutil.Error):
+            me.rlimit(psutil.RLIMIT_NOFILE, limits)
             break
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+    return me.rlimit(psutil.RLIMIT_NOFILE)
 
 
 class Meter:
@@ -234,32 +195,34 @@ class Meter:
     (``bench``) and of the machine at one moment (``read``); ``delta`` of two readings."""
 
     def __init__(self, **pids):
-        self.pids = {**pids, "postgres": lambda: command_pids("postgres"), "bench": "self"}
+        self.pids = {**pids, "bench": os.getpid(), "postgres": lambda: [
+            p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]}
 
     def read(self, **extra):
         """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
-        cpu = {name: cpu_times(pid() if callable(pid) else pid) or (0.0, 0.0) for name, pid in self.pids.items()}
-        return {"at": time.monotonic(), "cpu": cpu, "machine": machine_cpu_times(), "loadavg": os.getloadavg()[0],
+        cpu = {}  # (user, system) CPU seconds so far, of the processes still there
+        for name, pids in self.pids.items():
+            times = _each(pids() if callable(pids) else pids, "cpu_times")
+            cpu[name] = (sum(t.user for t in times), sum(t.system for t in times))
+        return {"at": time.monotonic(), "cpu": cpu, "machine": psutil.cpu_times(), "loadavg": os.getloadavg()[0],
                 **extra}
 
     @staticmethod
     def delta(before, after):
-        """What happened between two readings: seconds, CPU seconds (user + system, and split) per name,
-        and how much each extra counter grew."""
-        seconds = after["at"] - before["at"]
-        cpu = {name: sum(after["cpu"][name]) - sum(before["cpu"][name]) for name in after["cpu"]}
+        """Seconds, CPU seconds (user + system, and split) per name and extra counters' growth between readings."""
+        seconds, machine = after["at"] - before["at"], {f: a - b for f, a, b in zip(
+            after["machine"]._fields, after["machine"], before["machine"])}  # guest time is in user and nice too
+        split = {name: [a - b for a, b in zip(after["cpu"][name], before["cpu"][name])] for name in after["cpu"]}
         grew = {key: {k: v - before[key].get(k, 0) for k, v in value.items()} if isinstance(value, dict)
-                else value - before[key] for key, value in after.items() if key not in ("at", "cpu", "machine",
-                                                                                        "loadavg")}
-        return {**grew,
-            "seconds": seconds, "cpu_seconds": cpu,
-            "percent_of_one_core": {name: 100 * value / seconds for name, value in cpu.items()},
-            "user_seconds": {name: after["cpu"][name][0] - before["cpu"][name][0] for name in cpu},
-            "system_seconds": {name: after["cpu"][name][1] - before["cpu"][name][1] for name in cpu},
-            "machine_busy_percent": 100 * (after["machine"][0] - before["machine"][0])
-            / max(after["machine"][1] - before["machine"][1], 1),
-            "loadavg_at_end": after["loadavg"],
-        }
+                else value - before[key] for key, value in after.items()
+                if key not in ("at", "cpu", "machine", "loadavg")}
+        return {**grew, "seconds": seconds, "cpu_seconds": {name: sum(pair) for name, pair in split.items()},
+                "percent_of_one_core": {name: 100 * sum(pair) / seconds for name, pair in split.items()},
+                "user_seconds": {name: pair[0] for name, pair in split.items()},
+                "system_seconds": {name: pair[1] for name, pair in split.items()},
+                "machine_busy_percent": 100 - 100 * (machine["idle"] + machine["iowait"])
+                / max(sum(machine.values()) - machine["guest"] - machine["guest_nice"], 0.01),
+                "loadavg_at_end": after["loadavg"]}
 
 
 def stats(values):
@@ -279,30 +242,29 @@ class Traffic(threading.Thread):
         super().__init__(name="traffic", daemon=True)
         self.services, self.rate, self.events, self.stop_event = services, rate, events, threading.Event()
         self.count = self.published = 0
-        self.error = self.publisher = None
+        self.error = None
 
     def run(self):
-        started = time.monotonic()
         try:
-            while not self.stop_event.wait(0.002):
-                elapsed = time.monotonic() - started
-                while self.count < int(elapsed * self.rate):
-                    for event in self.events(self.count, elapsed):
-                        self.publisher.publish(event)
-                        self.published += 1
-                    self.count += 1
+            with self.services.publisher(confirm=False) as publisher:
+                started = time.monotonic()
+                while not self.stop_event.wait(0.002):
+                    elapsed = time.monotonic() - started
+                    while self.count < int(elapsed * self.rate):
+                        for event in self.events(self.count, elapsed):
+                            publisher.publish(event)
+                            self.published += 1
+                        self.count += 1
         except Exception as exc:  # noqa: BLE001 - reported by check()
             self.error = exc
 
     def __enter__(self):
-        self.publisher = self.services.publisher(confirm=False)
         self.start()
         return self
 
     def __exit__(self, *exc_info):
         self.stop_event.set()
         self.join(30)
-        self.publisher.close()
 
     def check(self):
         """Raise ``BenchFailure`` if the publisher failed or stopped."""
@@ -320,11 +282,12 @@ def check_running(*things):
 
 
 def sleep_checking(seconds, *things):
-    """Sleep ``seconds`` (a measurement window), checking every second that ``things`` still run."""
+    """Sleep ``seconds`` (a measurement window), checking first and every second that ``things`` still run."""
     end = time.monotonic() + seconds
+    check_running(*things)
     while (left := end - time.monotonic()) > 0:
-        check_running(*things)
         time.sleep(min(1.0, left))
+        check_running(*things)
 
 
 # output ---------------------------------------------------------------------------------
@@ -332,8 +295,8 @@ def sleep_checking(seconds, *things):
 
 def machine():
     """What the numbers were measured on, and other test or benchmark processes running now."""
-    model = next((line.split(":", 1)[1].strip() for line in _read(Path("/proc/cpuinfo")).splitlines()
-                  if line.startswith("model name")), "")
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "")  # the one figure psutil does not give
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
             "git_commit": commit.stdout.strip(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -342,16 +305,12 @@ def machine():
 
 def foreign_processes():
     """Test and benchmark processes this run did not start (they share the cores and skew the numbers)."""
-    lines = {int(e.name): _read(e / "stat") for e in Path("/proc").iterdir() if e.name.isdigit()}
-    parents = {pid: int(stat.rsplit(")", 1)[1].split()[1]) for pid, stat in lines.items() if stat}
-    commands = {pid: _read(Path(f"/proc/{pid}/cmdline")).replace("\0", " ").strip() for pid in parents}
-    mine, pid = set(), os.getpid()
-    while pid not in (0, 1) and pid not in mine:  # this run and whoever launched it
-        mine.add(pid)
-        pid = parents.get(pid, 0)
+    me = psutil.Process()
+    mine = {me.pid, *(parent.pid for parent in me.parents())}  # this run and whoever launched it
     patterns = ("pytest", "bench/", "-m worker", "app.py", "multiprocessing")
-    return sorted({command[:120] for pid, command in commands.items()
-                   if pid not in mine and parents.get(pid) != os.getpid() and any(p in command for p in patterns)})
+    commands = {" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["ppid", "cmdline"])
+                if p.pid not in mine and p.info["ppid"] != me.pid}
+    return sorted({command[:120] for command in commands if any(p in command for p in patterns)})
 
 
 def fmt(value, digits=1):
@@ -372,9 +331,7 @@ def figures(data, *paths):
     """A table (headers, rows) of the figures of ``data`` at ``paths`` ("a.b"; a dict: a row per item)."""
     rows = []
     for path in paths:
-        value = data
-        for part in path.split("."):
-            value = value[part]
+        value = functools.reduce(lambda found, part: found[part], path.split("."), data)
         for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
             rows.append([path if key is None else f"{path}.{key}", shown(item)])
     return ["figure", "value"], rows
@@ -392,9 +349,8 @@ def table(headers, rows):
 def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
-    info = dict(MACHINE)  # other processes: those seen at the start and at the end
-    info.update(loadavg_at_end=os.getloadavg()[0],
-                other_processes=sorted({*info["other_processes"], *foreign_processes()}))
+    info = {**MACHINE, "loadavg_at_end": os.getloadavg()[0],  # other processes: seen at the start or at the end
+            "other_processes": sorted({*MACHINE["other_processes"], *foreign_processes()})}
     print(*(f"\n{table(headers, rows)}" for headers, rows in tables), "", *notes, sep="\n")
     if info["other_processes"]:
         print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "

@@ -2,8 +2,6 @@
 a bare kombu consumer that only acks a copy of the same backlog; then every campaign's counters are
 checked (each event applied exactly once). Target: the worker >= min(10,000 events/s, bare / 2).
 How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/ingest.py [--events N] [--batch-size B] [--linger-ms MS] [--quick]
 """
 
 import contextlib
@@ -58,43 +56,34 @@ def publish_backlog(services, events, timeout):
     seconds = time.perf_counter() - started
     depths = {}
 
-    def routed():
+    def routed():  # or more than published: a failure at once
         depths.update({q: harness.queue_depth(services.broker_url, q) for q in (WORKER_QUEUE, BARE_QUEUE)})
-        if any(depth > len(events) for depth in depths.values()):
-            raise BenchFailure(f"more messages than published in the queues: {depths}")
-        return all(depth == len(events) for depth in depths.values())
+        return all(depth == len(events) for depth in depths.values()) or max(depths.values()) > len(events)
 
-    try:
-        harness.stack.wait_until(routed, timeout, 0.05, f"both queues to hold {len(events)} messages")
-    except AssertionError as exc:
-        raise BenchFailure(f"{exc}; depths: {depths}") from None
+    if harness.seconds_until(routed, timeout) is None or set(depths.values()) != {len(events)}:
+        raise BenchFailure(f"both queues should hold the {len(events)} messages published: {depths}")
     return {"publish_seconds": seconds, "publish_rate": len(events) / seconds}
 
 
 def run_bare(services, n, timeout):
-    """Ack-only kombu consumer on ``bench.bare``: seconds from the first message to the N-th ack."""
-    state = {"count": 0, "first": None, "last": None}
-    cpu_before = time.process_time()
+    """Ack-only kombu consumer on ``bench.bare``: seconds from the first ack to the N-th."""
+    acked, cpu_before, deadline = [], time.process_time(), time.monotonic() + timeout
 
     def on_message(message):
-        state["first"] = state["first"] or time.perf_counter()
         message.ack()
-        state["count"] += 1
-        if state["count"] == n:
-            state["last"] = time.perf_counter()
+        acked.append(time.perf_counter())
 
-    deadline = time.monotonic() + timeout
     with Connection(services.broker_url) as connection, \
             Consumer(connection.channel(), queues=[BARE], on_message=on_message, prefetch_count=1000):
-        while state["count"] < n:
+        while len(acked) < n:
             if time.monotonic() > deadline:
-                raise BenchFailure(f"bare consumer: {state['count']} of {n} after {timeout} s")
+                raise BenchFailure(f"bare consumer: {len(acked)} of {n} after {timeout} s")
             with contextlib.suppress(socket.timeout):
                 connection.drain_events(timeout=1.0)
     left = harness.queue_depth(services.broker_url, BARE_QUEUE)  # a fresh connection: unacked ones are back
     if left:
         raise BenchFailure(f"bare consumer: {left} messages still in {BARE_QUEUE} after acking {n}")
-    seconds = state["last"] - state["first"]
+    seconds = acked[n - 1] - acked[0]
     return {"events": n, "seconds": seconds, "rate": n / seconds, "cpu_seconds": time.process_time() - cpu_before}
 
 
@@ -102,11 +91,9 @@ def run_worker(services, n, timeout):
     """Start one worker; time until ``applied_events`` holds N rows."""
     if harness.applied(services)[0]:
         raise BenchFailure("applied_events is not empty before the worker starts")
-    pids = []
-    started_wall, meter = time.time(), harness.Meter(worker=lambda: pids)
-    before = meter.read()
+    meter = harness.Meter(worker=lambda: [process.pid for process in services.workers])
+    started_wall, before = time.time(), meter.read()
     worker = services.start_worker(wait=False)
-    pids.append(worker.pid)
     harness.wait_for(worker, lambda: harness.applied(services)[0] >= n, timeout, f"{n} applied events")
     window = harness.Meter.delta(before, meter.read())
     count, first, last, in_last, batches = services.sql(
@@ -128,8 +115,7 @@ def check_exactness(services, expected):
     problems = [f"{key}: {found.get(key)}, want {want}" for key, want in expected.items() if found.get(key) != want]
     problems += [f"unexpected campaign {key}" for key in set(found) - set(expected)]
     dead = harness.queue_depth(services.broker_url, DEAD_LETTER_QUEUE)
-    if dead:
-        problems.append(f"{dead} messages dead-lettered")
+    problems += [f"{dead} messages dead-lettered"] if dead else []
     return {"passed": not problems, "problems": problems[:20], "dead_lettered": dead,
             "sent": sum(r["sent"] for r in found.values()), "failed": sum(r["failed"] for r in found.values()),
             "published_sent": sum(w["sent"] for w in expected.values()),
@@ -147,11 +133,10 @@ def main(args):
         exact = check_exactness(s, expected)
     target = min(TARGET, bare["rate"] / 2)
     met = {"end_to_end": worker["rate"] >= target, "steady": (worker["steady_rate"] or 0) >= target}
-    rows = [["bare kombu consumer (ack only)", bare["events"], fmt(bare["seconds"], 2), fmt(bare["rate"], 0), "1.00x"]]
-    for label, kind in (("worker, end to end (from process start)", ""), ("worker, steady (first to last batch)",
-                                                                          "steady_")):
-        rows.append([label, worker[f"{kind}events"], fmt(worker[f"{kind}seconds"], 2), fmt(worker[f"{kind}rate"], 0),
-                     f"{(worker[f'{kind}rate'] or 0) / bare['rate']:.2f}x"])
+    rows = [[label, run[f"{kind}events"], fmt(run[f"{kind}seconds"], 2), fmt(run[f"{kind}rate"], 0),
+             f"{(run[f'{kind}rate'] or 0) / bare['rate']:.2f}x"] for label, run, kind in (
+        ("bare kombu consumer (ack only)", bare, ""), ("worker, end to end (from process start)", worker, ""),
+        ("worker, steady (first to last batch)", worker, "steady_"))]
     data = {"publish": publish, "bare": bare, "worker": worker, "exactness": exact,
             "target": {"events_per_second": target, **met}}
     harness.report(args, data, [(["consumer", "events", "seconds", "events/s", "vs bare"], rows),

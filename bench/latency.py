@@ -1,11 +1,8 @@
 """Status-event latency: publish to RabbitMQ -> worker -> PostgreSQL -> Socket.IO -> 100 clients,
 under 1,000 events/s of background traffic; p50/p95/p99 per (sample, client) pair and its two legs.
 Target: p99 < 50 ms. How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/latency.py [--duration S] [--rate R] [--quick]
 """
 
-import contextlib
 import sys
 import threading
 import time
@@ -26,15 +23,8 @@ TARGET_P99_MS = 50.0
 
 def match(samples, received):
     """``(sample, (arrival, timestamp))`` pairs found so far, and the samples of the missing pairs."""
-    pairs, missing = [], []
-    for sample in samples:
-        for tenant_id, probes, _ in received:
-            if tenant_id == sample["tenant"]:
-                if hit := probes.get(sample["key"]):
-                    pairs.append((sample, hit))
-                else:
-                    missing.append(sample)
-    return pairs, missing
+    found = [(s, probes.get(s["key"])) for s in samples for tenant, probes, _ in received if tenant == s["tenant"]]
+    return [(sample, hit) for sample, hit in found if hit], [sample for sample, hit in found if not hit]
 
 
 def sample_window(services, tenant_ids, args, background):
@@ -42,8 +32,7 @@ def sample_window(services, tenant_ids, args, background):
     samples, started = [], time.monotonic()
     with services.publisher(confirm=True) as publisher:
         for k in range(int(args.duration / args.interval)):
-            time.sleep(max(started + k * args.interval - time.monotonic(), 0))  # the sample schedule
-            background.check()
+            harness.sleep_checking(started + k * args.interval - time.monotonic(), background)  # the schedule
             tenant_id, count = tenant_ids[k % len(tenant_ids)], k // len(tenant_ids)  # the tenants take turns
             kind = "campaign_resumed" if count % 2 else "campaign_paused"
             event = make_event(tenant_id, PROBE, kind, {} if count % 2 else {"reason": "latency probe"})
@@ -58,10 +47,9 @@ def measure(services, args):
     server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "lat", args.tenants, args.campaigns,
                                                                     every_tenant=[PROBE])
     credentials = [(t, services.token(t)) for t in tenant_ids for _ in range(args.clients_per_tenant)]
-    clients = ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
-                              connect_threads=10)
-    meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
-    try:
+    with ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
+                         connect_threads=10) as clients:
+        meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
         if (connect := clients.connected(120))["errors"]:
             raise BenchFailure(f"clients could not connect: {connect['error_examples']}")
         with harness.Traffic(services, args.rate, lambda n, _: [make_event(
@@ -73,22 +61,18 @@ def measure(services, args):
             in_window, threads = background.count - published_before, threading.active_count()
             backlog = harness.queue_depth(services.broker_url)
         published = len(campaigns) + len(tenant_ids) + background.count + len(samples)
-        drained = harness.drain(services, worker, published, args.drain_timeout)
-        with contextlib.suppress(AssertionError):  # what is still missing then is reported
-            harness.stack.wait_until(lambda: not match(samples, clients.ask("mark")["probes"])[1],
-                                     LATE_UPDATE_SECONDS, 0.1, "every client to receive every sample")
+        drained = harness.seconds_until(lambda: harness.applied(services)[0] >= published, args.drain_timeout, worker)
+        harness.seconds_until(lambda: not match(samples, clients.ask("mark")["probes"])[1], LATE_UPDATE_SECONDS)
         received = clients.ask("mark")["probes"]
         applied, batches = harness.applied(services)
         applied_ids = {r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s",
                                                   (PROBE,))}
-    finally:
-        clients.close()
     pairs, missing = match(samples, received)
     lost = sum(1 for s in missing if s["event_id"] in applied_ids)
     offset = time.time() - time.monotonic()  # wall -> monotonic, to split the legs at the worker's timestamp
     by_sample = {}  # id: (sample, the worker's batch start (monotonic), arrivals)
     for sample, (arrived, stamp) in pairs:
-        start = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - offset
+        start = datetime.fromisoformat(stamp).timestamp() - offset  # Python 3.11 reads the "Z"
         by_sample.setdefault(id(sample), (sample, start, []))[2].append(arrived)
     return {
         "samples": len(samples), "clients": len(credentials), "client_processes": len(clients.pids),

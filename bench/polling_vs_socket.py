@@ -1,8 +1,6 @@
 """Server CPU to keep dashboards fresh: REST polling with ETags vs Socket.IO push, same traffic.
 Phases: idle, polling, Socket.IO, idle with the queue listener on. Target: polling / socket >= 10x
 (server CPU per dashboard-minute). How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/polling_vs_socket.py [--dashboards N] [--duration S] [--stock-writes] [--quick]
 """
 
 import collections
@@ -11,6 +9,7 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,14 +23,6 @@ TENANTS, CAMPAIGNS, TARGET_RATIO, MIN_CONNECTED, POLL_THREADS = 10, 20, 10.0, 0.
 
 
 window = harness.Meter.delta
-
-
-def reading(meter, services, server, traffic):
-    """A ``Meter`` reading with each tenant's ``last_seq`` (updates stored), events published and packets sent."""
-    return meter.read(updates_stored=dict(services.sql("SELECT id, last_seq FROM tenants")),
-                      events_published=traffic.count, packets_sent={
-                          p: harness.metric(server, "campaign_live_socketio_packets_sent_total", path=p)
-                          for p in ("direct", "queued")})
 
 
 def poll_thread(port, dashboards, indices, start, interval, end, results, stop):
@@ -66,24 +57,20 @@ def run_polling(measure, server, dashboards, args):
     results, stop = [], threading.Event()
     setup_before, start = measure(), time.monotonic() + 0.5
     window_start = start + args.interval  # after the first cycle: connections open, every ETag known
-    end = window_start + args.duration
-    count = min(POLL_THREADS, len(dashboards))
-    threads = [threading.Thread(target=poll_thread, daemon=True, args=(
-        server.port, dashboards, list(range(t, len(dashboards), count)), start, args.interval, end, results, stop))
-        for t in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(max(window_start - time.monotonic(), 0))
-        before = measure()
-        harness.sleep_checking(end - time.monotonic(), server)
-        after = measure()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(35)
+    end, count = window_start + args.duration, min(POLL_THREADS, len(dashboards))
+    with ThreadPoolExecutor(count) as pool:  # leaving it waits for the threads
+        for t in range(count):
+            pool.submit(poll_thread, server.port, dashboards, range(t, len(dashboards), count), start, args.interval,
+                        end, results, stop)
+        try:
+            time.sleep(max(window_start - time.monotonic(), 0))
+            before = measure()
+            harness.sleep_checking(end - time.monotonic(), server)
+            after = measure()
+        finally:
+            stop.set()
     done = [r for r in results if before["at"] <= r[2] < after["at"]]
-    statuses = {s: sum(1 for r in done if r[3] == s) for s in {r[3] for r in done}}
+    statuses = dict(collections.Counter(r[3] for r in done))
     return {"mode": "polling", "dashboards": len(dashboards), "window": window(before, after),
             "setup": {**window(setup_before, before), "polls": sum(1 for r in results if r[2] < before["at"])},
             "delivered": len(done), "expected_polls_per_second": len(dashboards) / args.interval,
@@ -93,10 +80,10 @@ def run_polling(measure, server, dashboards, args):
             "response_ms": stats([(r[2] - r[1]) * 1000 for r in done])}
 
 
-def run_socket(measure, server, dashboards, args):
+def run_socket(measure, server, dashboards, args, client_pids):
     setup_before = measure()
-    clients = ClientProcesses(server.url, dashboards, per_process=125, connect_threads=4)
-    try:
+    with ClientProcesses(server.url, dashboards, per_process=125, connect_threads=4) as clients:
+        client_pids.extend(clients.pids)  # the meter reads their CPU from now on
         connect = clients.connected(600)
         setup_after = measure()
         if connect["connected"] < MIN_CONNECTED * len(dashboards):
@@ -106,8 +93,6 @@ def run_socket(measure, server, dashboards, args):
         marks_before, before = clients.ask("mark"), measure()
         harness.sleep_checking(args.duration, server)
         after, marks_after = measure(), clients.ask("mark")
-    finally:
-        clients.close()
     result = window(before, after)
     disconnects = {name: collections.Counter(reason for moment, reason in marks_after["disconnects"]
                                              if (moment >= before["at"]) == (name == "in_window"))
@@ -119,7 +104,7 @@ def run_socket(measure, server, dashboards, args):
             "client_processes": len(clients.pids), "delivered": marks_after["updates"] - marks_before["updates"],
             "expected_updates": expected, "replayed_in_window": marks_after["replayed"] - marks_before["replayed"],
             "seq_gaps_in_window": marks_after["gaps"] - marks_before["gaps"],
-            "client_processes_cpu": marks_after["cpu"] - marks_before["cpu"], "unrequested_disconnects": disconnects}
+            "client_processes_cpu": result["cpu_seconds"]["clients"], "unrequested_disconnects": disconnects}
 
 
 def measure_phases(services, args):
@@ -132,11 +117,16 @@ def measure_phases(services, args):
         return [make_event(*campaigns[n % len(campaigns)], "message_failed" if failed else "message_sent",
                            {"message_id": f"m-{n}", **({"error": "bench failure"} if failed else {})})]
 
-    meter, phases = harness.Meter(server=server.pid, worker=worker.pid), {}
+    client_pids, phases = [], {}
+    meter = harness.Meter(server=server.pid, worker=worker.pid, clients=lambda: client_pids)
     with harness.Traffic(services, args.rate, events) as traffic:
         def measure():
+            """A reading with each tenant's ``last_seq`` (updates stored), events published and packets sent."""
             traffic.check()
-            return reading(meter, services, server, traffic)
+            return meter.read(updates_stored=dict(services.sql("SELECT id, last_seq FROM tenants")),
+                              events_published=traffic.count, packets_sent={
+                                  p: harness.metric(server, "campaign_live_socketio_packets_sent_total", path=p)
+                                  for p in ("direct", "queued")})
 
         def idle(key, mode):
             before = measure()
@@ -149,7 +139,7 @@ def measure_phases(services, args):
         print(f"phase A: polling, {args.dashboards} dashboards ...", flush=True)
         phases["polling"] = run_polling(measure, server, dashboards, args)
         print(f"phase B: Socket.IO, {args.dashboards} clients ...", flush=True)
-        phases["socket"] = run_socket(measure, server, dashboards, args)
+        phases["socket"] = run_socket(measure, server, dashboards, args, client_pids)
         if args.idle:  # python-socketio consumes the message queue since the first connection
             harness.sleep_checking(min(2.0, args.idle), traffic, server)
             idle("idle_after", "idle, queue listener on")
@@ -159,8 +149,7 @@ def measure_phases(services, args):
 
 def summarize(result, args):
     """Per phase: CPU per dashboard-minute, per poll or update; the ratio, a projection, the verdict."""
-    phases = result["phases"]
-    polling, socket_ = phases["polling"], phases["socket"]
+    polling, socket_ = result["phases"]["polling"], result["phases"]["socket"]
     for phase in (polling, socket_):
         w = phase["window"]
         served = (phase["connected_at_start"] + phase["connected_at_end"]) / 2 if phase is socket_ else args.dashboards

@@ -1,13 +1,13 @@
 """Soak: thousands of Socket.IO clients and 500 events/s for minutes: memory growth and missed updates.
 A table row every 10 s (RSS, CPU, rates, lag, PING gaps), then every client's seqs are checked
 against ``campaign_updates``. How to read the figures: docs/benchmarks.md.
-
-    .venv/bin/python bench/soak.py [--clients N] [--duration S] [--rate R] [--quick]
 """
 
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -16,10 +16,7 @@ from bench.clients import ClientProcesses  # noqa: E402
 from bench.harness import BenchFailure, at, fmt, rss_mb, stats  # noqa: E402
 from campaigns.publisher import make_event  # noqa: E402
 
-
-def server_sockets(server):
-    """The server's ``campaign_live_connected_clients`` of websockets (its /metrics)."""
-    return harness.metric(server, "campaign_live_connected_clients", transport="websocket")
+SOCKETS = {"name": "campaign_live_connected_clients", "transport": "websocket"}  # the server's websockets (/metrics)
 
 
 def growth(samples, key, window):
@@ -40,22 +37,20 @@ def log_problems(process):
 
 def take_sample(services, server, worker, clients, traffic, meter, started, previous):
     """One row of the soak's table."""
-    marks = clients.ask("mark")
-    reading = meter.read()
-    applied, batches = harness.applied(services)
-    sample = {"t": time.monotonic() - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
-              "clients_rss_mb": rss_mb(clients.pids), "reading": reading, "published": traffic.published,
-              "received": marks["updates"], "clients_connected": marks["connected"], "applied": applied,
-              "batches": batches, "gap_requests": marks["gap_requests"], "server_sockets": server_sockets(server),
-              "lag_ms": stats([1000 * lag for lag in marks["lags"]]), "ping_gap_s": stats(marks["ping_gaps"]),
-              "queue_depth": harness.queue_depth(services.broker_url), "loadavg": reading["loadavg"]}
+    marks, (applied, batches) = clients.ask("mark"), harness.applied(services)
+    counters = {"published": traffic.published, "received": marks["updates"], "applied": applied, "batches": batches}
+    reading = meter.read(**counters)
+    sample = {"t": reading["at"] - started, "server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(worker.pid),
+              "clients_rss_mb": rss_mb(clients.pids), "reading": reading, **counters,
+              "clients_connected": marks["connected"], "gap_requests": marks["gap_requests"],
+              "server_sockets": harness.metric(server, **SOCKETS), "lag_ms": stats([1000 * x for x in marks["lags"]]),
+              "ping_gap_s": stats(marks["ping_gaps"]), "queue_depth": harness.queue_depth(services.broker_url),
+              "loadavg": reading["loadavg"]}
     if previous:
-        span = sample["t"] - previous["t"]
-        sample["cpu_percent"] = harness.Meter.delta(previous["reading"], reading)["percent_of_one_core"]
-        for key in ("published", "received", "applied"):
-            sample[f"{key}_per_s"] = (sample[key] - previous[key]) / span
-        batches = sample["batches"] - previous["batches"]
-        sample["mean_batch"] = (sample["applied"] - previous["applied"]) / batches if batches else None
+        grew = harness.Meter.delta(previous["reading"], reading)
+        sample.update({f"{key}_per_s": grew[key] / grew["seconds"] for key in ("published", "received", "applied")},
+                      cpu_percent=grew["percent_of_one_core"],
+                      mean_batch=grew["applied"] / grew["batches"] if grew["batches"] else None)
     return sample
 
 
@@ -64,16 +59,14 @@ def measure(services, args):
     ttl = int(args.duration) + 7200
     credentials = [(t := tenant_ids[i % len(tenant_ids)], services.token(t, ttl=ttl, subject=f"soak-{i}"))
                    for i in range(args.clients)]
-    limits = {"server": harness.open_files_limit(server.pid), "worker": harness.open_files_limit(worker.pid)}
-    rss = {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}
-    connect_meter = harness.Meter(server=server.pid)
-    before = connect_meter.read()
-    clients = ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
-                              connect_threads=args.connect_threads, attempts=3, replay_holes=True)
-    try:
+    limits = {p.name: psutil.Process(p.pid).rlimit(psutil.RLIMIT_NOFILE)[0] for p in (server, worker)}  # soft
+    meter = harness.Meter(server=server.pid)
+    rss, before = {p.name: rss_mb(p.pid) for p in (server, worker)}, meter.read()
+    with ClientProcesses(server.url, credentials, per_process=args.clients_per_process,
+                         connect_threads=args.connect_threads, attempts=3, replay_holes=True) as clients:
         connect = {"requested": args.clients, **clients.connected(120 + args.clients * 0.5),
-                   **harness.Meter.delta(before, connect_meter.read()), "server_metric": server_sockets(server),
-                   "rss_before_mb": rss, "rss_after_mb": {"server": rss_mb(server.pid), "worker": rss_mb(worker.pid)}}
+                   **harness.Meter.delta(before, meter.read()), "server_metric": harness.metric(server, **SOCKETS),
+                   "rss_before_mb": rss, "rss_after_mb": {p.name: rss_mb(p.pid) for p in (server, worker)}}
         connect["server_kb_per_connection"] = 1024 * (connect["rss_after_mb"]["server"] - rss["server"]) / max(
             connect["connected"], 1)
         print(f"connected {connect['connected']:,} of {args.clients:,} in {connect['seconds']:.1f} s", flush=True)
@@ -103,23 +96,17 @@ def measure(services, args):
             traffic_seconds = time.monotonic() - started
         backlog = harness.queue_depth(services.broker_url)
         published = len(campaigns) + traffic.published
-        drained = harness.drain(services, worker, published, args.final_timeout)
+        drained = harness.seconds_until(lambda: harness.applied(services)[0] >= published, args.final_timeout, worker)
         with services.publisher() as publisher:  # the final state: status events end any merge at once
             for key in campaigns:
                 publisher.publish(make_event(*key, "campaign_completed", {}, occurred_at=at(1)))
-        try:
-            harness.stack.wait_until(lambda: not services.sql(
-                "SELECT count(*) FROM campaigns WHERE status <> 'completed' OR emit_due_at IS NOT NULL")[0][0],
-                args.final_timeout, 0.1, "every campaign to be completed")
-            final = True
-        except AssertionError:
-            final = False  # reported; the clients are compared with what is stored so far
+        final = harness.seconds_until(lambda: not services.sql(  # else the clients are compared with what is stored
+            "SELECT count(*) FROM campaigns WHERE status <> 'completed' OR emit_due_at IS NOT NULL")[0][0],
+            args.final_timeout) is not None
         stored = {t: [] for t in tenant_ids}
         for tenant_id, seq in services.sql("SELECT tenant_id, seq FROM campaign_updates ORDER BY seq"):
             stored[tenant_id].append(seq)
         delivery = clients.ask(("verify", stored, args.final_timeout), args.final_timeout * 3 + 120)
-    finally:
-        clients.close()
     window = min(60.0, args.duration / 2)
     return {"open_files_limit": limits, "connect": connect, "delivery": delivery,
             "traffic": {"seconds": traffic_seconds, "message_sent": traffic.count, "status_events": len(statuses),

@@ -1,17 +1,13 @@
 """campaign-live side by side with the Node socket.io 4.8 reference peer (``../shared/peer/``), in one
 run, with the peer's own load clients: one table of both servers' figures and campaign-live's ratio
 to the peer. The scenarios and how to read them: docs/benchmarks.md.
-
-    python bench/vs_peer.py [--scenario S ...] [--repeat N] [--quick]
 """
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,14 +39,12 @@ def prepare_peer():
     """The peer's folder with its npm packages installed (again when its lock file changes)."""
     if not PEER_SOURCE.is_dir():
         raise BenchFailure(f"{PEER_SOURCE} is missing: the reference peer lives in ../shared/peer/")
-    stamp = hashlib.sha256((PEER_SOURCE / "package-lock.json").read_bytes()
-                           + (PEER_SOURCE / "package.json").read_bytes()).hexdigest()
-    PEER_CACHE.mkdir(parents=True, exist_ok=True)
+    stamp = b"".join((PEER_SOURCE / name).read_bytes() for name in ("package-lock.json", "package.json"))
     shutil.copytree(PEER_SOURCE, PEER_CACHE, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules"))
     stamp_file = PEER_CACHE / "node_modules" / ".campaign-live-stamp"
-    if not stamp_file.exists() or stamp_file.read_text() != stamp:
+    if not stamp_file.exists() or stamp_file.read_bytes() != stamp:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER_CACHE, check=True, timeout=600)
-        stamp_file.write_text(stamp)
+        stamp_file.write_bytes(stamp)
     spec = importlib.util.spec_from_file_location("side_by_side", PEER_CACHE / "side_by_side.py")
     runner = importlib.util.module_from_spec(spec)
     sys.modules["side_by_side"] = runner  # its dataclasses look their module up there
@@ -67,13 +61,8 @@ def node_peer(log_dir):
     env = {**os.environ, "PORT": str(port), "JWT_SECRET": stack.JWT_SECRET, "BROKER_URL": broker,
            "THROTTLE_SECONDS": "2"}
     process = stack.Process("node-peer", ["node", str(PEER_CACHE / "node-peer" / "server.js")], env, log_dir)
-
-    def listening():
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-
-    try:
-        harness.wait_for(process, listening, 30, "the Node peer")
+    try:  # its /healthz answers 200 once it consumes from the broker
+        harness.wait_for(process, lambda: stack.server_healthy(process, port), 30, "the Node peer")
         yield f"http://127.0.0.1:{port}", process.pid, broker
     finally:
         process.stop(10)
@@ -81,8 +70,7 @@ def node_peer(log_dir):
 
 
 def at_rest_round(url, pids, n, args, log_dir):
-    """n websocket clients (the peer's load clients) on one server, no traffic: connect, then RSS per
-    connection and CPU at rest over ``args.rest`` seconds."""
+    """n of the peer's websocket load clients on one server, no traffic: RSS per connection, CPU at rest."""
     ready, out = Path(log_dir) / "rest.ready", Path(log_dir) / "rest.json"
     ready.unlink(missing_ok=True)
     rss_before = harness.rss_mb(pids[0])

@@ -11,13 +11,13 @@ from sqlalchemy import select
 
 from campaigns.ingest import apply_batch
 from campaigns.models import Tenant, User
+from campaigns.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, declare_topology
 from campaigns.timeutil import utcnow
 from ops.throughput import throughput
 from sockets.presence import count_clients, publish
 from tests import support
 from tests.support import wait_until
 from tests.test_ingest import ev, started
-from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, declare_topology
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import jwt
 import pytest
 import socketio
 
+from campaigns.queues import REJECTION_HEADER, dead_letter_queue, worker_queue
 from campaigns.timeutil import isoformat
 from tests import support
 from tests.support import JWT_SECRET, LiveClient, event, wait_until
-from worker.queues import REJECTION_HEADER, dead_letter_queue, worker_queue
 
 STATUS_TYPES = ("campaign_started", "campaign_paused", "campaign_resumed", "campaign_completed")
 

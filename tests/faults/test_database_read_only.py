@@ -11,6 +11,7 @@ from contextlib import closing
 
 import pytest
 
+from campaigns.queues import DEAD_LETTER_QUEUE
 from tests import support
 from tests.faults.helpers import (
     applied_count,
@@ -26,7 +27,6 @@ from tests.faults.helpers import (
     worker_probe,
 )
 from tests.support import metric, wait_until
-from worker.queues import DEAD_LETTER_QUEUE
 
 READ_ONLY_SECONDS = 10.0
 RATE = 50  # events per second

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from campaigns.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue
 from tests import support
 from tests.faults.helpers import (
     applied_count,
@@ -23,7 +24,6 @@ from tests.faults.helpers import (
     report,
 )
 from tests.support import wait_until
-from worker.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_queue
 
 MESSAGES = 2000
 VARIANTS = 2  # messages built from each Hypothesis example (Hypothesis's own cost is per example)

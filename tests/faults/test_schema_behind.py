@@ -8,6 +8,7 @@ database is put one migration behind whatever the newest real migration is.
 
 import time
 
+from campaigns.queues import DEAD_LETTER_QUEUE
 from tests import support
 from tests.faults.helpers import (
     Ledger,
@@ -25,7 +26,6 @@ from tests.faults.helpers import (
 )
 from tests.faults.pending_migration import COLUMN, TABLE, PendingMigration
 from tests.support import metric, wait_until
-from worker.queues import DEAD_LETTER_QUEUE
 
 EVENTS = 300  # published while the schema is behind
 RETRIES = 3  # the worker's failed attempts to wait for before the upgrade

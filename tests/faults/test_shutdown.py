@@ -8,6 +8,7 @@ import time
 
 from kombu import Connection
 
+from campaigns.queues import declare_topology
 from tests.faults.helpers import (
     Ledger,
     SeqClient,
@@ -25,7 +26,6 @@ from tests.faults.helpers import (
     wait_applied,
 )
 from tests.support import event, wait_until
-from worker.queues import declare_topology
 
 BACKLOG = 3000
 THROTTLE_SECONDS = 10  # long enough for a merged update to be pending when SIGTERM comes

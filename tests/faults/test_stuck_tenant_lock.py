@@ -15,6 +15,7 @@ from contextlib import closing
 import psycopg2
 import pytest
 
+from campaigns.queues import DEAD_LETTER_QUEUE
 from tests import support
 from tests.faults.helpers import (
     Ledger,
@@ -30,7 +31,6 @@ from tests.faults.helpers import (
     worker_probe,
 )
 from tests.support import metric, wait_until
-from worker.queues import DEAD_LETTER_QUEUE
 
 WAIT_LIMIT = 15.0  # for two timeouts of 1 s and the backoff between them
 TIMEOUTS = {

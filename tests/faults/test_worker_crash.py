@@ -9,6 +9,7 @@ import time
 import pytest
 from kombu import Connection
 
+from campaigns.queues import DEAD_LETTER_QUEUE, declare_topology
 from tests import support
 from tests.faults.helpers import (
     Ledger,
@@ -22,7 +23,6 @@ from tests.faults.helpers import (
     wait_applied,
 )
 from tests.support import wait_until
-from worker.queues import DEAD_LETTER_QUEUE, declare_topology
 
 EVENTS = 20_000
 TENANTS = 3
