@@ -177,18 +177,9 @@ def writer_parked(sock):
 
 
 def hub_turn():
-    """Let the hub run once. Not a wait: the scenarios below set up interleavings turn by turn,
-    as the hub interleaves two emits of the Socket.IO queue (writers and finishers move on)."""
+    """Let the hub run once. Not a wait (nothing is awaited): the scenarios below set up
+    interleavings turn by turn, as the hub interleaves two emits of the Socket.IO queue."""
     eventlet.sleep(0)
-
-
-def turns(predicate, what, limit=1000):
-    """The deadline loop of these scenarios, counted in hub turns: until ``predicate()`` holds."""
-    for _ in range(limit):
-        if predicate():
-            return
-        hub_turn()
-    raise AssertionError(f"not reached after {limit} hub turns: {what}")
 
 
 def stream(count):
@@ -236,7 +227,7 @@ def overtake(rounds, emits_after=4):
         emit(BIG)  # written in part; the rest by a background task that holds the send lock
         emit()  # queued: the lock is held...
         # ...and python-engineio's writer takes it off the queue, then waits for the send lock.
-        turns(lambda: not sock.queue.qsize() and not sock.queue.getting(), "the writer to take the packet")
+        wait_until(lambda: not sock.queue.qsize() and not sock.queue.getting(), 10, 0, "the writer to take the packet")
         writer_waited_holding_a_packet += lock.balance < 0
         # The slow reader: 1 KB per hub turn (tens of thousands of them), until the background
         # finish releases the lock.
@@ -250,7 +241,7 @@ def overtake(rounds, emits_after=4):
             hub_turn()
         # The peer catches up, so that the next round starts with the writer idle.
         peer.catch_up(len(sent))
-        turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to be idle")
+        wait_until(lambda: writer_parked(sock) and not lock.locked(), 10, 0, "the writer to be idle")
     frames = peer.frames()
     return {
         **order_findings([number_of(text) for _, _, text in frames], sent),
@@ -275,7 +266,7 @@ def failed_finish():
     frames = [numbered(0, BIG), numbered(1)]
     server.send_packet(SID, frames[0])  # written in part: the finish waits for a peer that stopped reading
     server.send_packet(SID, frames[1])  # queued; the writer takes it and waits for the send lock
-    turns(lambda: not sock.queue.qsize() and lock.balance < 0, "the writer to wait holding the packet")
+    wait_until(lambda: not sock.queue.qsize() and lock.balance < 0, 10, 0, "the writer to wait holding the packet")
     # The peer still talks (an Engine.IO message at each poll, every 0.3 s), so the server's reader
     # never times out, while the finish waits for a peer that does not read.
     def finish_ended():
@@ -342,7 +333,7 @@ def burst():
     fanout.emit_in_order(server, "campaign_update", updates(6, 3), "room")
     queued_while_busy = writes.queued
     ws._sendlock.release()
-    turns(lambda: writer_parked(sock) and not ws._sendlock.locked(), "the writer to write the queued burst")
+    wait_until(lambda: writer_parked(sock) and not ws._sendlock.locked(), 10, 0, "the writer to write the queued burst")
     fanout.emit_in_order(server, "campaign_update", updates(9, 2), "room")
     peer.catch_up(10)
     texts = [text for _, _, text in peer.frames()]
@@ -385,12 +376,12 @@ def internals():
     lock.acquire()  # as the background finish of a partly written frame holds it
     sock.send(numbered(0))
     sock.send(numbered(1))
-    turns(lambda: not sock.queue.qsize(), "the writer to take both packets")
+    wait_until(lambda: not sock.queue.qsize(), 10, 0, "the writer to take both packets")
     found["writer_took_the_batch_then_waits_for_the_lock"] = not sock.queue.getting() and lock.balance == -1
     lock.release()
     found["release_only_schedules_the_waiting_writer"] = not lock.locked() and lock.balance == 0
     found["direct_write_refused_meanwhile"] = not writes.write(sock, (numbered(2),))
-    turns(lambda: writer_parked(sock) and not lock.locked(), "the writer to write its batch")
+    wait_until(lambda: writer_parked(sock) and not lock.locked(), 10, 0, "the writer to write its batch")
     peer.catch_up(2)
     found["batch_written_in_order"] = [number_of(text) for _, _, text in peer.frames()] == [0, 1]
     # send_packet counts direct writes, write itself does not
