@@ -100,11 +100,16 @@ def parse_timestamp(text):
     return value.astimezone(timezone.utc)
 
 
+def is_integer(value):
+    """True for a JSON integer (``True`` and ``False`` are ints in Python, not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _validate_data(kind, data):
     """Check the ``data`` fields a type needs; return only the fields the product uses."""
     if kind == "campaign_started":
         total = data.get("total_messages")
-        if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= 2**31 - 1:
+        if not is_integer(total) or not 0 <= total <= 2**31 - 1:
             raise InvalidEvent("invalid_field", "data.total_messages must be an integer >= 0")
         # A long name is cut to what the dashboard shows rather than losing the campaign's start.
         return {"name": _required_string(data, "name", LONG_TEXT, "data.")[:SHORT_TEXT], "total_messages": total}
@@ -123,7 +128,7 @@ def _validate_data(kind, data):
             result["error"] = _required_string(data, "error", 10**6, "data.")[:LONG_TEXT]
         if kind == "next_message_starting" and data.get("position") is not None:
             position = data["position"]
-            if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+            if not is_integer(position) or position < 0:
                 raise InvalidEvent("invalid_field", "data.position must be an integer >= 0")
             result["position"] = position
         return result

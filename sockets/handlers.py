@@ -13,6 +13,7 @@ from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
 
 from campaigns import metrics
 from campaigns.auth import AuthError, identity_from_session, identity_from_token
+from campaigns.events import is_integer
 from campaigns.updates import RESYNC_EVENT, SNAPSHOT_EVENT, UPDATE_EVENT, tenant_room
 from extensions import db, socketio
 from sockets.limits import ConnectThrottle, EventBudget
@@ -54,7 +55,7 @@ def authenticate_socket(auth):
 
 def _parse_seq(value):
     """An integer ``seq`` >= 0, or None."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_integer(value) or value < 0:
         return None
     return value
 

@@ -39,7 +39,6 @@ class PingSchedule:
         self.tick = tick
         self.due = defaultdict(list)  # tick number -> sockets whose ping falls due in it
         self.stock_start_background_task = eio_server.start_background_task
-        self.sent = 0
 
     def start_background_task(self, target, *args, **kwargs):
         """The Engine.IO server's ``start_background_task``, which takes the ping tasks over."""
@@ -70,7 +69,6 @@ class PingSchedule:
                 sent += 1
                 if sent % YIELD_EVERY == 0:
                     self.eio.sleep(0)
-        self.sent += sent
         return sent
 
     def run(self):

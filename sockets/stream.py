@@ -18,6 +18,7 @@ import threading
 
 from socketio import KombuManager
 
+from campaigns.events import is_integer
 from campaigns.updates import UPDATE_EVENT, tenant_room
 from extensions import socketio
 
@@ -33,9 +34,11 @@ def campaign_update_of(event, data, room):
     if event != UPDATE_EVENT or not isinstance(data, dict):
         return None
     campaign = data.get("campaign")
-    if not _is_int(data.get("seq")) or not isinstance(data.get("timestamp"), str) or not isinstance(campaign, dict):
+    if not is_integer(data.get("seq")) or not isinstance(data.get("timestamp"), str) or not isinstance(campaign, dict):
         return None
-    if not _is_int(campaign.get("version")) or not all(isinstance(campaign.get(k), str) for k in CAMPAIGN_TEXT_FIELDS):
+    if not is_integer(campaign.get("version")):
+        return None
+    if not all(isinstance(campaign.get(key), str) for key in CAMPAIGN_TEXT_FIELDS):
         return None
     if room != tenant_room(campaign["tenant_id"]):
         return None
@@ -45,9 +48,6 @@ def campaign_update_of(event, data, room):
 # What a server reads of an update's campaign (sockets/tenant_state.py), besides its version.
 CAMPAIGN_TEXT_FIELDS = ("id", "tenant_id", "status", "updated_at")
 
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class UpdateStreamManager(KombuManager):
