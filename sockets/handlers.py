@@ -147,7 +147,9 @@ def disconnect_handler(*args):
 def _forget(sid):
     """Drop what this process keeps about a connection; return its identity (or None)."""
     identity = connections.pop(sid, None)
-    budgets.pop(sid, None)
+    budget = budgets.pop(sid, None)
+    if budget is not None:
+        budget.clear()
     held = holding.pop(sid, None)
     if held is not None:
         tenant_states.release(held)

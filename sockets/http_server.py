@@ -63,7 +63,8 @@ WRITE_BUFFER_BYTES = 4096
 ENGINEIO_REQUEST_LINE = re.compile(rb"(GET|POST) (/socket\.io/[\x21-\x7e]*) HTTP/1\.([01])\r?\n")
 # A header line whose meaning is plain: a token, a colon, a value without CR or LF.
 PLAIN_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)\r?\n")
-# http.client's limits on request headers (_MAXLINE, _MAXHEADERS).
+# http.client's limits on request headers (_MAXLINE, _MAXHEADERS). eventlet's own, tighter ones come
+# first: it reads the headers through FileObjectForHeaders (8 KB a line, 64 KB in all: a 400).
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
 

@@ -1,7 +1,8 @@
 """Budgets of what a client may do: client events per connection, connect attempts per credential.
 
 The event budget is the ``limits`` library's (installed with Flask-Limiter, which the HTTP routes
-use): a moving window in its in-memory storage, which also forgets a key once its window is over.
+use): a moving window in its in-memory storage. That storage empties an expired key but keeps it
+(and walks every key it holds on each expiry pass), so a budget is cleared when its connection ends.
 
 The connect throttle keeps its own token bucket, because it *reserves*: an attempt over the budget
 is told how long to wait and counts from then on, so 35 attempts at once with a burst of 20, 5/s
@@ -21,6 +22,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 _moving_window = None
 _budget_keys = itertools.count()
+BUDGET_NAMESPACE = "socket-events"
 
 
 def moving_window():
@@ -41,9 +43,13 @@ class EventBudget:
         self.key = str(next(_budget_keys))
         self.refusals = 0
 
+    def clear(self):
+        """Forget this budget in the storage (its connection ended)."""
+        moving_window().storage.clear(self.limit.key_for(BUDGET_NAMESPACE, self.key))
+
     def take(self):
         """Spend one event; False (and one more refusal) when the window is full."""
-        if moving_window().hit(self.limit, "socket-events", self.key):
+        if moving_window().hit(self.limit, BUDGET_NAMESPACE, self.key):
             return True
         self.refusals += 1
         return False

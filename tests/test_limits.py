@@ -23,3 +23,19 @@ def test_the_connect_throttle_slows_then_refuses_and_forgets_refilled_credential
     clock[0] += 10
     throttle.prune()
     assert throttle._tokens == {}
+
+
+def test_a_cleared_budget_leaves_nothing_in_the_storage():
+    """limits' in-memory storage keeps an expired key (empty) and walks every key on each expiry
+    pass: a connection's budget is cleared when it ends, or every past connection would stay."""
+    from sockets.limits import moving_window
+
+    budgets = [EventBudget(burst=2, rate=2.0) for _ in range(50)]
+    for budget in budgets:
+        budget.take()
+    storage = moving_window().storage
+    keys = {budget.limit.key_for("socket-events", budget.key) for budget in budgets}
+    assert keys <= set(storage.events)
+    for budget in budgets:
+        budget.clear()
+    assert not keys & set(storage.events)

@@ -185,7 +185,8 @@ class EventConsumer(ConsumerProducerMixin):
           instead of one per few events, and costs nothing the user sees, since progress is
           merged per THROTTLE_SECONDS anyway. A lone event after a quiet spell goes at once.
           (A progress event that sets or clears the failure alert waits like any progress: its
-          update then goes at once, at most ``WORKER_BATCH_LINGER_MS`` after the event.)
+          update then goes at once, at most ``WORKER_BATCH_LINGER_MS`` plus one wait for the broker,
+          ``DRAIN_TIMEOUT_SECONDS``, after the event.)
         """
         if len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger:
             return True
