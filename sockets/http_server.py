@@ -50,14 +50,10 @@ import re
 import socket
 
 log = logging.getLogger(__name__)
-# eventlet's WSGI server gives every connection an 8 KB read buffer and a 16 KB write buffer, and
-# a websocket keeps both for as long as it lasts without using them after its upgrade (it reads
-# and writes the socket itself). Measured with tracemalloc over 1,000 idle websockets: 24 KB of
-# the 60 KB traced per connection. A request line and headers of 2 KB take one read; a longer
-# one, a few more. A response of up to 4 KB with its headers still goes in one send(); a bigger
-# body is written straight from the application's bytes (BufferedWriter), after the headers.
-READ_BUFFER_BYTES = 2048
-WRITE_BUFFER_BYTES = 4096
+# What a connection's reader asks the kernel for at once: a request line and headers of up to
+# this size take one recv(); a body is read in pieces of up to BODY_RECV_BYTES, never past its end.
+RECV_BYTES = 4096
+BODY_RECV_BYTES = 65536
 
 # The requests of Engine.IO clients, parsed without the email package (see ``parse_request``).
 ENGINEIO_REQUEST_LINE = re.compile(rb"(GET|POST) (/socket\.io/[\x21-\x7e]*) HTTP/1\.([01])\r?\n")
@@ -101,13 +97,117 @@ def read_header_lines(rfile):
             return lines
 
 
+class ConnectionReader:
+    """The request side of one connection, for eventlet's WSGI server: ``readline`` (request line,
+    headers, chunk sizes) and ``read`` (bodies), holding only the bytes received and not yet read.
+
+    eventlet makes it with ``socket.makefile('rb', bufsize)``: a ``SocketIO`` and a
+    ``BufferedReader`` whose buffer lives as long as the connection. A websocket never reads
+    through it after its upgrade (eventlet's websocket reads the socket itself), so the buffer
+    was dead weight for as long as the websocket lasted, and building the two objects was a
+    visible part of each long-polling request's CPU (a Node polling client opens a connection
+    per GET). This one keeps nothing when nothing is pending."""
+
+    __slots__ = ("sock", "data", "pos", "closed")
+
+    def __init__(self, sock):
+        self.sock, self.data, self.pos, self.closed = sock, b"", 0, False
+
+    def _receive(self, size=RECV_BYTES):
+        """Append up to ``size`` received bytes to what is pending; False at the end of the stream."""
+        chunk = self.sock.recv(size)
+        if not chunk:
+            return False
+        self.data = self.data[self.pos:] + chunk if self.pos < len(self.data) else chunk
+        self.pos = 0
+        return True
+
+    def _take(self, end):
+        """The pending bytes up to index ``end`` of the buffer (all of them if it is past the end)."""
+        taken = self.data[self.pos:end]
+        if end >= len(self.data):
+            self.data, self.pos = b"", 0
+        else:
+            self.pos = end
+        return taken
+
+    def readline(self, limit=-1):
+        """Up to and including the next b"\\n", at most ``limit`` bytes, or what is left at the end."""
+        bounded = limit is not None and limit >= 0
+        while True:
+            newline = self.data.find(b"\n", self.pos)
+            if newline >= 0 and not (bounded and newline - self.pos >= limit):
+                return self._take(newline + 1)
+            if bounded and len(self.data) - self.pos >= limit:
+                return self._take(self.pos + limit)
+            if not self._receive():
+                return self._take(len(self.data))
+
+    def read(self, size=-1):
+        """``size`` bytes (fewer only at the end of the stream); everything to the end if ``size`` < 0."""
+        to_end = size is None or size < 0
+        if not to_end and size <= len(self.data) - self.pos:
+            return self._take(self.pos + size)
+        parts = [self._take(len(self.data))]
+        missing = -1 if to_end else size - len(parts[0])
+        while missing:  # a body is received in pieces and never past its end
+            chunk = self.sock.recv(BODY_RECV_BYTES if to_end else min(missing, BODY_RECV_BYTES))
+            if not chunk:
+                break
+            parts.append(chunk)
+            if not to_end:
+                missing -= len(chunk)
+        return b"".join(parts)
+
+    def readlines(self, hint=-1):
+        """Lines up to the end of the stream, or until they hold ``hint`` bytes or more."""
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def close(self):
+        self.data, self.pos, self.closed = b"", 0, True
+
+
+class ConnectionWriter:
+    """The response side of one connection: each ``write`` or ``writelines`` is one ``sendall``.
+
+    eventlet writes a response as ``writelines(parts)`` then ``flush()`` on a ``BufferedWriter``
+    (a buffer kept for the connection's life); here the parts are joined and sent at once, the
+    status line, headers and body of a long-polling answer in one system call."""
+
+    __slots__ = ("sock", "closed")
+
+    def __init__(self, sock):
+        self.sock, self.closed = sock, False
+
+    def write(self, data):
+        if self.closed:
+            raise ValueError("write to a closed connection")
+        self.sock.sendall(data)
+        return len(data)
+
+    def writelines(self, parts):
+        self.write(b"".join(parts))
+
+    def flush(self):
+        """Nothing is ever held back."""
+
+    def close(self):
+        self.closed = True
+
+
 def http_protocol(nodelay=True):
     """An ``eventlet.wsgi.HttpProtocol`` subclass with small buffers that sets TCP_NODELAY (if asked)."""
     from eventlet import wsgi
 
+    from eventlet.greenio import GreenSocket
+
     class CampaignLiveHttpProtocol(wsgi.HttpProtocol):
-        rbufsize = READ_BUFFER_BYTES
-        wbufsize = WRITE_BUFFER_BYTES
 
         def parse_request(self):
             """``BaseHTTPRequestHandler.parse_request``, with a short way for Engine.IO's requests.
@@ -147,7 +247,14 @@ def http_protocol(nodelay=True):
                 # Not TCP (a UNIX socket), or an SSL wrapper without setsockopt: leave it.
                 with contextlib.suppress(OSError, AttributeError):
                     self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().setup()
+            if type(self.request) is not GreenSocket:  # TLS, or another wrapper: eventlet's own files
+                super().setup()
+                return
+            conn = self.connection = self.request
+            # What eventlet's setup does first (see its comment on TCP_QUICKACK).
+            with contextlib.suppress(OSError, AttributeError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, True)
+            self.rfile, self.wfile = ConnectionReader(conn), ConnectionWriter(conn)
 
     return CampaignLiveHttpProtocol
 

@@ -9,10 +9,13 @@ docs/architecture.md, "Upgrading eventlet, python-engineio, python-socketio", li
 
 import base64
 import contextlib
+import http.server
 import inspect
 import json
 import os
+import re
 import socket
+import socketserver
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -156,8 +159,10 @@ def check_compression_offer_comes_from_the_environ():
 
 @relied_on(
     EVENTLET,
-    "wsgi.server(..., protocol=...); HttpProtocol.setup() reads the accepted socket from self.request and makes "
-    "its files with self.rbufsize / self.wbufsize; handle_one_request() calls self.parse_request()",
+    "wsgi.server(..., protocol=...); HttpProtocol.setup() reads the accepted socket from self.request and sets "
+    "self.connection, self.rfile and self.wfile (ours: ConnectionReader / ConnectionWriter); the server reads "
+    "through rfile.readline / read / readlines and rfile.closed, writes through wfile.write / writelines / flush; "
+    "handle_one_request() calls self.parse_request()",
     "sockets/http_server.py http_protocol, serve",
 )
 def check_wsgi_server_takes_a_protocol():
@@ -165,7 +170,10 @@ def check_wsgi_server_takes_a_protocol():
 
     assert "protocol" in inspect.signature(wsgi.server).parameters
     setup = inspect.getsource(wsgi.HttpProtocol.setup)
-    assert "self.request" in setup and "self.rbufsize" in setup and "self.wbufsize" in setup, setup
+    assert all(name in setup for name in ("self.request", "self.connection", "self.rfile", "self.wfile")), setup
+    readers = (wsgi, http.server.BaseHTTPRequestHandler, socketserver.StreamRequestHandler)
+    used = set(re.findall(r"\b[rw]file\.(\w+)", "".join(inspect.getsource(code) for code in readers)))
+    assert used <= {"readline", "read", "readlines", "closed", "write", "writelines", "flush", "close"}, used
     assert "self.parse_request()" in inspect.getsource(wsgi.HttpProtocol.handle_one_request)
 
 
@@ -525,8 +533,8 @@ HTTP_PROTOCOL = {
         "sockets/http_server.py http_protocol",
     ),
     "bodies_whole": Internal(EVENTLET, "wsgi.server with our protocol serves whole bodies", "sockets/http_server.py"),
-    "small_buffers": Internal(
-        EVENTLET, "HttpProtocol makes its files with rbufsize / wbufsize", "sockets/http_server.py http_protocol"
+    "idle_files_hold_nothing": Internal(
+        EVENTLET, "HttpProtocol reads and writes through self.rfile / self.wfile", "sockets/http_server.py http_protocol"
     ),
     "eventlet_gets_the_protocol": Internal(
         EVENTLET, "wsgi.HttpProtocol (the base of ours)", "sockets/http_server.py server_options"
