@@ -118,13 +118,13 @@ class ConnectionReader:
         chunk = self.sock.recv(size)
         if not chunk:
             return False
-        self.data = self.data[self.pos:] + chunk if self.pos < len(self.data) else chunk
+        self.data = self.data[self.pos :] + chunk if self.pos < len(self.data) else chunk
         self.pos = 0
         return True
 
     def _take(self, end):
         """The pending bytes up to index ``end`` of the buffer (all of them if it is past the end)."""
-        taken = self.data[self.pos:end]
+        taken = self.data[self.pos : end]
         if end >= len(self.data):
             self.data, self.pos = b"", 0
         else:
@@ -202,13 +202,11 @@ class ConnectionWriter:
 
 
 def http_protocol(nodelay=True):
-    """An ``eventlet.wsgi.HttpProtocol`` subclass with small buffers that sets TCP_NODELAY (if asked)."""
+    """An ``eventlet.wsgi.HttpProtocol`` subclass with lean connection files that sets TCP_NODELAY (if asked)."""
     from eventlet import wsgi
-
     from eventlet.greenio import GreenSocket
 
     class CampaignLiveHttpProtocol(wsgi.HttpProtocol):
-
         def parse_request(self):
             """``BaseHTTPRequestHandler.parse_request``, with a short way for Engine.IO's requests.
 

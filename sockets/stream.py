@@ -49,7 +49,6 @@ def campaign_update_of(event, data, room):
 CAMPAIGN_TEXT_FIELDS = ("id", "tenant_id", "status", "updated_at")
 
 
-
 class UpdateStreamManager(KombuManager):
     """A ``KombuManager`` whose campaign updates go through the server's tenant states."""
 

@@ -61,7 +61,6 @@ class Stack(stack.Stack):
         return client
 
 
-
 def child_findings(module, *args, timeout=120):
     """Run ``python -m module args...`` (a script that monkey-patches its own interpreter) and
     return the JSON findings it prints last; fail with its stderr if it fails."""
@@ -103,7 +102,6 @@ def consume(broker_url, queue, wanted, timeout, accept=None):
             except TimeoutError:
                 break
     return found
-
 
 
 class LiveClient:

@@ -534,7 +534,9 @@ HTTP_PROTOCOL = {
     ),
     "bodies_whole": Internal(EVENTLET, "wsgi.server with our protocol serves whole bodies", "sockets/http_server.py"),
     "idle_files_hold_nothing": Internal(
-        EVENTLET, "HttpProtocol reads and writes through self.rfile / self.wfile", "sockets/http_server.py http_protocol"
+        EVENTLET,
+        "HttpProtocol reads and writes through self.rfile / self.wfile",
+        "sockets/http_server.py http_protocol",
     ),
     "eventlet_gets_the_protocol": Internal(
         EVENTLET, "wsgi.HttpProtocol (the base of ours)", "sockets/http_server.py server_options"
