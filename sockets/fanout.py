@@ -82,12 +82,13 @@ def websocket_text_frame(text):
 class DirectWebsocket:
     """What direct writes need of one eventlet websocket: its send lock and its raw socket."""
 
-    __slots__ = ("lock", "raw", "green")
+    __slots__ = ("lock", "raw", "green", "writer")
 
     def __init__(self, ws):
         self.lock = ws._sendlock
         self.green = ws.socket
         self.raw = ws.socket.fd
+        self.writer = None  # its OnDemandWriter, from the end of the upgrade on
 
     @classmethod
     def of(cls, ws):
@@ -157,10 +158,10 @@ class DirectWrites:
         direct = eio_socket.__dict__.get(ATTRIBUTE)
         if direct is None or not eio_socket.upgraded or eio_socket.upgrading or eio_socket.closing or eio_socket.closed:
             return False
-        queue = eio_socket.queue
-        # The writer is parked in get() with nothing queued, and nobody has or awaits the lock:
-        # only then can no frame be ahead of this one (see "Frame order" above).
-        if queue.qsize() or queue.getting() != 1 or direct.lock.balance <= 0:
+        # No writer task holds or awaits packets, nothing is queued, and nobody has or awaits the
+        # lock: only then can no frame be ahead of this one (see "Frame order" above).
+        writer = direct.writer
+        if writer is None or writer.task is not None or eio_socket.queue.qsize() or direct.lock.balance <= 0:
             return False
         frame = self.frame(pkts)
         if frame is None or not eio_socket.check_ping_timeout():
@@ -200,6 +201,85 @@ class DirectWrites:
                 with contextlib.suppress(OSError):  # already disconnected
                     direct.raw.shutdown(socket.SHUT_RDWR)
             direct.lock.release()
+
+
+WRITER_QUALNAME = "Socket._websocket_handler.<locals>.writer"
+WRITE_BATCH = 64  # packets a writer task takes off the queue at once
+
+
+class OnDemandWriter:
+    """Writes what python-engineio queues for one websocket, from a task that exists only while
+    packets are queued, in place of python-engineio's writer greenlet that waits in the queue
+    for the connection's whole life.
+
+    A queued packet (``Socket.send``: a ping, an emit that could not be written directly) starts
+    a task if none runs; the task writes every queued packet in order through eventlet's
+    websocket (under its send lock) and ends when the queue is empty. The check for "empty" and
+    the end of the task happen in one hub turn, so a packet is never left behind. The ``None``
+    that python-engineio queues when the connection ends is written as its writer does: the
+    websocket is closed. A failed send closes it too, and nothing is written after that."""
+
+    __slots__ = ("eio_socket", "ws", "task", "stopped", "start_task", "stock_put")
+
+    def __init__(self, eio_socket, ws, start_task):
+        self.eio_socket, self.ws, self.start_task = eio_socket, ws, start_task
+        self.task, self.stopped = None, False
+        queue = eio_socket.queue
+        self.stock_put = queue.put
+        queue.put = self.put  # the socket's own queue, for as long as the websocket lasts
+        if queue.qsize():  # queued before the upgrade finished
+            self.task = start_task(self.drain)
+
+    def put(self, item, block=True, timeout=None):
+        """The queue's ``put``, which starts a writer task when none runs."""
+        self.stock_put(item, block, timeout)
+        if self.task is None and not self.stopped:
+            self.task = self.start_task(self.drain)
+
+    def drain(self):
+        """Write queued packets until the queue is empty (or the connection ends)."""
+        queue, empty = self.eio_socket.queue, self.eio_socket.server.get_queue_empty_exception()
+        try:
+            while not self.stopped:
+                packets = []
+                while len(packets) < WRITE_BATCH:
+                    try:
+                        packet = queue.get(block=False)
+                    except empty:
+                        break
+                    queue.task_done()
+                    if packet is None:
+                        self.stopped = True
+                        break
+                    packets.append(packet)
+                if not packets and not self.stopped:
+                    return  # nothing queued: the task ends in the same hub turn as this check
+                for packet in packets:
+                    self.ws.send(packet.encode())
+            self.ws.close()
+        except Exception:  # noqa: BLE001 - as python-engineio's writer: a failed send ends the writing
+            self.stopped = True
+            self.ws.close()
+        finally:
+            self.task = None
+
+    def join(self):
+        """Wait until the task writing now, if any, has ended (python-engineio joins its writer)."""
+        task = self.task
+        if task is not None:
+            task.join()
+        del self.eio_socket.queue.put  # the connection is over: the queue's own put again
+
+
+def writer_of(target):
+    """``(engine.io socket, websocket)`` if ``target`` is python-engineio's websocket writer, else None."""
+    code = getattr(target, "__code__", None)
+    if getattr(target, "__qualname__", None) != WRITER_QUALNAME or code is None or not target.__closure__:
+        return None
+    cells = dict(zip(code.co_freevars, target.__closure__, strict=True))
+    if "self" not in cells or "ws" not in cells:
+        return None
+    return cells["self"].cell_contents, cells["ws"].cell_contents
 
 
 def recording_websocket_class(base):
@@ -243,6 +323,18 @@ def install(eio_server, enabled=True):
         return None
     writes = DirectWrites(eio_server)
     eio_server.campaign_live_direct_writes = writes
+    stock_start_background_task = eio_server.start_background_task
+
+    def start_background_task(target, *args, **kwargs):
+        # python-engineio's websocket writer: an OnDemandWriter instead, for websockets we write to.
+        found = None if args or kwargs else writer_of(target)
+        direct = found and found[0].__dict__.get(ATTRIBUTE)
+        if direct is None or direct.writer is not None:
+            return stock_start_background_task(target, *args, **kwargs)
+        direct.writer = OnDemandWriter(found[0], found[1], stock_start_background_task)
+        return direct.writer
+
+    eio_server.start_background_task = start_background_task
     # A copy: the driver's dict is shared by every Engine.IO server of the process.
     eio_server._async = dict(eio_server._async, websocket=recording_websocket_class(eio_server._async["websocket"]))
     eio_server.send_packet = writes.send_packet

@@ -167,13 +167,24 @@ def connection(server, sndbuf=4096, sid=SID):
     setattr(sock, fanout.ATTRIBUTE, fanout.DirectWebsocket.of(ws))
     eventlet.spawn(sock._websocket_handler, ws)  # python-engineio's handler: reader + writer
     wait_until(lambda: sock.upgraded, 5, 0, "python-engineio's websocket handler to start")
-    wait_until(lambda: writer_parked(sock), 5, 0, "python-engineio's writer to wait for packets")
+    wait_until(lambda: writer_parked(sock), 5, 0, "the websocket's writer to be in place")
     return sock, ws, far
 
 
+def writer_of(sock):
+    """The ``OnDemandWriter`` that writes the socket's queued packets."""
+    return getattr(sock, fanout.ATTRIBUTE).writer
+
+
 def writer_parked(sock):
-    """python-engineio's writer waits in ``queue.get`` (so it holds no packet)."""
-    return sock.queue.getting() == 1 and not sock.queue.qsize()
+    """No writer task runs (so none holds a packet) and nothing is queued."""
+    writer = writer_of(sock)
+    return writer is not None and writer.task is None and not sock.queue.qsize()
+
+
+def writer_holds_packets(sock):
+    """A writer task runs and has taken everything off the queue."""
+    return writer_of(sock).task is not None and not sock.queue.qsize()
 
 
 def hub_turn():
@@ -226,15 +237,15 @@ def overtake(rounds, emits_after=4):
     for _ in range(rounds):
         emit(BIG)  # written in part; the rest by a background task that holds the send lock
         emit()  # queued: the lock is held...
-        # ...and python-engineio's writer takes it off the queue, then waits for the send lock.
-        wait_until(lambda: not sock.queue.qsize() and not sock.queue.getting(), 10, 0, "the writer to take the packet")
+        # ...and the writer task takes it off the queue, then waits for the send lock.
+        wait_until(lambda: writer_holds_packets(sock), 10, 0, "the writer to take the packet")
         writer_waited_holding_a_packet += lock.balance < 0
         # The slow reader: 1 KB per hub turn (tens of thousands of them), until the background
         # finish releases the lock.
         wait_until(lambda: peer.read(1024) is not None and not lock.locked(), 20, 0, "the finish to release the lock")
         # eventlet's release only scheduled the writer: the lock is free, the writer holds its
         # packet and has not run. The next emit comes now, and emits go on while the peer reads.
-        emitted_while_writer_scheduled += lock.balance == 0 and not sock.queue.getting()
+        emitted_while_writer_scheduled += lock.balance == 0 and writer_of(sock).task is not None
         for _ in range(emits_after):
             emit()
             peer.read(1024)
@@ -361,7 +372,8 @@ def burst():
 
 
 def internals():
-    """python-engineio's writer and eventlet's queue and lock behave as sockets/fanout.py assumes."""
+    """python-engineio's websocket handler with our on-demand writer, and eventlet's queue and lock,
+    behave as sockets/fanout.py assumes."""
     from eventlet import queue, semaphore
 
     server = engineio.Server(async_mode="eventlet")
@@ -372,13 +384,13 @@ def internals():
         "queue_is_eventlets": isinstance(sock.queue, queue.LightQueue),
         "send_lock_is_eventlets_semaphore": type(lock) is semaphore.Semaphore,
         "direct_websocket_recorded": isinstance(getattr(sock, fanout.ATTRIBUTE), fanout.DirectWebsocket),
-        "idle_writer_waits_in_queue_get": writer_parked(sock),
+        "idle_websocket_has_no_writer_task": writer_parked(sock),
     }
     lock.acquire()  # as the background finish of a partly written frame holds it
     sock.send(numbered(0))
     sock.send(numbered(1))
-    wait_until(lambda: not sock.queue.qsize(), 10, 0, "the writer to take both packets")
-    found["writer_took_the_batch_then_waits_for_the_lock"] = not sock.queue.getting() and lock.balance == -1
+    wait_until(lambda: writer_holds_packets(sock), 10, 0, "the writer to take both packets")
+    found["writer_took_the_batch_then_waits_for_the_lock"] = lock.balance == -1
     lock.release()
     found["release_only_schedules_the_waiting_writer"] = not lock.locked() and lock.balance == 0
     found["direct_write_refused_meanwhile"] = not writes.write(sock, (numbered(2),))

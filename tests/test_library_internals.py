@@ -495,22 +495,25 @@ WRITER_AND_LOCK = {
     "direct_websocket_recorded": Internal(
         EVENTLET, "a server-side RFC6455WebSocket over a GreenSocket", "sockets/fanout.py DirectWebsocket.of"
     ),
-    "idle_writer_waits_in_queue_get": Internal(
-        ENGINEIO, "an idle websocket writer waits in queue.get (Queue.getting() == 1)", "sockets/fanout.py write"
+    "idle_websocket_has_no_writer_task": Internal(
+        ENGINEIO,
+        "Socket._websocket_handler starts its writer (a closure over self and ws named "
+        "Socket._websocket_handler.<locals>.writer) with server.start_background_task, after the upgrade",
+        "sockets/fanout.py writer_of, install",
     ),
     "writer_took_the_batch_then_waits_for_the_lock": Internal(
         ENGINEIO,
-        "the writer takes a batch off the queue (Socket.poll), then waits for the websocket's send lock",
+        "a queued packet starts a writer task, which takes the batch off the queue, then waits for the send lock",
         "sockets/fanout.py write (frame order)",
     ),
     "release_only_schedules_the_waiting_writer": Internal(
         EVENTLET, "Semaphore.release() schedules its waiter (balance 0, not locked)", "sockets/fanout.py write"
     ),
     "direct_write_refused_meanwhile": Internal(
-        EVENTLET, "Semaphore.balance and Queue.getting() while the writer holds packets", "sockets/fanout.py write"
+        EVENTLET, "Semaphore.balance while the writer task holds packets", "sockets/fanout.py write"
     ),
     "batch_written_in_order": Internal(
-        ENGINEIO, "the writer writes its batch in order before it waits again", "sockets/fanout.py write"
+        ENGINEIO, "the writer task writes its batch in order, then ends", "sockets/fanout.py write"
     ),
     "direct_write_when_idle": Internal(
         EVENTLET, "a non-blocking send() on GreenSocket.fd of an idle websocket", "sockets/fanout.py write"
