@@ -1,5 +1,5 @@
 """Direct websocket writes: the fan-out of one update to a room costs one frame build and one
-``send()`` per recipient.
+``send()`` per recipient; and no writer greenlet per connection.
 
 Why
     python-engineio hands every packet to a per-connection writer greenlet: a queue put, a
@@ -9,6 +9,9 @@ Why
     delivered update; the ``send()`` system call itself is the rest. Re-measured with the frame
     order fix of issue 11 (default run, a machine shared with other suites): 0.104 ms of server
     CPU per update delivered through the writer, 0.058 ms direct (0.053 ms before the fix).
+    And that writer greenlet waits in its queue for as long as the connection lasts, with its
+    saved C stack, a page of Python frames, its greenthread and a hub timer: ~8 KB of RSS per
+    idle websocket (bench/vs_peer.py idle-1000: 47.0 -> 38.8 KB per connection without it).
 
 What it does
     ``install`` wraps the Engine.IO server's ``send_packet`` (the call python-socketio makes once
@@ -19,23 +22,30 @@ What it does
     - the connection is an eventlet RFC 6455 websocket over plain TCP, without compression
       (compressed frames differ per connection);
     - it has finished upgrading and is not closing;
-    - python-engineio's writer greenlet is idle: it waits in ``queue.get`` on an empty queue;
+    - no writer task runs for it and nothing is queued (see below);
     - nobody holds or waits for the connection's send lock (eventlet's per-websocket lock).
 
-    Otherwise the packet takes python-engineio's own path, unchanged.
+    Otherwise the packet takes python-engineio's own path: ``Socket.send`` queues it.
+
+    For those websockets, ``install`` also replaces python-engineio's writer greenlet (the
+    closure its ``_websocket_handler`` starts with ``start_background_task`` once upgraded) by
+    an ``OnDemandWriter``: a queued packet starts a task that writes everything queued, in
+    order, through eventlet's websocket (under its send lock), and ends when the queue is
+    empty; the check for "empty" and the end of the task happen in one hub turn, so nothing is
+    left behind. The ``None`` python-engineio queues when the connection ends closes the
+    websocket, as its writer does, and its handler's ``join()`` waits for the task.
 
 Frame order
     A frame may be written directly only when nothing can be ahead of it. An empty queue and a
-    lock that ``acquire(blocking=False)`` gets are not enough (issue 11): the writer takes a
-    batch off the queue (``poll``: one blocking get, then the rest without blocking) and then
-    writes it packet by packet under the send lock, and eventlet's ``Semaphore.release`` only
-    *schedules* a waiter, so for one hub turn the lock is free while the writer holds packets it
-    has taken but not written; a non-blocking acquire then succeeds ahead of it. So the direct
-    path asks for positive proof that the writer holds nothing: it is parked in the queue's
-    ``get`` (eventlet's ``Queue.getting()``: a woken getter leaves that set before it runs, and
-    the writer blocks only in that get, in the lock, or in a send under the lock), nothing is
-    queued, and the lock's ``balance`` (free slots minus waiters) is positive. While the writer
-    has work in hand every packet follows it through the queue.
+    lock that ``acquire(blocking=False)`` gets are not enough (issue 11): a writer takes a batch
+    off the queue and then writes it packet by packet under the send lock, and eventlet's
+    ``Semaphore.release`` only *schedules* a waiter, so for one hub turn the lock is free while
+    the writer holds packets it has taken but not written; a non-blocking acquire then succeeds
+    ahead of it. So the direct path asks for positive proof that no writer holds anything: no
+    writer task exists (one is started, and recorded, in the same hub turn as the put that
+    needs it, and forgotten only when it has written everything), nothing is queued, and the
+    lock's ``balance`` (free slots minus waiters) is positive. While a task runs, every packet
+    follows it through the queue.
 
 A slow client never blocks the emitter: when the kernel takes only part of a frame, the rest is
 written by a background task that keeps holding the send lock, so that every later frame for
@@ -46,12 +56,18 @@ writer's next send fails and the reader sees the end of the stream, and python-e
 the Engine.IO socket as for any broken connection.
 
 What it relies on (checked by ``tests/fanout_child.py internals``; python-engineio 4.15,
-eventlet 0.41): the writer greenlet is the only consumer of the Engine.IO queue once upgraded
-and writes each batch before it waits in ``get`` again; eventlet's websocket writes under
-``_sendlock`` (a ``Semaphore``) on ``socket`` (a ``GreenSocket`` over a non-blocking socket).
+eventlet 0.41): python-engineio's websocket handler starts its writer, a closure over ``self``
+and ``ws`` named ``Socket._websocket_handler.<locals>.writer``, with the server's
+``start_background_task`` after the upgrade, puts ``None`` in the queue when the reader ends
+and then joins the writer; the writer is the only consumer of the queue once upgraded;
+eventlet's websocket writes under ``_sendlock`` (a ``Semaphore``) on ``socket`` (a
+``GreenSocket`` over a non-blocking socket). A dead client is still found by the reader's socket
+timeout (``ping_interval + ping_timeout``, set by python-engineio) and the pong check
+(sockets/sweeper.py); python-engineio's writer closed a websocket that had nothing to write for
+that long too, which the pings (sockets/pings.py) never let happen.
 
-Only eventlet (the default ``ASYNC_MODE``) gets direct writes; other modes keep the stock path.
-``DIRECT_WEBSOCKET_WRITES=0`` turns them off.
+Only eventlet (the default ``ASYNC_MODE``) gets direct writes and on-demand writers; other
+modes keep the stock path. ``DIRECT_WEBSOCKET_WRITES=0`` turns both off.
 """
 
 import contextlib
@@ -306,7 +322,8 @@ def recording_websocket_class(base):
 
 
 def install(eio_server, enabled=True):
-    """Turn on direct websocket writes for an Engine.IO server when its async mode allows it.
+    """Turn on direct websocket writes and on-demand writers for an Engine.IO server when its
+    async mode allows it.
 
     Returns the ``DirectWrites`` in use, or None (logged with the reason) when off.
     """
@@ -318,7 +335,7 @@ def install(eio_server, enabled=True):
         return None
     from eventlet.queue import LightQueue
 
-    if not issubclass(eio_server._async["queue"], LightQueue):  # frame order needs Queue.getting()
+    if not issubclass(eio_server._async["queue"], LightQueue):  # the writers take from eventlet's queue
         log.warning("[WEBSOCKET] direct websocket writes off: Engine.IO queue %s", eio_server._async["queue"])
         return None
     writes = DirectWrites(eio_server)

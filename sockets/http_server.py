@@ -106,52 +106,62 @@ class ConnectionReader:
     through it after its upgrade (eventlet's websocket reads the socket itself), so the buffer
     was dead weight for as long as the websocket lasted, and building the two objects was a
     visible part of each long-polling request's CPU (a Node polling client opens a connection
-    per GET). This one keeps nothing when nothing is pending."""
+    per GET). This one keeps nothing when nothing is pending.
 
-    __slots__ = ("sock", "data", "pos", "closed")
+    As ``makefile``'s file does, it holds a reference on the socket until it is closed (in the
+    server's ``finish``): eventlet's websocket closes the socket when it is done writing, while
+    the connection's reader may still wait on it, and only then is the descriptor really closed.
+    And as ``SocketIO`` does, it reads nothing more once a read timed out."""
+
+    __slots__ = ("sock", "pending", "closed")
 
     def __init__(self, sock):
-        self.sock, self.data, self.pos, self.closed = sock, b"", 0, False
+        self.sock, self.pending, self.closed = sock, bytearray(), False
+        sock._io_refs += 1
 
-    def _receive(self, size=RECV_BYTES):
-        """Append up to ``size`` received bytes to what is pending; False at the end of the stream."""
-        chunk = self.sock.recv(size)
-        if not chunk:
-            return False
-        self.data = self.data[self.pos :] + chunk if self.pos < len(self.data) else chunk
-        self.pos = 0
-        return True
+    def _recv(self, size):
+        if self.closed:
+            raise OSError("cannot read from a timed out or closed connection")
+        try:
+            return self.sock.recv(size)
+        except TimeoutError:
+            self.closed = True  # part of a request may have been read: nothing after it makes sense
+            raise
 
-    def _take(self, end):
-        """The pending bytes up to index ``end`` of the buffer (all of them if it is past the end)."""
-        taken = self.data[self.pos : end]
-        if end >= len(self.data):
-            self.data, self.pos = b"", 0
+    def _take(self, count):
+        """The first ``count`` pending bytes (all of them if fewer are pending)."""
+        if count >= len(self.pending):
+            taken, self.pending = bytes(self.pending), bytearray()
         else:
-            self.pos = end
+            taken = bytes(self.pending[:count])
+            del self.pending[:count]
         return taken
 
     def readline(self, limit=-1):
         """Up to and including the next b"\\n", at most ``limit`` bytes, or what is left at the end."""
         bounded = limit is not None and limit >= 0
+        searched = 0  # each byte is searched once, however long the line
         while True:
-            newline = self.data.find(b"\n", self.pos)
-            if newline >= 0 and not (bounded and newline - self.pos >= limit):
+            newline = self.pending.find(b"\n", searched)
+            if newline >= 0 and not (bounded and newline >= limit):
                 return self._take(newline + 1)
-            if bounded and len(self.data) - self.pos >= limit:
-                return self._take(self.pos + limit)
-            if not self._receive():
-                return self._take(len(self.data))
+            if bounded and len(self.pending) >= limit:
+                return self._take(limit)
+            searched = len(self.pending)
+            chunk = self._recv(RECV_BYTES)
+            if not chunk:
+                return self._take(len(self.pending))
+            self.pending += chunk
 
     def read(self, size=-1):
         """``size`` bytes (fewer only at the end of the stream); everything to the end if ``size`` < 0."""
         to_end = size is None or size < 0
-        if not to_end and size <= len(self.data) - self.pos:
-            return self._take(self.pos + size)
-        parts = [self._take(len(self.data))]
+        if not to_end and size <= len(self.pending):
+            return self._take(size)
+        parts = [self._take(len(self.pending))]
         missing = -1 if to_end else size - len(parts[0])
         while missing:  # a body is received in pieces and never past its end
-            chunk = self.sock.recv(BODY_RECV_BYTES if to_end else min(missing, BODY_RECV_BYTES))
+            chunk = self._recv(BODY_RECV_BYTES if to_end else min(missing, BODY_RECV_BYTES))
             if not chunk:
                 break
             parts.append(chunk)
@@ -170,7 +180,11 @@ class ConnectionReader:
         return lines
 
     def close(self):
-        self.data, self.pos, self.closed = b"", 0, True
+        """Drop what is pending and give the socket back its reference (once)."""
+        self.closed, self.pending = True, bytearray()
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock._decref_socketios()
 
 
 class ConnectionWriter:
@@ -188,7 +202,7 @@ class ConnectionWriter:
     def write(self, data):
         if self.closed:
             raise ValueError("write to a closed connection")
-        self.sock.sendall(data)
+        self.sock.sendall(memoryview(data))  # eventlet's sendall slices what is left: no copies
         return len(data)
 
     def writelines(self, parts):

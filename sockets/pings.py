@@ -11,7 +11,8 @@ frame memory that tracemalloc does not see (``bench/vs_peer.py idle-1000`` gives
 due in, and one task sends every due ping each ``tick`` seconds (a ping goes at most one tick
 early or late; the JavaScript client waits ``pingInterval + pingTimeout`` for it, and
 ``PING_TIMEOUT`` is at least 1 s). Nothing else changes:
-the ping is sent through the socket's own ``send`` and ``last_ping`` is set as python-engineio
+the ping is sent through the socket's own ``send`` (or, with direct websocket writes, written
+straight to an idle websocket, as a room update is) and ``last_ping`` is set as python-engineio
 does, so the pong check (``check_ping_timeout``, run by sockets/sweeper.py) is untouched.
 
 What it relies on (python-engineio 4.15; watched by tests/test_pings.py): ``schedule_ping``
@@ -56,13 +57,20 @@ class PingSchedule:
         """Send the pings that fell due by ``now``; return how many."""
         current = int((now if now is not None else time.monotonic()) / self.tick)
         sent = 0
+        # With direct websocket writes (sockets/fanout.py), one frame for the whole tick, written
+        # straight to each idle websocket instead of starting its writer task.
+        direct_writes = getattr(self.eio, "campaign_live_direct_writes", None)
+        pings = (eio_packet.Packet(eio_packet.PING),)
         for number in sorted(number for number in self.due if number <= current):
             for eio_socket in self.due.pop(number):
                 if eio_socket.closing or eio_socket.closed:
                     continue
                 try:
                     eio_socket.last_ping = time.time()
-                    eio_socket.send(eio_packet.Packet(eio_packet.PING))
+                    if direct_writes is not None:
+                        direct_writes.send_packets(eio_socket.sid, pings)
+                    else:
+                        eio_socket.send(pings[0])
                 except Exception:  # noqa: BLE001 - the other sockets of the tick still get theirs
                     log.exception("[WEBSOCKET] could not ping socket %s", eio_socket.sid)
                     continue

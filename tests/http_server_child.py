@@ -4,6 +4,9 @@
 loopback, makes keep-alive requests whose responses are over eventlet's 16 KB write buffer, and
 reports whether each accepted socket had TCP_NODELAY when the app ran and the bodies were whole.
 
+``server-close direct|stock``: python-engineio's websocket closed by the server (see
+``server_close``).
+
 ``backlog N``: a listener from ``sockets.http_server.listen`` with backlog N that accepts
 nothing; opens 300 connections at once (as 300 long-polling clients after a fan-out) and
 reports how many the kernel completed (a SYN beyond the backlog is dropped: its connect would
@@ -151,6 +154,52 @@ def parsed_alike():
     }
 
 
+def server_close(writes):
+    """python-engineio on eventlet's WSGI server with our protocol (``writes``: "direct", our
+    on-demand writer; "stock", python-engineio's writer); a raw websocket client; the server
+    disconnects it. Does the client get the close frame and the end of the stream, and does the
+    connection's greenthread finish well before the reader's socket timeout (25 + 20 s)?"""
+    import base64
+    import os
+
+    import engineio
+
+    from sockets import fanout
+
+    eio = engineio.Server(async_mode="eventlet", ping_interval=25, ping_timeout=20, monitor_clients=False)
+    if writes == "direct":
+        fanout.install(eio)
+    sids, finished = [], []
+    eio.on("connect", lambda sid, environ: sids.append(sid))
+
+    class Finishing(http_protocol()):
+        def finish(self):
+            super().finish()
+            finished.append(True)
+
+    listener = eventlet.listen(("127.0.0.1", 0))
+    eventlet.spawn(wsgi.server, listener, engineio.WSGIApp(eio), protocol=Finishing, log_output=False)
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    client.sendall(
+        f"GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    wait_until(lambda: sids, 10, 0.01, "the Engine.IO connect")
+    eio.disconnect(sids[0])
+    received = b""
+    client.settimeout(10)
+    with contextlib.suppress(OSError):
+        while chunk := client.recv(4096):
+            received += chunk
+    saw_the_end = b"\x88" in received  # a close frame, then the end of the stream
+    client.sendall(b"\x88\x80\x00\x00\x00\x00")  # the client's close frame (masked, empty)
+    client.close()
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: finished, 10, 0.01, "the connection to finish")
+    return {"client_saw_the_end": saw_the_end, "connection_finished": bool(finished), "writes": writes}
+
+
 def _connected(client):
     try:
         client.getpeername()
@@ -161,5 +210,9 @@ def _connected(client):
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    scenarios = {"nodelay": nodelay, "parsed-alike": parsed_alike}
-    print(json.dumps(scenarios[scenario]() if scenario in scenarios else backlog(int(sys.argv[2]))))
+    if scenario == "server-close":
+        print(json.dumps(server_close(sys.argv[2])))
+    elif scenario == "backlog":
+        print(json.dumps(backlog(int(sys.argv[2]))))
+    else:
+        print(json.dumps({"nodelay": nodelay, "parsed-alike": parsed_alike}[scenario]()))

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from sockets.http_server import request_headers
+from sockets.http_server import ConnectionReader, ConnectionWriter, request_headers
 from tests import support
 
 
@@ -45,3 +45,99 @@ def test_engineio_request_headers_are_parsed_as_the_standard_library_parses_them
     assert ours.items() == theirs.items()
     names = list(theirs.keys())
     assert [ours.get_all(name) for name in names] == [theirs.get_all(name) for name in names]
+
+
+class ChunkedSocket:
+    """What ConnectionReader needs of a socket: ``recv`` handing out ``data`` in the given chunk sizes
+    (then the end of the stream, or a timeout), and makefile's reference count."""
+
+    def __init__(self, data, sizes, then=b""):
+        self.data, self.sizes, self.then, self._io_refs, self.received = data, sizes, then, 0, 0
+
+    def recv(self, size):
+        if not self.data:
+            if isinstance(self.then, Exception):
+                raise self.then
+            return self.then
+        size = min(size, self.sizes[self.received % len(self.sizes)])
+        self.received += 1
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+    def _decref_socketios(self):
+        self._io_refs -= 1
+
+
+STREAM = (
+    b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: a\r\n\r\n" + b"5\r\nhello\r\n" + b"x" * 70000 + b"\nlast line without end"
+)
+READS = [
+    ("readline", -1),
+    ("readline", 5),
+    ("readline", 0),
+    ("read", 3),
+    ("readline", 40),
+    ("read", 9),
+    ("readline", 100000),
+    ("read", 0),
+    ("read", 65000),
+    ("readline", 8),
+    ("readline", -1),
+    ("read", -1),
+]
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 7], [4096], [70000], [1, 65536, 2]])
+def test_the_connection_reader_reads_as_a_buffered_file_does(sizes):
+    """ConnectionReader (eventlet's rfile, sockets/http_server.py) gives what io.BufferedReader gives for
+    the same calls on the same bytes, however the kernel splits them; the socket's reference is
+    taken while it is open and given back once."""
+    sock = ChunkedSocket(STREAM, sizes)
+    reader, expected = ConnectionReader(sock), io.BufferedReader(io.BytesIO(STREAM))
+    assert sock._io_refs == 1
+    for method, size in READS:
+        assert getattr(reader, method)(size) == getattr(expected, method)(size), (method, size)
+    assert reader.read() == b"" and reader.readline() == b"" and not reader.pending
+    reader.close()
+    reader.close()
+    assert sock._io_refs == 0 and reader.closed
+
+
+def test_the_connection_reader_reads_nothing_after_a_timeout():
+    """As socket.makefile's file: once a read timed out, the stream position is lost and every
+    later read fails, instead of parsing the next request from the middle of a body."""
+    reader = ConnectionReader(ChunkedSocket(b"POST / HTTP/1.1\r\n", [8], then=TimeoutError("timed out")))
+    assert reader.readline() == b"POST / HTTP/1.1\r\n"
+    with pytest.raises(TimeoutError):
+        reader.read(10)
+    with pytest.raises(OSError, match="timed out"):
+        reader.readline()
+    assert reader.closed
+
+
+def test_the_connection_writer_sends_each_write_whole():
+    """One sendall per write (headers and body of a response in one), nothing held back by flush."""
+    sent = []
+
+    class Recording:
+        def sendall(self, data):
+            sent.append(bytes(data))
+
+    writer = ConnectionWriter(Recording())
+    writer.writelines([b"HTTP/1.1 200 OK\r\n", b"Content-Length: 2\r\n\r\n", b"ok"])
+    assert writer.write(b"more") == 4
+    writer.flush()
+    assert sent == [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"more"]
+    writer.close()
+    with pytest.raises(ValueError):
+        writer.write(b"late")
+
+
+@pytest.mark.parametrize("writes", ["direct", "stock"])
+def test_a_websocket_the_server_closes_ends_at_once(writes):
+    """python-engineio's writer (or ours, sockets/fanout.py) closes the websocket's socket while the
+    connection's reader still waits on it. The descriptor must stay open until the connection is
+    finished, so that the reader sees the client's answer and the end of the stream: the HTTP
+    connection then ends at once, not after the reader's socket timeout (45 s here)."""
+    found = support.child_findings("tests.http_server_child", "server-close", writes, timeout=60)
+    assert found["client_saw_the_end"] and found["connection_finished"], found

@@ -162,7 +162,8 @@ def check_compression_offer_comes_from_the_environ():
     "wsgi.server(..., protocol=...); HttpProtocol.setup() reads the accepted socket from self.request and sets "
     "self.connection, self.rfile and self.wfile (ours: ConnectionReader / ConnectionWriter); the server reads "
     "through rfile.readline / read / readlines and rfile.closed, writes through wfile.write / writelines / flush; "
-    "handle_one_request() calls self.parse_request()",
+    "handle_one_request() calls self.parse_request(); GreenSocket forwards _io_refs to the OS socket, whose "
+    "close() waits for _decref_socketios()",
     "sockets/http_server.py http_protocol, serve",
 )
 def check_wsgi_server_takes_a_protocol():
@@ -171,6 +172,11 @@ def check_wsgi_server_takes_a_protocol():
     assert "protocol" in inspect.signature(wsgi.server).parameters
     setup = inspect.getsource(wsgi.HttpProtocol.setup)
     assert all(name in setup for name in ("self.request", "self.connection", "self.rfile", "self.wfile")), setup
+    # ConnectionReader holds the socket open as makefile's file does.
+    from eventlet.greenio import GreenSocket
+
+    assert isinstance(GreenSocket.__dict__.get("_io_refs"), property), "GreenSocket._io_refs is not forwarded"
+    assert "_decref_socketios" in vars(socket.socket) and "self._io_refs <= 0" in inspect.getsource(socket.socket.close)
     readers = (wsgi, http.server.BaseHTTPRequestHandler, socketserver.StreamRequestHandler)
     used = set(re.findall(r"\b[rw]file\.(\w+)", "".join(inspect.getsource(code) for code in readers)))
     assert used <= {"readline", "read", "readlines", "closed", "write", "writelines", "flush", "close"}, used
