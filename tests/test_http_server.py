@@ -1,6 +1,6 @@
-"""The eventlet HTTP server's listen backlog and request parsing (sockets/http_server.py); what its
-protocol relies on in eventlet (TCP_NODELAY, buffers, parse_request) is checked by
-tests/test_library_internals.py."""
+"""The eventlet HTTP server's listen backlog, request parsing and connection files
+(sockets/http_server.py); what its protocol relies on in eventlet (TCP_NODELAY, the files,
+parse_request) is checked by tests/test_library_internals.py."""
 
 import http.client
 import io

@@ -554,7 +554,7 @@ HTTP_PROTOCOL = {
 }
 
 
-def test_every_accepted_connection_has_nagle_off_and_small_buffers():
+def test_every_accepted_connection_has_nagle_off_and_lean_files():
     """eventlet's WSGI server on loopback with our protocol (tests/http_server_child.py nodelay):
     keep-alive requests whose responses are over eventlet's 16 KB write buffer."""
     found = support.child_findings("tests.http_server_child", "nodelay")
