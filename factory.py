@@ -33,6 +33,7 @@ from sockets.encoding import PacketJSON
 from sockets.fanout import install as install_direct_writes
 from sockets.handlers import register_handlers
 from sockets.polling import install as cap_long_polling_responses
+from sockets.rooms import IndexedManager
 from sockets.stream import UpdateStreamManager
 from sockets.tenants import tenant_states
 
@@ -90,6 +91,8 @@ def socketio_options(config):
     if url:
         # Updates from the message queue go through this server's tenant states (sockets/tenants.py).
         options["client_manager"] = UpdateStreamManager(url, config["SOCKETIO_CHANNEL"], tenant_states)
+    else:
+        options["client_manager"] = IndexedManager()  # a disconnect walks its client's rooms only
     return options
 
 

@@ -385,6 +385,41 @@ def check_room_participants():
     assert sent == [("e1", pkt)]
 
 
+@relied_on(
+    SOCKETIO,
+    "BaseManager changes `self.rooms` only in basic_enter_room / basic_leave_room (connect and basic_close_room go "
+    "through them); basic_disconnect leaves the client's rooms, then does what RoomIndex.disconnect_rest repeats",
+    "sockets/rooms.py RoomIndex",
+)
+def check_manager_rooms():
+    import ast
+    import textwrap
+
+    from socketio import base_manager, manager, pubsub_manager
+
+    from sockets.rooms import RoomIndex
+
+    def changes_rooms(node):
+        """Whether an assignment or a del writes into self.rooms (self.rooms[...] = / del self.rooms[...])."""
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else []
+        return any("self.rooms" in ast.unparse(target) for target in targets)
+
+    for module in (base_manager, manager, pubsub_manager):
+        for cls in (node for node in ast.parse(inspect.getsource(module)).body if isinstance(node, ast.ClassDef)):
+            for function in (node for node in cls.body if isinstance(node, ast.FunctionDef)):
+                writes = [node for node in ast.walk(function) if changes_rooms(node)]
+                allowed = function.name in ("__init__", "basic_enter_room", "basic_leave_room")
+                assert allowed or not writes, f"{module.__name__}.{cls.name}.{function.name} writes self.rooms"
+
+    def statements(function):
+        body = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0].body
+        return [ast.unparse(node) for node in body if not isinstance(node, ast.Expr)]  # without the docstring
+
+    stock = statements(base_manager.BaseManager.basic_disconnect)
+    rest = statements(RoomIndex.disconnect_rest)
+    assert stock[-len(rest) :] == rest, "basic_disconnect's end differs from RoomIndex.disconnect_rest"
+
+
 class StopListening(BaseException):
     """Ends a listener loop (python-socketio catches Exception only)."""
 
