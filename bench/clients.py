@@ -197,37 +197,22 @@ def child(pipe, url, share, options):
     group, started = Clients(url, options.get("attempts", 5)), time.monotonic()
     with ThreadPoolExecutor(max_workers=options.get("connect_threads", 8)) as pool:
         list(pool.map(group.connect, clients))
-    pipe.send(
-        {
-            "connected": sum(r.connected for r in clients),
-            "errors": group.errors,
-            "retries": group.retries,
-            "durations": group.durations,
-            "process_connect_seconds": [time.monotonic() - started],
-        }
-    )
+    pipe.send({"connected": sum(r.connected for r in clients), "errors": group.errors, "retries": group.retries,
+               "durations": group.durations, "process_connect_seconds": [time.monotonic() - started]})
     while (command := pipe.poll(0.25) and pipe.recv()) != "close":
         if not command:  # a quarter of a second without one: clients ask for their old holes, as real ones do
             for client in clients if options.get("replay_holes") else ():
                 client.ask_for_old_holes(time.monotonic())
         elif command == "mark":
             lags, pings = shared["lags"][:], shared["ping_gaps"][:]
-            del shared["lags"][: len(lags)], shared["ping_gaps"][: len(pings)]
+            del shared["lags"][:len(lags)], shared["ping_gaps"][:len(pings)]
             up = [r for r in clients if r.connected and r.up]
-            pipe.send(
-                {
-                    "updates": sum(r.live + r.replayed for r in clients),
-                    "replayed": sum(r.replayed for r in clients),
-                    "gaps": sum(r.gaps for r in clients),
-                    "gap_requests": sum(r.gap_requests for r in clients),
-                    "connected": len(up),
-                    "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
-                    "disconnects": group.disconnects[:],
-                    "lags": lags,
-                    "ping_gaps": pings,
-                    "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign],
-                }
-            )
+            pipe.send({"updates": sum(r.live + r.replayed for r in clients),
+                       "replayed": sum(r.replayed for r in clients),
+                       "gaps": sum(r.gaps for r in clients), "gap_requests": sum(r.gap_requests for r in clients),
+                       "connected": len(up), "connected_per_tenant": collections.Counter(r.tenant_id for r in up),
+                       "disconnects": group.disconnects[:], "lags": lags, "ping_gaps": pings,
+                       "probes": [(r.tenant_id, dict(r.probes), r.up) for r in clients if r.probe_campaign]})
         else:
             pipe.send(verify([r for r in clients if r.connected], *command[1:]))
     group.closing = True
@@ -256,20 +241,16 @@ def verify(clients, stored, timeout):
         time.sleep(1.1)
     after = [missing(r) for r in clients]
     lost_live = [sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq and q not in r.live_seqs) for r in clients]
-    totals = {
-        name: sum(getattr(r, name) for r in clients)
-        for name in ("live", "replayed", "duplicates", "out_of_order", "foreign", "gap_requests")
-    }
+    totals = {name: sum(getattr(r, name) for r in clients) for name in
+              ("live", "replayed", "duplicates", "out_of_order", "foreign", "gap_requests")}
     return {
-        "clients": len(clients),
-        **totals,
+        "clients": len(clients), **totals,
         "connected_at_end": sum(1 for r in clients if r.up),
         "disconnected": sum(1 for r in clients if r.disconnected),
         "disconnect_examples": [r.disconnected for r in clients if r.disconnected][:3],
         "reached_final_state": sum(1 for r in clients if r.max_seq >= last[r.tenant_id]),
         "expected_updates": sum(sum(1 for q in stored[r.tenant_id] if q > r.snapshot_seq) for r in clients),
-        "lost_live": sum(lost_live),
-        "clients_with_live_losses": sum(1 for n in lost_live if n),
+        "lost_live": sum(lost_live), "clients_with_live_losses": sum(1 for n in lost_live if n),
         "clients_missing_before_final_replay": sum(1 for m in before if m),
         "missing_before_final_replay": sum(len(m) for m in before),
         "clients_missing_after_final_replay": sum(1 for m in after if m),
@@ -288,12 +269,8 @@ class ClientProcesses:
         self.children = []
         for n in range(count):
             parent_end, child_end = context.Pipe()
-            process = context.Process(
-                target=child,
-                name=f"bench-clients-{n}",
-                daemon=True,
-                args=(child_end, url, credentials[n::count], options),
-            )
+            process = context.Process(target=child, name=f"bench-clients-{n}", daemon=True,
+                                      args=(child_end, url, credentials[n::count], options))
             process.start()
             self.children.append((process, parent_end))
         self.pids = [process.pid for process, _ in self.children]
@@ -327,15 +304,10 @@ class ClientProcesses:
     def connected(self, timeout):
         """Wait for every child's ready report; what connecting took, and what went wrong."""
         ready = self.receive(timeout)
-        return {
-            "connected": ready["connected"],
-            "errors": len(ready["errors"]),
-            "error_examples": ready["errors"][:5],
-            "retries": len(ready["retries"]),
-            "retry_examples": ready["retries"][:5],
-            "connect_ms": stats([1000 * d for d in ready["durations"]]),
-            "process_connect_seconds": [round(s, 2) for s in ready["process_connect_seconds"]],
-        }
+        return {"connected": ready["connected"], "errors": len(ready["errors"]), "error_examples": ready["errors"][:5],
+                "retries": len(ready["retries"]), "retry_examples": ready["retries"][:5],
+                "connect_ms": stats([1000 * d for d in ready["durations"]]),
+                "process_connect_seconds": [round(s, 2) for s in ready["process_connect_seconds"]]}
 
     def ask(self, command, timeout=60):
         """Send ``command`` to every child; their merged answers."""

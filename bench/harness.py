@@ -45,9 +45,8 @@ def options(doc, name, quick, **numbers):
     """An argument parser: ``--quick`` (a smoke run with the values of ``quick``), ``--keep-logs``,
     ``--output``, and a ``--name`` for each of ``numbers`` (``name=(default, help)``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: " + ", ".join(f"{key}={value}" for key, value in quick.items())
-    )
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: " + ", ".join(f"{key}={value}" for key, value in quick.items()))
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's and worker's logs")
     parser.add_argument("--output", default=name, help=f"results file name under bench/results/ (default {name})")
     for key, (value, text) in numbers.items():
@@ -114,15 +113,8 @@ def start_campaigns(services, prefix, tenants, campaigns, every_tenant=()):
     pairs = [(tenant_ids[i % tenants], f"{prefix}-c{i:03d}") for i in range(campaigns)]
     with services.publisher() as publisher:
         for tenant_id, campaign_id in pairs + [(t, c) for t in tenant_ids for c in every_tenant]:
-            publisher.publish(
-                make_event(
-                    tenant_id,
-                    campaign_id,
-                    "campaign_started",
-                    {"name": campaign_id, "total_messages": 100_000_000},
-                    occurred_at=at(-1),
-                )
-            )
+            publisher.publish(make_event(tenant_id, campaign_id, "campaign_started",
+                                         {"name": campaign_id, "total_messages": 100_000_000}, occurred_at=at(-1)))
     total = len(pairs) + len(tenant_ids) * len(every_tenant)
     wait_for(worker, lambda: services.sql("SELECT count(*) FROM campaigns")[0][0] == total, 60, "the campaigns")
     return server, worker, tenant_ids, pairs
@@ -203,11 +195,8 @@ class Meter:
     (``bench``) and of the machine at one moment (``read``); ``delta`` of two readings."""
 
     def __init__(self, **pids):
-        self.pids = {
-            **pids,
-            "bench": os.getpid(),
-            "postgres": lambda: [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"],
-        }
+        self.pids = {**pids, "bench": os.getpid(), "postgres": lambda: [
+            p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]}
 
     def read(self, **extra):
         """A reading; ``extra`` counters (numbers, or dicts of them) are differenced by ``delta`` too."""
@@ -215,42 +204,25 @@ class Meter:
         for name, pids in self.pids.items():
             times = _each(pids() if callable(pids) else pids, "cpu_times")
             cpu[name] = (sum(t.user for t in times), sum(t.system for t in times))
-        return {
-            "at": time.monotonic(),
-            "cpu": cpu,
-            "machine": psutil.cpu_times(),
-            "loadavg": os.getloadavg()[0],
-            **extra,
-        }
+        return {"at": time.monotonic(), "cpu": cpu, "machine": psutil.cpu_times(), "loadavg": os.getloadavg()[0],
+                **extra}
 
     @staticmethod
     def delta(before, after):
         """Seconds, CPU seconds (user + system, and split) per name and extra counters' growth between readings."""
-        seconds, machine = (
-            after["at"] - before["at"],
-            {f: a - b for f, a, b in zip(after["machine"]._fields, after["machine"], before["machine"])},
-        )  # guest time is in user and nice too
+        seconds, machine = after["at"] - before["at"], {f: a - b for f, a, b in zip(
+            after["machine"]._fields, after["machine"], before["machine"])}  # guest time is in user and nice too
         split = {name: [a - b for a, b in zip(after["cpu"][name], before["cpu"][name])] for name in after["cpu"]}
-        grew = {
-            key: {k: v - before[key].get(k, 0) for k, v in value.items()}
-            if isinstance(value, dict)
-            else value - before[key]
-            for key, value in after.items()
-            if key not in ("at", "cpu", "machine", "loadavg")
-        }
-        return {
-            **grew,
-            "seconds": seconds,
-            "cpu_seconds": {name: sum(pair) for name, pair in split.items()},
-            "percent_of_one_core": {name: 100 * sum(pair) / seconds for name, pair in split.items()},
-            "user_seconds": {name: pair[0] for name, pair in split.items()},
-            "system_seconds": {name: pair[1] for name, pair in split.items()},
-            "machine_busy_percent": 100
-            - 100
-            * (machine["idle"] + machine["iowait"])
-            / max(sum(machine.values()) - machine["guest"] - machine["guest_nice"], 0.01),
-            "loadavg_at_end": after["loadavg"],
-        }
+        grew = {key: {k: v - before[key].get(k, 0) for k, v in value.items()} if isinstance(value, dict)
+                else value - before[key] for key, value in after.items()
+                if key not in ("at", "cpu", "machine", "loadavg")}
+        return {**grew, "seconds": seconds, "cpu_seconds": {name: sum(pair) for name, pair in split.items()},
+                "percent_of_one_core": {name: 100 * sum(pair) / seconds for name, pair in split.items()},
+                "user_seconds": {name: pair[0] for name, pair in split.items()},
+                "system_seconds": {name: pair[1] for name, pair in split.items()},
+                "machine_busy_percent": 100 - 100 * (machine["idle"] + machine["iowait"])
+                / max(sum(machine.values()) - machine["guest"] - machine["guest_nice"], 0.01),
+                "loadavg_at_end": after["loadavg"]}
 
 
 def stats(values):
@@ -258,12 +230,8 @@ def stats(values):
     ordered = sorted(values)
     if not ordered:
         return {"count": 0, **dict.fromkeys(("p50", "p95", "p99", "max", "mean"))}
-    return {
-        "count": len(ordered),
-        **{f"p{q}": ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1] for q in (50, 95, 99)},
-        "max": ordered[-1],
-        "mean": sum(ordered) / len(ordered),
-    }
+    return {"count": len(ordered), **{f"p{q}": ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
+                                      for q in (50, 95, 99)}, "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
 class Traffic(threading.Thread):
@@ -327,24 +295,12 @@ def sleep_checking(seconds, *things):
 
 def machine():
     """What the numbers were measured on, and other test or benchmark processes running now."""
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "",
-    )  # the one figure psutil does not give
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "")  # the one figure psutil does not give
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "git_commit": commit.stdout.strip(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_at_start": os.getloadavg()[0],
-        "other_processes": foreign_processes(),
-    }
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
+            "git_commit": commit.stdout.strip(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_at_start": os.getloadavg()[0], "other_processes": foreign_processes()}
 
 
 def foreign_processes():
@@ -352,11 +308,8 @@ def foreign_processes():
     me = psutil.Process()
     mine = {me.pid, *(parent.pid for parent in me.parents())}  # this run and whoever launched it
     patterns = ("pytest", "bench/", "-m worker", "app.py", "multiprocessing")
-    commands = {
-        " ".join(p.info["cmdline"] or ())
-        for p in psutil.process_iter(["ppid", "cmdline"])
-        if p.pid not in mine and p.info["ppid"] != me.pid
-    }
+    commands = {" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["ppid", "cmdline"])
+                if p.pid not in mine and p.info["ppid"] != me.pid}
     return sorted({command[:120] for command in commands if any(p in command for p in patterns)})
 
 
@@ -388,33 +341,24 @@ def table(headers, rows):
     """A plain-text table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        " | ".join(c.rjust(w) if n else c.ljust(w) for n, (c, w) in enumerate(zip(row, widths))).rstrip()
-        for row in cells
-    ]
+    lines = [" | ".join(c.rjust(w) if n else c.ljust(w) for n, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in cells]
     return "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
 
 
 def report(args, data, tables=(), notes=()):
     """Print ``tables`` (``(headers, rows)``) and ``notes``; write ``data`` with the machine and the
     arguments to ``bench/results/<args.output>.json``."""
-    info = {
-        **MACHINE,
-        "loadavg_at_end": os.getloadavg()[0],  # other processes: seen at the start or at the end
-        "other_processes": sorted({*MACHINE["other_processes"], *foreign_processes()}),
-    }
+    info = {**MACHINE, "loadavg_at_end": os.getloadavg()[0],  # other processes: seen at the start or at the end
+            "other_processes": sorted({*MACHINE["other_processes"], *foreign_processes()})}
     print(*(f"\n{table(headers, rows)}" for headers, rows in tables), "", *notes, sep="\n")
     if info["other_processes"]:
-        print(
-            f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "
-            f"processes ({'; '.join(info['other_processes'][:3])}): the numbers measure contention too"
-        )
+        print(f"WARNING: the machine was shared with {len(info['other_processes'])} other test/benchmark "
+              f"processes ({'; '.join(info['other_processes'][:3])}): the numbers measure contention too")
     print(f"worker settings: {info.get('worker_settings')}")
-    print(
-        f"machine: nproc {info['nproc']} ({info['cpu_model']}), load average {info['loadavg_at_start']:.1f} "
-        f"at start, {info['loadavg_at_end']:.1f} at end; PostgreSQL, RabbitMQ, the server, the worker and the "
-        f"load generator share these cores"
-    )
+    print(f"machine: nproc {info['nproc']} ({info['cpu_model']}), load average {info['loadavg_at_start']:.1f} "
+          f"at start, {info['loadavg_at_end']:.1f} at end; PostgreSQL, RabbitMQ, the server, the worker and the "
+          f"load generator share these cores")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{args.output}.json"
     path.write_text(json.dumps({"args": vars(args), "machine": info, **data}, indent=2, default=str) + "\n")

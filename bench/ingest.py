@@ -34,20 +34,13 @@ def build_events(n, tenant_ids, campaign_count):
     for i in range(n - len(campaigns)):
         key = campaigns[rng.randrange(len(campaigns))]
         roll, want = rng.random(), expected[key]
-        kind, extra = (
-            ("message_sent", {})
-            if roll < 0.95
-            else ("next_message_starting", {"position": i})
-            if roll >= 0.98
-            else ("message_failed", {"error": "recipient is not on WhatsApp"})
-        )
+        kind, extra = (("message_sent", {}) if roll < 0.95 else ("next_message_starting", {"position": i})
+                       if roll >= 0.98 else ("message_failed", {"error": "recipient is not on WhatsApp"}))
         want["sent"], want["failed"] = want["sent"] + (roll < 0.95), want["failed"] + (0.95 <= roll < 0.98)
         want["version"] += 1
         progress.append(make_event(*key, kind, {"message_id": f"m-{i}", **extra}))
-    starts = [
-        make_event(*key, "campaign_started", {"name": key[1], "total_messages": want["sent"] + want["failed"]})
-        for key, want in expected.items()
-    ]
+    starts = [make_event(*key, "campaign_started", {"name": key[1], "total_messages": want["sent"] + want["failed"]})
+              for key, want in expected.items()]
     return starts + progress, expected
 
 
@@ -80,10 +73,8 @@ def run_bare(services, n, timeout):
         message.ack()
         acked.append(time.perf_counter())
 
-    with (
-        Connection(services.broker_url) as connection,
-        Consumer(connection.channel(), queues=[BARE], on_message=on_message, prefetch_count=1000),
-    ):
+    with Connection(services.broker_url) as connection, \
+            Consumer(connection.channel(), queues=[BARE], on_message=on_message, prefetch_count=1000):
         while len(acked) < n:
             if time.monotonic() > deadline:
                 raise BenchFailure(f"bare consumer: {len(acked)} of {n} after {timeout} s")
@@ -107,43 +98,28 @@ def run_worker(services, n, timeout):
     window = harness.Meter.delta(before, meter.read())
     count, first, last, in_last, batches = services.sql(
         "SELECT count(*), min(applied_at), max(applied_at), count(*) FILTER (WHERE applied_at = "
-        "(SELECT max(applied_at) FROM applied_events)), count(DISTINCT applied_at) FROM applied_events"
-    )[0]
+        "(SELECT max(applied_at) FROM applied_events)), count(DISTINCT applied_at) FROM applied_events")[0]
     steady = (last - first).total_seconds()
-    return {
-        "events": count,
-        "seconds": window["seconds"],
-        "rate": count / window["seconds"],
-        "startup_seconds": first.timestamp() - started_wall,
-        "steady_seconds": steady,
-        "steady_events": count - in_last,
-        "steady_rate": (count - in_last) / steady if steady > 0 else None,
-        "batches": batches,
-        "mean_batch": count / batches,
-        "worker_cpu_percent": window["percent_of_one_core"]["worker"],
-        "machine_busy_percent": window["machine_busy_percent"],
-    }
+    return {"events": count, "seconds": window["seconds"], "rate": count / window["seconds"],
+            "startup_seconds": first.timestamp() - started_wall, "steady_seconds": steady,
+            "steady_events": count - in_last, "steady_rate": (count - in_last) / steady if steady > 0 else None,
+            "batches": batches, "mean_batch": count / batches,
+            "worker_cpu_percent": window["percent_of_one_core"]["worker"],
+            "machine_busy_percent": window["machine_busy_percent"]}
 
 
 def check_exactness(services, expected):
     """Every campaign's sent/failed/version as published; nothing dead-lettered."""
-    found = {
-        (t, c): {"sent": s, "failed": f, "version": v}
-        for t, c, s, f, v in services.sql("SELECT tenant_id, id, sent, failed, version FROM campaigns")
-    }
+    found = {(t, c): {"sent": s, "failed": f, "version": v}
+             for t, c, s, f, v in services.sql("SELECT tenant_id, id, sent, failed, version FROM campaigns")}
     problems = [f"{key}: {found.get(key)}, want {want}" for key, want in expected.items() if found.get(key) != want]
     problems += [f"unexpected campaign {key}" for key in set(found) - set(expected)]
     dead = harness.queue_depth(services.broker_url, DEAD_LETTER_QUEUE)
     problems += [f"{dead} messages dead-lettered"] if dead else []
-    return {
-        "passed": not problems,
-        "problems": problems[:20],
-        "dead_lettered": dead,
-        "sent": sum(r["sent"] for r in found.values()),
-        "failed": sum(r["failed"] for r in found.values()),
-        "published_sent": sum(w["sent"] for w in expected.values()),
-        "published_failed": sum(w["failed"] for w in expected.values()),
-    }
+    return {"passed": not problems, "problems": problems[:20], "dead_lettered": dead,
+            "sent": sum(r["sent"] for r in found.values()), "failed": sum(r["failed"] for r in found.values()),
+            "published_sent": sum(w["sent"] for w in expected.values()),
+            "published_failed": sum(w["failed"] for w in expected.values())}
 
 
 def main(args):
@@ -157,54 +133,24 @@ def main(args):
         exact = check_exactness(s, expected)
     target = min(TARGET, bare["rate"] / 2)
     met = {"end_to_end": worker["rate"] >= target, "steady": (worker["steady_rate"] or 0) >= target}
-    rows = [
-        [
-            label,
-            run[f"{kind}events"],
-            fmt(run[f"{kind}seconds"], 2),
-            fmt(run[f"{kind}rate"], 0),
-            f"{(run[f'{kind}rate'] or 0) / bare['rate']:.2f}x",
-        ]
-        for label, run, kind in (
-            ("bare kombu consumer (ack only)", bare, ""),
-            ("worker, end to end (from process start)", worker, ""),
-            ("worker, steady (first to last batch)", worker, "steady_"),
-        )
-    ]
-    data = {
-        "publish": publish,
-        "bare": bare,
-        "worker": worker,
-        "exactness": exact,
-        "target": {"events_per_second": target, **met},
-    }
-    harness.report(
-        args,
-        data,
-        [
-            (["consumer", "events", "seconds", "events/s", "vs bare"], rows),
-            harness.figures(data, "worker", "bare", "publish", "exactness"),
-        ],
-        [
-            f"target: worker >= min(10,000, bare/2) = {target:,.0f} events/s: end to end "
-            f"{'MET' if met['end_to_end'] else 'NOT MET'}, steady {'MET' if met['steady'] else 'NOT MET'}",
-            f"exactness: {'PASS' if exact['passed'] else 'FAIL'}",
-        ],
-    )
+    rows = [[label, run[f"{kind}events"], fmt(run[f"{kind}seconds"], 2), fmt(run[f"{kind}rate"], 0),
+             f"{(run[f'{kind}rate'] or 0) / bare['rate']:.2f}x"] for label, run, kind in (
+        ("bare kombu consumer (ack only)", bare, ""), ("worker, end to end (from process start)", worker, ""),
+        ("worker, steady (first to last batch)", worker, "steady_"))]
+    data = {"publish": publish, "bare": bare, "worker": worker, "exactness": exact,
+            "target": {"events_per_second": target, **met}}
+    harness.report(args, data, [(["consumer", "events", "seconds", "events/s", "vs bare"], rows),
+                                harness.figures(data, "worker", "bare", "publish", "exactness")], [
+        f"target: worker >= min(10,000, bare/2) = {target:,.0f} events/s: end to end "
+        f"{'MET' if met['end_to_end'] else 'NOT MET'}, steady {'MET' if met['steady'] else 'NOT MET'}",
+        f"exactness: {'PASS' if exact['passed'] else 'FAIL'}"])
     return 0 if exact["passed"] else 1
 
 
 PARSER = harness.options(
-    __doc__,
-    "ingest",
-    {"events": 2_000},
-    events=(100_000, "events in the backlog"),
-    tenants=(10, "tenants"),
-    campaigns=(50, "campaigns over all tenants"),
-    batch_size=(0, "WORKER_BATCH_SIZE (0: the product's)"),
-    linger_ms=(0, "WORKER_BATCH_LINGER_MS (0: the product's)"),
-    timeout=(900.0, "seconds one phase may take"),
-)
+    __doc__, "ingest", {"events": 2_000}, events=(100_000, "events in the backlog"), tenants=(10, "tenants"),
+    campaigns=(50, "campaigns over all tenants"), batch_size=(0, "WORKER_BATCH_SIZE (0: the product's)"),
+    linger_ms=(0, "WORKER_BATCH_LINGER_MS (0: the product's)"), timeout=(900.0, "seconds one phase may take"))
 
 if __name__ == "__main__":
     harness.run(main, PARSER)

@@ -38,34 +38,22 @@ def sample_window(services, tenant_ids, args, background):
             event = make_event(tenant_id, PROBE, kind, {} if count % 2 else {"reason": "latency probe"})
             published = time.monotonic()
             publisher.publish(event)
-            samples.append(
-                {
-                    "tenant": tenant_id,
-                    "event_id": event["event_id"],
-                    "key": (PROBE, kind, 2 + count),
-                    "published": published,
-                    "confirm_ms": (time.monotonic() - published) * 1000,
-                }
-            )
+            samples.append({"tenant": tenant_id, "event_id": event["event_id"], "key": (PROBE, kind, 2 + count),
+                            "published": published, "confirm_ms": (time.monotonic() - published) * 1000})
     return samples
 
 
 def measure(services, args):
-    server, worker, tenant_ids, campaigns = harness.start_campaigns(
-        services, "lat", args.tenants, args.campaigns, every_tenant=[PROBE]
-    )
+    server, worker, tenant_ids, campaigns = harness.start_campaigns(services, "lat", args.tenants, args.campaigns,
+                                                                    every_tenant=[PROBE])
     credentials = [(t, services.token(t)) for t in tenant_ids for _ in range(args.clients_per_tenant)]
-    with ClientProcesses(
-        server.url, credentials, processes=args.client_processes, probe_campaign=PROBE, connect_threads=10
-    ) as clients:
+    with ClientProcesses(server.url, credentials, processes=args.client_processes, probe_campaign=PROBE,
+                         connect_threads=10) as clients:
         meter = harness.Meter(server=server.pid, worker=worker.pid, clients=clients.pids)
         if (connect := clients.connected(120))["errors"]:
             raise BenchFailure(f"clients could not connect: {connect['error_examples']}")
-        with harness.Traffic(
-            services,
-            args.rate,
-            lambda n, _: [make_event(*campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})],
-        ) as background:
+        with harness.Traffic(services, args.rate, lambda n, _: [make_event(
+                *campaigns[n % len(campaigns)], "message_sent", {"message_id": f"m-{n}"})]) as background:
             harness.sleep_checking(args.warmup, background, worker)
             before, published_before = meter.read(), background.count
             samples = sample_window(services, tenant_ids, args, background)
@@ -77,9 +65,8 @@ def measure(services, args):
         harness.seconds_until(lambda: not match(samples, clients.ask("mark")["probes"])[1], LATE_UPDATE_SECONDS)
         received = clients.ask("mark")["probes"]
         applied, batches = harness.applied(services)
-        applied_ids = {
-            r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s", (PROBE,))
-        }
+        applied_ids = {r[0] for r in services.sql("SELECT event_id FROM applied_events WHERE campaign_id = %s",
+                                                  (PROBE,))}
     pairs, missing = match(samples, received)
     lost = sum(1 for s in missing if s["event_id"] in applied_ids)
     offset = time.time() - time.monotonic()  # wall -> monotonic, to split the legs at the worker's timestamp
@@ -88,13 +75,9 @@ def measure(services, args):
         start = datetime.fromisoformat(stamp).timestamp() - offset  # Python 3.11 reads the "Z"
         by_sample.setdefault(id(sample), (sample, start, []))[2].append(arrived)
     return {
-        "samples": len(samples),
-        "clients": len(credentials),
-        "client_processes": len(clients.pids),
-        "expected_pairs": len(samples) * args.clients_per_tenant,
-        "received_pairs": len(pairs),
-        "missing_pairs": len(missing),
-        "missing_pairs_lost": lost,
+        "samples": len(samples), "clients": len(credentials), "client_processes": len(clients.pids),
+        "expected_pairs": len(samples) * args.clients_per_tenant, "received_pairs": len(pairs),
+        "missing_pairs": len(missing), "missing_pairs_lost": lost,
         "missing_pairs_not_applied_in_time": len(missing) - lost,
         "disconnected_clients": sum(1 for _, _, up in received if not up),
         "latency_ms": stats([(hit[0] - s["published"]) * 1000 for s, hit in pairs]),
@@ -102,75 +85,41 @@ def measure(services, args):
         "worker_to_client_ms": stats([(a - start) * 1000 for _, start, t in by_sample.values() for a in t]),
         "fanout_spread_ms": stats([(max(t) - min(t)) * 1000 for _, _, t in by_sample.values() if len(t) > 1]),
         "probe_confirm_ms": stats([s["confirm_ms"] for s in samples]),
-        "background": {
-            "target_rate": args.rate,
-            "achieved_rate": in_window / window["seconds"],
-            "worker_queue_depth_at_window_end": backlog,
-            "drained_seconds_after_stop": drained,
-            "applied_events": applied,
-            "published_events": published,
-            "worker_mean_batch": applied / batches if batches else None,
-        },
-        "window": window,
-        "bench_threads": threads,
+        "background": {"target_rate": args.rate, "achieved_rate": in_window / window["seconds"],
+                       "worker_queue_depth_at_window_end": backlog, "drained_seconds_after_stop": drained,
+                       "applied_events": applied, "published_events": published,
+                       "worker_mean_batch": applied / batches if batches else None},
+        "window": window, "bench_threads": threads,
     }
 
 
 def main(args):
     with harness.environment("latency", args.keep_logs, LOG_LEVEL="WARNING") as services:
         result = measure(services, args)
-    rows = [
-        [label, result[key]["count"], *(fmt(result[key][f]) for f in ("p50", "p95", "p99", "max", "mean"))]
-        for label, key in (
-            ("publish -> client (all sample x client pairs)", "latency_ms"),
-            ("  publish -> worker batch start (per sample)", "publish_to_worker_ms"),
-            ("  worker batch start -> client", "worker_to_client_ms"),
-            ("spread: last - first client of a sample", "fanout_spread_ms"),
-            ("probe publish confirm", "probe_confirm_ms"),
-        )
-    ]
+    rows = [[label, result[key]["count"], *(fmt(result[key][f]) for f in ("p50", "p95", "p99", "max", "mean"))]
+            for label, key in (("publish -> client (all sample x client pairs)", "latency_ms"),
+                               ("  publish -> worker batch start (per sample)", "publish_to_worker_ms"),
+                               ("  worker batch start -> client", "worker_to_client_ms"),
+                               ("spread: last - first client of a sample", "fanout_spread_ms"),
+                               ("probe publish confirm", "probe_confirm_ms"))]
     p99 = result["latency_ms"]["p99"]
     met = p99 is not None and p99 < TARGET_P99_MS and not result["missing_pairs"]
-    harness.report(
-        args,
-        {"target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
-        [
-            (["latency (ms)", "n", "p50", "p95", "p99", "max", "mean"], rows),
-            harness.figures(
-                result,
-                "samples",
-                "expected_pairs",
-                "received_pairs",
-                "missing_pairs",
-                "missing_pairs_lost",
-                "missing_pairs_not_applied_in_time",
-                "disconnected_clients",
-                "background",
-                "window.percent_of_one_core",
-                "window.machine_busy_percent",
-                "bench_threads",
-                "client_processes",
-            ),
-        ],
-        [f"target: p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'NOT MET'} (p99 {fmt(p99)} ms)"],
-    )
+    harness.report(args, {"target": {"p99_ms": TARGET_P99_MS, "met": met}, **result},
+                   [(["latency (ms)", "n", "p50", "p95", "p99", "max", "mean"], rows), harness.figures(
+                       result, "samples", "expected_pairs", "received_pairs", "missing_pairs", "missing_pairs_lost",
+                       "missing_pairs_not_applied_in_time", "disconnected_clients", "background",
+                       "window.percent_of_one_core", "window.machine_busy_percent", "bench_threads",
+                       "client_processes")],
+                   [f"target: p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'NOT MET'} (p99 {fmt(p99)} ms)"])
     return 0 if not result["missing_pairs"] else 1
 
 
 PARSER = harness.options(
-    __doc__,
-    "latency",
-    {"duration": 3.0, "warmup": 0.5, "client_processes": 2},
-    duration=(30.0, "seconds of samples"),
-    rate=(1000.0, "background events per second"),
-    tenants=(10, "tenants"),
-    campaigns=(50, "running campaigns"),
-    warmup=(2.0, "seconds of background traffic first"),
-    clients_per_tenant=(10, "clients per tenant"),
-    interval=(0.2, "seconds between status samples"),
-    client_processes=(4, "client processes"),
-    drain_timeout=(300.0, "seconds for the worker's backlog"),
-)
+    __doc__, "latency", {"duration": 3.0, "warmup": 0.5, "client_processes": 2}, duration=(30.0, "seconds of samples"),
+    rate=(1000.0, "background events per second"), tenants=(10, "tenants"), campaigns=(50, "running campaigns"),
+    warmup=(2.0, "seconds of background traffic first"), clients_per_tenant=(10, "clients per tenant"),
+    interval=(0.2, "seconds between status samples"), client_processes=(4, "client processes"),
+    drain_timeout=(300.0, "seconds for the worker's backlog"))
 
 if __name__ == "__main__":
     harness.run(main, PARSER)

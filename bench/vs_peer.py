@@ -24,36 +24,15 @@ PEER_SOURCE = harness.REPO.parent / "shared" / "peer"
 PEER_CACHE = Path(tempfile.gettempdir()) / "campaign-live-peer"
 TENANT = "anchor"
 RUNNER_EXTRA = {
-    "idle-5000": {
-        "n": 5000,
-        "transport": "websocket",
-        "probes": 20,
-        "interval_ms": 200,
-        "bg_rate": 0,
-        "bg_campaigns": 5,
-    },
-    "quick-200": {
-        "n": 200,
-        "transport": "websocket",
-        "probes": 10,
-        "interval_ms": 100,
-        "bg_rate": 200,
-        "bg_campaigns": 10,
-    },
+    "idle-5000": {"n": 5000, "transport": "websocket", "probes": 20, "interval_ms": 200, "bg_rate": 0,
+                  "bg_campaigns": 5},
+    "quick-200": {"n": 200, "transport": "websocket", "probes": 10, "interval_ms": 100, "bg_rate": 200,
+                  "bg_campaigns": 10},
 }
 AT_REST = {"idle-10000": 10_000, "idle-200": 200}
 DEFAULT_SCENARIOS = ("idle-10000", "idle-1000", "ws-1000", "poll-300", "poll-500")
-SUMMARY = (
-    "connected",
-    "connect_s",
-    "lat_p50_ms",
-    "lat_p99_ms",
-    "probes_lost",
-    "rss_kb_per_conn",
-    "us_per_msg_all",
-    "cpu_rest_pct_first",
-    "cpu_rest_pct_all",
-)
+SUMMARY = ("connected", "connect_s", "lat_p50_ms", "lat_p99_ms", "probes_lost", "rss_kb_per_conn",
+           "us_per_msg_all", "cpu_rest_pct_first", "cpu_rest_pct_all")
 
 
 def prepare_peer():
@@ -79,13 +58,8 @@ def node_peer(log_dir):
     """The Node peer on its own vhost; yields ``(url, pid, broker_url)``."""
     vhost, port = stack.create_vhost(), stack.free_port()
     broker = stack.amqp_url(vhost)
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "JWT_SECRET": stack.JWT_SECRET,
-        "BROKER_URL": broker,
-        "THROTTLE_SECONDS": "2",
-    }
+    env = {**os.environ, "PORT": str(port), "JWT_SECRET": stack.JWT_SECRET, "BROKER_URL": broker,
+           "THROTTLE_SECONDS": "2"}
     process = stack.Process("node-peer", ["node", str(PEER_CACHE / "node-peer" / "server.js")], env, log_dir)
     try:  # its /healthz answers 200 once it consumes from the broker
         harness.wait_for(process, lambda: stack.server_healthy(process, port), 30, "the Node peer")
@@ -100,33 +74,10 @@ def at_rest_round(url, pids, n, args, log_dir):
     ready, out = Path(log_dir) / "rest.ready", Path(log_dir) / "rest.json"
     ready.unlink(missing_ok=True)
     rss_before = harness.rss_mb(pids[0])
-    clients = stack.Process(
-        "loadclients",
-        [
-            "node",
-            str(PEER_CACHE / "loadclients.js"),
-            "--url",
-            url,
-            "--n",
-            str(n),
-            "--tenant",
-            TENANT,
-            "--secret",
-            stack.JWT_SECRET,
-            "--transport",
-            "websocket",
-            "--duration",
-            str(args.settle + args.rest + 2),
-            "--connect-timeout",
-            "900",
-            "--ready-file",
-            str(ready),
-            "--out",
-            str(out),
-        ],
-        os.environ,
-        log_dir,
-    )
+    clients = stack.Process("loadclients", [
+        "node", str(PEER_CACHE / "loadclients.js"), "--url", url, "--n", str(n), "--tenant", TENANT, "--secret",
+        stack.JWT_SECRET, "--transport", "websocket", "--duration", str(args.settle + args.rest + 2),
+        "--connect-timeout", "900", "--ready-file", str(ready), "--out", str(out)], os.environ, log_dir)
     try:
         stack.wait_until(lambda: ready.exists() or not clients.alive(), 960, 0.2, "the load clients")
         time.sleep(args.settle)  # the last handshakes' work is done
@@ -138,16 +89,10 @@ def at_rest_round(url, pids, n, args, log_dir):
         result = json.loads(out.read_text())
     finally:
         clients.stop(10)
-    return {
-        "clients": result,
-        "summary": {
-            "connected": result["connected"],
-            "connect_s": result["connect_seconds"],
-            "rss_kb_per_conn": round(1024 * (rss_after - rss_before) / max(result["connected"], 1), 1),
-            "cpu_rest_pct_first": round(rest["first"], 1),
-            "cpu_rest_pct_all": round(rest["all"], 1),
-        },
-    }
+    return {"clients": result, "summary": {
+        "connected": result["connected"], "connect_s": result["connect_seconds"],
+        "rss_kb_per_conn": round(1024 * (rss_after - rss_before) / max(result["connected"], 1), 1),
+        "cpu_rest_pct_first": round(rest["first"], 1), "cpu_rest_pct_all": round(rest["all"], 1)}}
 
 
 def at_rest(scenario, targets, args, log_dir):
@@ -168,30 +113,10 @@ def at_rest(scenario, targets, args, log_dir):
 def through_runner(runner, scenario, targets, args, log_dir):
     """A scenario of the peer's runner on both targets; its JSON report."""
     out = harness.RESULTS_DIR / f"vs_peer.{scenario}.json"
-    argv = [
-        "--scenario",
-        scenario,
-        "--secret",
-        stack.JWT_SECRET,
-        "--tenant",
-        TENANT,
-        "--baseline",
-        "peer",
-        "--repeat",
-        str(args.repeat),
-        "--warmup",
-        str(args.warmup),
-        "--out",
-        str(out),
-        "--python",
-        sys.executable,
-        "--logs",
-        str(log_dir),
-        "--settle",
-        str(args.settle),
-        "--connect-settle",
-        str(args.settle),
-    ]
+    argv = ["--scenario", scenario, "--secret", stack.JWT_SECRET, "--tenant", TENANT, "--baseline", "peer",
+            "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--out", str(out),
+            "--python", sys.executable, "--logs", str(log_dir), "--settle", str(args.settle),
+            "--connect-settle", str(args.settle)]
     for name, url, pids, broker in targets:
         argv += ["--target", f"name={name},url={url},pids={'+'.join(map(str, pids))},broker={broker}"]
     status = runner.main(argv)
@@ -205,45 +130,30 @@ def main(args):
         services.create_tenant(TENANT)
         server, worker = services.start_server(), services.start_worker()
         with node_peer(services.log_dir) as (peer_url, peer_pid, peer_broker):
-            targets = [
-                ("peer", peer_url, [peer_pid], peer_broker),
-                ("campaign-live", server.url, [server.pid, worker.pid], services.broker_url),
-            ]
-            reports = [
-                at_rest(s, targets, args, services.log_dir)
-                if s in AT_REST
-                else through_runner(runner, s, targets, args, services.log_dir)
-                for s in scenarios
-            ]
+            targets = [("peer", peer_url, [peer_pid], peer_broker),
+                       ("campaign-live", server.url, [server.pid, worker.pid], services.broker_url)]
+            reports = [at_rest(s, targets, args, services.log_dir) if s in AT_REST
+                       else through_runner(runner, s, targets, args, services.log_dir) for s in scenarios]
     rows = []
     for report in reports:
         for target in report["targets"]:
             ratios = target.get("ratio_to_baseline", {}) if target["name"] != "peer" else {}
-            cells = [
-                ("–" if target["summary"].get(key) is None else f"{target['summary'][key]}")
-                + (f" ({ratios[key]:.2f}x)" if ratios.get(key) is not None else "")
-                for key in SUMMARY
-            ]
+            cells = [("–" if target["summary"].get(key) is None else f"{target['summary'][key]}")
+                     + (f" ({ratios[key]:.2f}x)" if ratios.get(key) is not None else "") for key in SUMMARY]
             refused = sum(sum((run.get("clients") or {}).get("connect_errors", {}).values()) for run in target["runs"])
             rows.append([report["scenario"], target["name"], *cells, refused])
     failed = [report["scenario"] for report in reports if report["exit_status"]]
-    harness.report(
-        args, {"scenarios": reports, "failed": failed}, [(["scenario", "server", *SUMMARY, "refused"], rows)]
-    )
+    harness.report(args, {"scenarios": reports, "failed": failed},
+                   [(["scenario", "server", *SUMMARY, "refused"], rows)])
     if failed:
         raise BenchFailure(f"scenarios that did not run cleanly: {', '.join(failed)}")
     return 0
 
 
 PARSER = harness.options(
-    __doc__,
-    "vs_peer",
-    {"scenario": ["idle-200", "quick-200"], "warmup": 0, "rest": 1.0, "settle": 0.5},
-    repeat=(1, "recorded rounds"),
-    warmup=(1, "unrecorded rounds of the runner's scenarios"),
-    rest=(10.0, "seconds of CPU at rest (idle-N)"),
-    settle=(2.0, "quiet seconds after connecting and between targets"),
-)
+    __doc__, "vs_peer", {"scenario": ["idle-200", "quick-200"], "warmup": 0, "rest": 1.0, "settle": 0.5},
+    repeat=(1, "recorded rounds"), warmup=(1, "unrecorded rounds of the runner's scenarios"),
+    rest=(10.0, "seconds of CPU at rest (idle-N)"), settle=(2.0, "quiet seconds after connecting and between targets"))
 PARSER.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
 
 if __name__ == "__main__":

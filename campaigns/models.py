@@ -55,6 +55,7 @@ class Tenant(db.Model):
     epoch: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_hex(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+
     @classmethod
     def positions(cls, tenant_ids):
         """``{tenant_id: (last_seq, epoch)}`` of those tenants that exist, in one query.
@@ -245,7 +246,9 @@ class CampaignFailureReason(db.Model):
 
     __tablename__ = "campaign_failure_reasons"
     __table_args__ = (
-        ForeignKeyConstraint(["tenant_id", "campaign_id"], ["campaigns.tenant_id", "campaigns.id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(
+            ["tenant_id", "campaign_id"], ["campaigns.tenant_id", "campaigns.id"], ondelete="CASCADE"
+        ),
     )
 
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)

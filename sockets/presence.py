@@ -53,7 +53,9 @@ def publish(identity, clients, now, heartbeat_seconds, started_at):
     statement = builder(table).values(
         id=identity, host=host, pid=os.getpid(), started_at=started_at, seen_at=now, clients=clients
     )
-    statement = statement.on_conflict_do_update(index_elements=[table.c.id], set_={"seen_at": now, "clients": clients})
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.id], set_={"seen_at": now, "clients": clients}
+    )
     db.session.execute(statement)
     forget_before = now - timedelta(seconds=heartbeat_seconds * FORGET_HEARTBEATS)
     db.session.execute(delete(table).where(table.c.seen_at < forget_before))

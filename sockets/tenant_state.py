@@ -150,7 +150,11 @@ class TenantState:
         if cached is not None and cached["seq"] == self.seq and now - self._snapshot_built < SNAPSHOT_REUSE:
             return cached
         ended_since = now - SNAPSHOT_ENDED_WITHIN
-        shown = [entry for entry in self.campaigns.values() if entry.ended_at is None or entry.ended_at >= ended_since]
+        shown = [
+            entry
+            for entry in self.campaigns.values()
+            if entry.ended_at is None or entry.ended_at >= ended_since
+        ]
         shown.sort(key=lambda entry: entry.campaign["id"])
         shown.sort(key=lambda entry: entry.created_at, reverse=True)
         self._forget_old(ended_since)

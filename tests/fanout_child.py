@@ -278,7 +278,6 @@ def failed_finish():
     server.send_packet(SID, frames[0])  # written in part: the finish waits for a peer that stopped reading
     server.send_packet(SID, frames[1])  # queued; the writer takes it and waits for the send lock
     wait_until(lambda: not sock.queue.qsize() and lock.balance < 0, 10, 0, "the writer to wait holding the packet")
-
     # The peer still talks (an Engine.IO message at each poll, every 0.3 s), so the server's reader
     # never times out, while the finish waits for a peer that does not read.
     def finish_ended():

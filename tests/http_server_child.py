@@ -82,7 +82,8 @@ def backlog(size, clients=300):
 
     def completed():
         return sum(
-            client.getsockopt(original.SOL_SOCKET, original.SO_ERROR) == 0 and _connected(client) for client in sockets
+            client.getsockopt(original.SOL_SOCKET, original.SO_ERROR) == 0 and _connected(client)
+            for client in sockets
         )
 
     # Loopback handshakes take microseconds; a SYN the kernel dropped is retried only after 1 s,
@@ -144,14 +145,8 @@ def parsed_alike():
 
     ours, stock = serve(http_protocol()), serve(wsgi.HttpProtocol)
     requests = sum(raw.count(b" HTTP/1.") for raw in RAW_REQUESTS)  # the last one holds two
-    return {
-        "requests": requests,
-        "environs_equal": ours[0] == stock[0],
-        "answers_equal": ours[1] == stock[1],
-        "seen": len(ours[0]),
-        "ours": ours,
-        "stock": stock,
-    }
+    return {"requests": requests, "environs_equal": ours[0] == stock[0], "answers_equal": ours[1] == stock[1],
+            "seen": len(ours[0]), "ours": ours, "stock": stock}
 
 
 def server_close(writes):

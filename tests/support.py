@@ -61,6 +61,7 @@ class Stack(stack.Stack):
         return client
 
 
+
 def child_findings(module, *args, timeout=120):
     """Run ``python -m module args...`` (a script that monkey-patches its own interpreter) and
     return the JSON findings it prints last; fail with its stderr if it fails."""
@@ -102,6 +103,7 @@ def consume(broker_url, queue, wanted, timeout, accept=None):
             except TimeoutError:
                 break
     return found
+
 
 
 class LiveClient:

@@ -60,13 +60,8 @@ def check_vs_peer(result):
         assert target["summary"]["probes_lost"] == 0
 
 
-CHECKS = {
-    "ingest": check_ingest,
-    "latency": check_latency,
-    "polling_vs_socket": check_polling_vs_socket,
-    "soak": check_soak,
-    "vs_peer": check_vs_peer,
-}
+CHECKS = {"ingest": check_ingest, "latency": check_latency, "polling_vs_socket": check_polling_vs_socket,
+          "soak": check_soak, "vs_peer": check_vs_peer}
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +73,9 @@ def quick_runs(tmp_path_factory):
     for name in CHECKS:
         (support.REPO / "bench" / "results" / f"test-quick-{name}.json").unlink(missing_ok=True)
         with open(logs / f"{name}.log", "wb") as log:
-            runs[name] = subprocess.Popen(
-                [support.PYTHON, f"bench/{name}.py", "--quick", "--output", f"test-quick-{name}"],
-                cwd=support.REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            runs[name] = subprocess.Popen([support.PYTHON, f"bench/{name}.py", "--quick", "--output",
+                                           f"test-quick-{name}"], cwd=support.REPO, stdout=log,
+                                          stderr=subprocess.STDOUT)
     yield {name: (process, logs / f"{name}.log") for name, process in runs.items()}
     for name, process in runs.items():
         if process.poll() is None:

@@ -10,11 +10,7 @@ from tests.support import event, wait_until
 def flask_cli(stack, *args):
     result = subprocess.run(
         [support.PYTHON, "-m", "flask", "--app", "app", *args],
-        cwd=support.REPO,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
+        cwd=support.REPO, env=stack.env(), capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

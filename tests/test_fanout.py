@@ -1,6 +1,7 @@
 """Direct websocket writes (sockets/fanout.py): every frame arrives, whole and in order, on both
 paths; a client that stops reading never blocks the emitter; the switch turns them off."""
 
+
 import pytest
 import requests
 

@@ -1,5 +1,6 @@
 """``run_blocking``: CPU work off the hub, on a thread of the async mode's own pool."""
 
+
 import pytest
 
 from tests import support

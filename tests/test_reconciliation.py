@@ -330,7 +330,7 @@ def test_long_polling_clients_that_close_while_their_tenant_loads_free_their_slo
         sids = []
         for _ in range(MAX_CONNECTIONS_PER_TENANT):
             opened = requests.get(url, timeout=5).text
-            sids.append(json.loads(opened[opened.index("{") :])["sid"])
+            sids.append(json.loads(opened[opened.index("{"):])["sid"])
             body = "40" + json.dumps({"token": stack.token(tenant)})
             post = threading.Thread(target=requests.post, args=(f"{url}&sid={sids[-1]}",), kwargs={"data": body})
             post.start()

@@ -134,11 +134,9 @@ def test_an_update_that_cannot_be_applied_costs_no_other_update(monkeypatch):
     from sockets import tenants
 
     delivered = []
-    monkeypatch.setattr(
-        tenants,
-        "emit_in_order",
-        lambda server, event, payloads, room: delivered.append((room, [payload["seq"] for payload in payloads])),
-    )
+    monkeypatch.setattr(tenants, "emit_in_order", lambda server, event, payloads, room: delivered.append(
+        (room, [payload["seq"] for payload in payloads])
+    ))
     states = tenants.TenantStates()
     states.states["acme"] = loaded()
     other = TenantState("beta", "e1", 0, 8)

@@ -8,7 +8,6 @@ Every tenant row gets a random ``epoch`` when it is inserted (also by plain SQL,
 default); deleting a tenant and creating it again gives a new one. Clients send it back as
 ``auth.epoch`` so that a ``seq`` that started again from 1 is never taken for one already seen.
 """
-
 from alembic import op
 import sqlalchemy as sa
 

@@ -4,7 +4,6 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01 17:15:00
 """
-
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql

@@ -4,7 +4,6 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-01 17:45:00
 """
-
 from alembic import op
 import sqlalchemy as sa
 

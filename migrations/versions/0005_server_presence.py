@@ -4,7 +4,6 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01 18:00:00
 """
-
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql

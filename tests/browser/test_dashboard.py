@@ -105,11 +105,7 @@ def test_the_dashboard_goes_live_and_shows_updates(stack, page, publisher, scree
     )
     page.wait_for_selector("#timeline li.t-campaign_resumed", timeout=10000)
     assert page.locator('#reasons li[data-reason="not on WhatsApp"]').inner_text().split() == [
-        "not",
-        "on",
-        "WhatsApp",
-        "3",
-        "100%",
+        "not", "on", "WhatsApp", "3", "100%"
     ]
     publisher.publish(event(tenant, "bf", "message_failed", message_id="f-9", error="rate limited"))
     page.wait_for_selector('#reasons li[data-reason="rate limited"]', timeout=10000)
