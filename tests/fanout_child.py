@@ -7,8 +7,8 @@ and prints one JSON line of findings. ``python -m tests.fanout_child SCENARIO [N
 stream N
     The "emitter" sends N numbered packets through ``DirectWrites.send_packet`` (the fan-out's
     path) and, every 7th, through the Engine.IO socket's own ``send`` (the path of pings and of
-    packets queued meanwhile), while the peer reads nothing (the hub runs between every 5 packets,
-    as between two emits). Then the peer reads and parses every frame.
+    packets queued meanwhile), while the peer reads nothing (every 5 packets, as between two emits,
+    a writer task with packets queued gets its turn). Then the peer reads and parses every frame.
 overtake N
     N rounds of the interleaving of issue 11: a big update is written in part (the rest by a
     background task holding the send lock), the next one is queued and taken off the queue by
@@ -182,15 +182,15 @@ def writer_parked(sock):
     return writer is not None and writer.task is None and not sock.queue.qsize()
 
 
+def writer_had_its_turn(sock, lock):
+    """No writer task waits to run: none exists, it took everything queued, or it holds or awaits
+    the send lock (only a task scheduled and not yet run has packets queued and the lock free)."""
+    return writer_of(sock).task is None or not sock.queue.qsize() or lock.locked()
+
+
 def writer_holds_packets(sock):
     """A writer task runs and has taken everything off the queue."""
     return writer_of(sock).task is not None and not sock.queue.qsize()
-
-
-def hub_turn():
-    """Let the hub run once. Not a wait (nothing is awaited): the scenarios below set up
-    interleavings turn by turn, as the hub interleaves two emits of the Socket.IO queue."""
-    eventlet.sleep(0)
 
 
 def stream(count):
@@ -208,8 +208,8 @@ def stream(count):
             else:
                 server.send_packet(SID, pkt)
             sent_before_peer_read += 1
-            if i % 5 == 4:
-                hub_turn()
+            if i % 5 == 4:  # as between two emits: a writer task with packets queued gets its turn
+                wait_until(lambda: writer_had_its_turn(sock, ws._sendlock), 10, 0, "the writer to take its turn")
     frames = read_frames(far, count)
     return {
         "emitter_sent_before_peer_read": sent_before_peer_read,
@@ -248,8 +248,8 @@ def overtake(rounds, emits_after=4):
         emitted_while_writer_scheduled += lock.balance == 0 and writer_of(sock).task is not None
         for _ in range(emits_after):
             emit()
-            peer.read(1024)
-            hub_turn()
+            # While a writer task runs, the emit was queued behind it: the writer takes it next.
+            wait_until(lambda: peer.read(1024) is not None and not sock.queue.qsize(), 10, 0, "the writer to take it")
         # The peer catches up, so that the next round starts with the writer idle.
         peer.catch_up(len(sent))
         wait_until(lambda: writer_parked(sock) and not lock.locked(), 10, 0, "the writer to be idle")
