@@ -37,10 +37,10 @@ What it does
 
 Frame order
     A frame may be written directly only when nothing can be ahead of it. An empty queue and a
-    lock that ``acquire(blocking=False)`` gets are not enough (issue 11): a writer takes a batch
-    off the queue and then writes it packet by packet under the send lock, and eventlet's
+    lock that ``acquire(blocking=False)`` gets are not enough (issue 11): a writer takes a packet
+    off the queue and then writes it under the send lock, and eventlet's
     ``Semaphore.release`` only *schedules* a waiter, so for one hub turn the lock is free while
-    the writer holds packets it has taken but not written; a non-blocking acquire then succeeds
+    the writer holds a packet it has taken but not written; a non-blocking acquire then succeeds
     ahead of it. So the direct path asks for positive proof that no writer holds anything: no
     writer task exists (one is started, and recorded, in the same hub turn as the put that
     needs it, and forgotten only when it has written everything), nothing is queued, and the
@@ -220,7 +220,6 @@ class DirectWrites:
 
 
 WRITER_QUALNAME = "Socket._websocket_handler.<locals>.writer"
-WRITE_BATCH = 64  # packets a writer task takes off the queue at once
 
 
 class OnDemandWriter:
@@ -229,8 +228,8 @@ class OnDemandWriter:
     for the connection's whole life.
 
     A queued packet (``Socket.send``: a ping, an emit that could not be written directly) starts
-    a task if none runs; the task writes every queued packet in order through eventlet's
-    websocket (under its send lock) and ends when the queue is empty. The check for "empty" and
+    a task if none runs; the task writes the queued packets one by one, in order, through
+    eventlet's websocket (under its send lock) and ends when the queue is empty. The check for "empty" and
     the end of the task happen in one hub turn, so a packet is never left behind. The ``None``
     that python-engineio queues when the connection ends is written as its writer does: the
     websocket is closed. A failed send closes it too, and nothing is written after that."""
@@ -253,31 +252,31 @@ class OnDemandWriter:
             self.task = self.start_task(self.drain)
 
     def drain(self):
-        """Write queued packets until the queue is empty (or the connection ends)."""
-        queue, empty = self.eio_socket.queue, self.eio_socket.server.get_queue_empty_exception()
+        """The task: write what is queued, then end; close the websocket if the connection ended."""
         try:
-            while not self.stopped:
-                packets = []
-                while len(packets) < WRITE_BATCH:
-                    try:
-                        packet = queue.get(block=False)
-                    except empty:
-                        break
-                    queue.task_done()
-                    if packet is None:
-                        self.stopped = True
-                        break
-                    packets.append(packet)
-                if not packets and not self.stopped:
-                    return  # nothing queued: the task ends in the same hub turn as this check
-                for packet in packets:
-                    self.ws.send(packet.encode())
-            self.ws.close()
-        except Exception:  # noqa: BLE001 - as python-engineio's writer: a failed send ends the writing
+            if self.write_queued():
+                return  # nothing queued: the task ends in the same hub turn as that check
             self.stopped = True
             self.ws.close()
         finally:
             self.task = None
+
+    def write_queued(self):
+        """Write queued packets in order: True once the queue is empty, False when the connection
+        ended (python-engineio queued ``None``) or a send failed."""
+        queue, empty = self.eio_socket.queue, self.eio_socket.server.get_queue_empty_exception()
+        while True:
+            try:
+                packet = queue.get(block=False)
+            except empty:
+                return True
+            queue.task_done()
+            if packet is None:
+                return False
+            try:
+                self.ws.send(packet.encode())
+            except Exception:  # noqa: BLE001 - as python-engineio's writer: a failed send ends the writing
+                return False
 
     def join(self):
         """Wait until the task writing now, if any, has ended (python-engineio joins its writer)."""

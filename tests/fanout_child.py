@@ -388,14 +388,15 @@ def internals():
     lock.acquire()  # as the background finish of a partly written frame holds it
     sock.send(numbered(0))
     sock.send(numbered(1))
-    wait_until(lambda: writer_holds_packets(sock), 10, 0, "the writer to take both packets")
-    found["writer_took_the_batch_then_waits_for_the_lock"] = lock.balance == -1
+    wait_until(lambda: lock.balance < 0, 10, 0, "the writer to wait for the send lock")
+    # It took the first packet off the queue; the second waits its turn.
+    found["writer_took_a_packet_then_waits_for_the_lock"] = writer_of(sock).task is not None and sock.queue.qsize() == 1
     lock.release()
     found["release_only_schedules_the_waiting_writer"] = not lock.locked() and lock.balance == 0
     found["direct_write_refused_meanwhile"] = not writes.write(sock, (numbered(2),))
-    wait_until(lambda: writer_parked(sock) and not lock.locked(), 10, 0, "the writer to write its batch")
+    wait_until(lambda: writer_parked(sock) and not lock.locked(), 10, 0, "the writer to write both packets")
     peer.catch_up(2)
-    found["batch_written_in_order"] = [number_of(text) for _, _, text in peer.frames()] == [0, 1]
+    found["packets_written_in_order"] = [number_of(text) for _, _, text in peer.frames()] == [0, 1]
     # send_packet counts direct writes, write itself does not
     found["direct_write_when_idle"] = writes.write(sock, (numbered(2),)) and writes.direct == 0
     return found

@@ -542,9 +542,9 @@ WRITER_AND_LOCK = {
         "Socket._websocket_handler.<locals>.writer) with server.start_background_task, after the upgrade",
         "sockets/fanout.py writer_of, install",
     ),
-    "writer_took_the_batch_then_waits_for_the_lock": Internal(
+    "writer_took_a_packet_then_waits_for_the_lock": Internal(
         ENGINEIO,
-        "a queued packet starts a writer task, which takes the batch off the queue, then waits for the send lock",
+        "a queued packet starts a writer task, which takes a packet off the queue, then waits for the send lock",
         "sockets/fanout.py write (frame order)",
     ),
     "release_only_schedules_the_waiting_writer": Internal(
@@ -553,8 +553,8 @@ WRITER_AND_LOCK = {
     "direct_write_refused_meanwhile": Internal(
         EVENTLET, "Semaphore.balance while the writer task holds packets", "sockets/fanout.py write"
     ),
-    "batch_written_in_order": Internal(
-        ENGINEIO, "the writer task writes its batch in order, then ends", "sockets/fanout.py write"
+    "packets_written_in_order": Internal(
+        ENGINEIO, "the writer task writes the queued packets in order, then ends", "sockets/fanout.py write"
     ),
     "direct_write_when_idle": Internal(
         EVENTLET, "a non-blocking send() on GreenSocket.fd of an idle websocket", "sockets/fanout.py write"
