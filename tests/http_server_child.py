@@ -26,7 +26,7 @@ import sys  # noqa: E402
 from eventlet import wsgi  # noqa: E402
 
 from sockets.http_server import http_protocol, listen, server_options  # noqa: E402
-from tests.support import wait_until  # noqa: E402
+from tests.support import wait_until, websocket_upgrade_request  # noqa: E402
 
 BODY = b"x" * 40000
 # A connect whose SYN the kernel dropped (backlog full) is retried after 1 s: count before that.
@@ -154,9 +154,6 @@ def server_close(writes):
     on-demand writer; "stock", python-engineio's writer); a raw websocket client; the server
     disconnects it. Does the client get the close frame and the end of the stream, and does the
     connection's greenthread finish well before the reader's socket timeout (25 + 20 s)?"""
-    import base64
-    import os
-
     import engineio
 
     from sockets import fanout
@@ -175,11 +172,7 @@ def server_close(writes):
     listener = eventlet.listen(("127.0.0.1", 0))
     eventlet.spawn(wsgi.server, listener, engineio.WSGIApp(eio), protocol=Finishing, log_output=False)
     client = socket.create_connection(listener.getsockname(), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    client.sendall(
-        f"GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
+    client.sendall(websocket_upgrade_request("/engine.io/?EIO=4&transport=websocket"))
     wait_until(lambda: sids, 10, 0.01, "the Engine.IO connect")
     eio.disconnect(sids[0])
     received = b""

@@ -2,8 +2,9 @@
 Socket.IO clients that record what they receive, a queue reader, event shorthands.
 """
 
+import base64
 import json
-import os  # noqa: F401 - tests read support.os.environ
+import os
 import subprocess
 import threading
 import time
@@ -60,6 +61,16 @@ class Stack(stack.Stack):
             client.connect((server or self.servers[0]).url, auth, list(transports))
         return client
 
+
+
+def websocket_upgrade_request(path="/socket.io/?EIO=4&transport=websocket", extensions=None):
+    """The bytes of a browser-like WebSocket upgrade request (a fresh key), offering ``extensions`` if given."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n"
+    ).encode()
 
 
 def child_findings(module, *args, timeout=120):

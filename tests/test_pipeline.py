@@ -1,8 +1,6 @@
 """End to end: RabbitMQ -> worker -> PostgreSQL -> Socket.IO, with real processes and clients."""
 
-import base64
 import json
-import os
 import socket
 import time
 from datetime import datetime, timedelta, timezone
@@ -308,14 +306,9 @@ def test_long_polling_clients_get_every_update_in_seq_order(stack, tenant, publi
 
 def websocket_upgrade_answer(port):
     """The server's answer to a browser-like WebSocket upgrade that offers permessage-deflate."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-    )
+    request = support.websocket_upgrade_request(extensions="permessage-deflate; client_max_window_bits")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(request.encode())
+        conn.sendall(request)
         answer = b""
         while b"\r\n\r\n" not in answer:
             chunk = conn.recv(4096)
