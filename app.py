@@ -107,6 +107,8 @@ def main():
             config["PORT"],
             backlog=config["LISTEN_BACKLOG"],
             nodelay=config["TCP_NODELAY"],
+            # A connection silent this long is gone (python-engineio's own rule for its clients).
+            idle_timeout=config["PING_INTERVAL"] + config["PING_TIMEOUT"],
             max_size=config["MAX_CONNECTIONS"],
         )
     else:

@@ -151,7 +151,21 @@ class ConnectionReader:
         return taken
 
     def readline(self, limit=-1):
-        """Up to and including the next b"\\n", at most ``limit`` bytes, or what is left at the end."""
+        """Up to and including the next b"\\n", at most ``limit`` bytes, or what is left at the end.
+
+        Without a limit (eventlet reads chunk sizes and trailers so), a line longer than
+        ``MAX_HEADER_LINE`` is refused with an OSError, on which eventlet closes the connection:
+        a chunk size without an end would otherwise be buffered for as long as the client sends."""
+        if limit is not None and limit >= 0:
+            return self._line(limit)
+        line = self._line(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE:
+            self.closed, self.pending = True, bytearray()  # nothing after it makes sense
+            raise OSError(f"line longer than {MAX_HEADER_LINE} bytes")
+        return line
+
+    def _line(self, limit):
+        """``readline`` as a buffered file does it (``limit`` < 0: no limit)."""
         bounded = limit is not None and limit >= 0
         searched = 0  # each byte is searched once, however long the line
         while True:
@@ -185,7 +199,7 @@ class ConnectionReader:
     def readlines(self, hint=-1):
         """Lines up to the end of the stream, or until they hold ``hint`` bytes or more."""
         lines, total = [], 0
-        while line := self.readline():
+        while line := self._line(-1):  # a body's lines, as a buffered file reads them
             lines.append(line)
             total += len(line)
             if hint is not None and 0 < hint <= total:
@@ -304,11 +318,18 @@ def listen(host, port, backlog):
     return eventlet.listen(addresses[0][4], addresses[0][0], backlog=backlog)
 
 
-def serve(app, host, port, backlog, nodelay=True, **options):
+def serve(app, host, port, backlog, nodelay=True, idle_timeout=None, **options):
     """Serve ``app`` (its wsgi_app wrapped by Flask-SocketIO) with eventlet's WSGI server, as
-    ``socketio.run`` does, but with our listen backlog and TCP_NODELAY."""
+    ``socketio.run`` does, but with our listen backlog and TCP_NODELAY.
+
+    ``idle_timeout``: seconds a connection may keep the server waiting on its socket (a request
+    that never ends, a keep-alive connection with no next request). eventlet's default is never:
+    ``max_size`` clients that open a request and stop would hold every slot of the server.
+    A websocket gets python-engineio's own timeout once upgraded."""
     from eventlet import wsgi
 
     listener = listen(host, port, backlog)
-    log.info("[WEBSOCKET] listening with a backlog of %s, TCP_NODELAY %s", backlog, "on" if nodelay else "off")
-    wsgi.server(listener, app, log_output=False, **server_options("eventlet", nodelay=nodelay), **options)
+    log.info("[WEBSOCKET] listening with a backlog of %s, TCP_NODELAY %s, idle timeout %s s", backlog,
+             "on" if nodelay else "off", idle_timeout)
+    wsgi.server(listener, app, log_output=False, socket_timeout=idle_timeout, keepalive=idle_timeout or True,
+                **server_options("eventlet", nodelay=nodelay), **options)

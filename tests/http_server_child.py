@@ -7,6 +7,9 @@ reports whether each accepted socket had TCP_NODELAY when the app ran and the bo
 ``server-close direct|stock``: python-engineio's websocket closed by the server (see
 ``server_close``).
 
+``idle-timeout SECONDS``: ``serve`` with 2 slots held by clients that never finish a request
+(see ``idle_timeout``).
+
 ``backlog N``: a listener from ``sockets.http_server.listen`` with backlog N that accepts
 nothing; opens 300 connections at once (as 300 long-polling clients after a fan-out) and
 reports how many the kernel completed (a SYN beyond the backlog is dropped: its connect would
@@ -188,6 +191,42 @@ def server_close(writes):
     return {"client_saw_the_end": saw_the_end, "connection_finished": bool(finished), "writes": writes}
 
 
+def idle_timeout(seconds):
+    """``serve`` with room for 2 connections and ``seconds`` of idle timeout (0: eventlet's default,
+    none): 2 clients send half a request line and stop; is a third client's request answered?"""
+    from sockets.http_server import serve
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    eventlet.spawn(serve, app, "127.0.0.1", port, 50, idle_timeout=seconds or None, max_size=2)
+    wait_until(lambda: _answers(port, timeout=1), 5, 0.05, "the server to answer")
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+    for client in stalled:
+        client.sendall(b"GET /socket.io/?EIO=4")  # ... and nothing more
+    answered = None
+    with contextlib.suppress(AssertionError):
+        answered = wait_until(lambda: _answers(port, timeout=1), 4, 0, "an answer to the third client")
+    for client in stalled:
+        client.close()
+    return {"idle_timeout": seconds, "third_client_answered": bool(answered)}
+
+
+def _answers(port, timeout):
+    """The status line a GET gets within ``timeout`` seconds, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            return client.recv(4096).split(b"\r\n")[0].decode() or None
+    except OSError:
+        return None
+
+
 def _connected(client):
     try:
         client.getpeername()
@@ -198,7 +237,9 @@ def _connected(client):
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    if scenario == "server-close":
+    if scenario == "idle-timeout":
+        print(json.dumps(idle_timeout(float(sys.argv[2]))))
+    elif scenario == "server-close":
         print(json.dumps(server_close(sys.argv[2])))
     elif scenario == "backlog":
         print(json.dumps(backlog(int(sys.argv[2]))))

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from sockets.http_server import ConnectionReader, ConnectionWriter, request_headers
+from sockets.http_server import MAX_HEADER_LINE, ConnectionReader, ConnectionWriter, request_headers
 from tests import support
 
 
@@ -115,6 +115,19 @@ def test_the_connection_reader_reads_nothing_after_a_timeout():
     assert reader.closed
 
 
+def test_a_line_without_end_is_refused_not_buffered():
+    """eventlet reads a chunk size (and trailers) with an unbounded readline: a client that sends
+    a chunk size without an end must not make the server buffer all it sends."""
+    sock = ChunkedSocket(b"f" * 1_000_000, [4096])
+    reader = ConnectionReader(sock)
+    with pytest.raises(OSError, match="line longer than"):
+        reader.readline()
+    assert not reader.pending and reader.closed
+    assert 1_000_000 - len(sock.data) <= MAX_HEADER_LINE + 4096  # what it read before refusing
+    bounded = ConnectionReader(ChunkedSocket(b"g" * 100_000 + b"\n", [4096]))
+    assert len(bounded.readline(100_001)) == 100_001  # a limit the caller gives is the caller's
+
+
 def test_the_connection_writer_sends_each_write_whole():
     """One sendall per write (headers and body of a response in one), nothing held back by flush."""
     sent = []
@@ -141,3 +154,13 @@ def test_a_websocket_the_server_closes_ends_at_once(writes):
     connection then ends at once, not after the reader's socket timeout (45 s here)."""
     found = support.child_findings("tests.http_server_child", "server-close", writes, timeout=60)
     assert found["client_saw_the_end"] and found["connection_finished"], found
+
+
+def test_clients_that_never_finish_a_request_do_not_hold_the_server():
+    """``serve``'s idle timeout (app.py: PING_INTERVAL + PING_TIMEOUT): with every slot taken by
+    clients that sent half a request line, a new client is answered once they time out (1 s
+    here); with eventlet's default (no timeout) it is not."""
+    found = support.child_findings("tests.http_server_child", "idle-timeout", 1, timeout=60)
+    assert found["third_client_answered"], found
+    without = support.child_findings("tests.http_server_child", "idle-timeout", 0, timeout=60)
+    assert not without["third_client_answered"], without
