@@ -9,6 +9,9 @@ Measured (py-spy on a server as the 10,000 websockets of bench/vs_peer.py idle-1
 of a core for 21 s, 84 % of it in ``basic_disconnect``, and meanwhile 300 long-polling clients
 took 21 s to connect.
 
+The same goes for the lists of clients between a connect and its handler's answer
+(``pending_connect``), which a connect storm fills: ``PendingList`` makes them O(1).
+
 ``RoomIndex`` keeps, for every (namespace, sid), the rooms it entered (``None``, the namespace's
 list of connected clients, included), kept up to date where python-socketio enters and leaves
 rooms (``basic_enter_room``, ``basic_leave_room``; ``connect`` and ``basic_close_room`` go
@@ -16,8 +19,9 @@ through them), and disconnects a client from those rooms only. The rest of ``bas
 (callbacks, the pending connect and disconnect lists) is python-socketio's, unchanged.
 
 What it relies on (python-socketio 5.18; ``tests/test_library_internals.py check_manager_rooms``):
-``self.rooms`` changes only in ``basic_enter_room`` and ``basic_leave_room``, and
-``basic_disconnect`` does what ``disconnect_rest`` repeats here.
+``self.rooms`` changes only in ``basic_enter_room`` and ``basic_leave_room``,
+``basic_disconnect`` does what ``disconnect_rest`` repeats here, and the pending lists are stored
+by item assignment and used through ``in``, ``append``, ``remove`` and ``len`` only.
 """
 
 import socketio
@@ -28,17 +32,18 @@ class RoomIndex:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rooms_of = {}  # (namespace, sid) -> names of the rooms it is in
+        self.rooms_of = {}  # (namespace, sid) -> {room name: None}, in the order entered
+        self.pending_connect, self.pending_disconnect = PendingLists(), PendingLists()
 
     def basic_enter_room(self, sid, namespace, room, eio_sid=None):
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        self.rooms_of.setdefault((namespace, sid), set()).add(room)
+        self.rooms_of.setdefault((namespace, sid), {})[room] = None
 
     def basic_leave_room(self, sid, namespace, room):
         super().basic_leave_room(sid, namespace, room)
         rooms = self.rooms_of.get((namespace, sid))
         if rooms is not None:
-            rooms.discard(room)
+            rooms.pop(room, None)
             if not rooms:
                 del self.rooms_of[(namespace, sid)]
 
@@ -65,8 +70,30 @@ class RoomIndex:
                 del self.pending_disconnect[namespace]
 
     def get_rooms(self, sid, namespace):
-        """The rooms a client is in (its own and the named ones; not the connected list)."""
+        """The rooms a client is in (its own and the named ones; not the connected list), in the
+        order it entered them (python-socketio's walk gives the order the rooms were made in)."""
         return [room for room in self.rooms_of.get((namespace, sid), ()) if room is not None]
+
+
+class PendingList(dict):
+    """The sids of one namespace between ``pre_connect`` and ``connect`` (or ``pre_disconnect``
+    and ``disconnect``): python-socketio keeps a list and asks it ``in`` and ``remove``, O(n) in
+    the clients of a connect storm that wait in their connect handler (the connect throttle, a
+    tenant's first load), and ``in`` again for every event a client sends (``is_connected``).
+    A dict in insertion order with the list's ``append`` and ``remove``: O(1)."""
+
+    def append(self, sid):
+        self[sid] = None
+
+    def remove(self, sid):
+        del self[sid]
+
+
+class PendingLists(dict):
+    """namespace -> ``PendingList``: the list python-socketio stores is made a ``PendingList``."""
+
+    def __setitem__(self, namespace, sids):
+        super().__setitem__(namespace, sids if isinstance(sids, PendingList) else PendingList.fromkeys(sids))
 
 
 class IndexedManager(RoomIndex, socketio.Manager):

@@ -388,7 +388,9 @@ def check_room_participants():
 @relied_on(
     SOCKETIO,
     "BaseManager changes `self.rooms` only in basic_enter_room / basic_leave_room (connect and basic_close_room go "
-    "through them); basic_disconnect leaves the client's rooms, then does what RoomIndex.disconnect_rest repeats",
+    "through them); basic_disconnect leaves the client's rooms, then does what RoomIndex.disconnect_rest repeats; "
+    "the pending_connect / pending_disconnect lists are stored by item assignment, used through in, len, append, "
+    "remove",
     "sockets/rooms.py RoomIndex",
 )
 def check_manager_rooms():
@@ -414,6 +416,14 @@ def check_manager_rooms():
     def statements(function):
         body = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0].body
         return [ast.unparse(node) for node in body if not isinstance(node, ast.Expr)]  # without the docstring
+
+    # The pending lists (RoomIndex makes them PendingList): stored by item assignment, used through
+    # in / len / append / remove only.
+    sources = "".join(inspect.getsource(module) for module in (base_manager, manager, pubsub_manager))
+    methods = set(re.findall(r"self\.pending_(?:dis)?connect\[\w+\]\.(\w+)", sources))
+    assert methods <= {"append", "remove"}, methods
+    stores = set(re.findall(r"self\.pending_(?:dis)?connect(\[\w+\])? = (.+)", sources))
+    assert stores <= {("", "{}"), ("[namespace]", "[]")}, stores
 
     stock = statements(base_manager.BaseManager.basic_disconnect)
     rest = statements(RoomIndex.disconnect_rest)

@@ -34,41 +34,55 @@ def rooms_of(manager):
     return {ns: {room: dict(members) for room, members in rooms.items()} for ns, rooms in manager.rooms.items()}
 
 
+def pending_of(manager):
+    """The clients between connect and its answer, and between disconnect and its end, in order."""
+    return [{ns: list(sids) for ns, sids in pending.items()} for pending in (manager.pending_connect,
+                                                                           manager.pending_disconnect)]
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_the_index_keeps_the_rooms_python_socketio_keeps(seed):
-    """The same random connects, room changes, closes and disconnects on both managers leave the
-    same rooms, and each client is reported in the same rooms."""
+    """The same random connects (some left waiting for their handler's answer), room changes,
+    closes and disconnects on both managers leave the same rooms and the same pending clients,
+    in the same order, and each client is reported in the same rooms (python-socketio lists them
+    in the order the rooms were made, RoomIndex in the order the client entered them)."""
     rng = random.Random(seed)
     ours, stock = manager_of(IndexedManager), manager_of(socketio.Manager)
-    clients = []  # (namespace, sid)
-    for step in range(400):
-        action = rng.choice(["connect", "connect", "enter", "enter", "leave", "close", "disconnect"])
-        if action == "connect" or not clients:
+    clients, waiting = [], []  # (namespace, sid): connected; between pre_connect and connect
+    actions = ["connect", "connect", "pre_connect", "answer", "enter", "enter", "leave", "close", "disconnect"]
+    for step in range(600):
+        action = rng.choice(actions)
+        if action in ("connect", "pre_connect") or not clients:
             namespace, eio_sid = rng.choice(["/", "/admin"]), f"eio-{step}"
-            sid = ours.connect(eio_sid, namespace)
-            assert stock.connect(eio_sid, namespace) == sid
-            clients.append((namespace, sid))
-            continue
-        namespace, sid = rng.choice(clients)
-        room = rng.choice(["tenant:a", "tenant:b", "ops"])
-        if action == "enter":
-            for manager in (ours, stock):
-                manager.enter_room(sid, namespace, room)
-        elif action == "leave":
-            for manager in (ours, stock):
-                manager.leave_room(sid, namespace, room)
-        elif action == "close":
-            for manager in (ours, stock):
-                manager.close_room(room, namespace)
-        else:
+            call = "pre_connect" if action == "pre_connect" else "connect"
+            sid = getattr(ours, call)(eio_sid, namespace)
+            assert getattr(stock, call)(eio_sid, namespace) == sid
+            (waiting if call == "pre_connect" else clients).append((namespace, sid))
+        elif action == "answer":
+            if waiting:
+                namespace, sid = waiting.pop(rng.randrange(len(waiting)))
+                for manager in (ours, stock):
+                    manager.connect(sid, namespace)
+                clients.append((namespace, sid))
+        elif action == "disconnect":
+            namespace, sid = clients.pop(rng.randrange(len(clients)))
             for manager in (ours, stock):
                 manager.pre_disconnect(sid, namespace)
                 manager.disconnect(sid, namespace)
-            clients.remove((namespace, sid))
+        else:
+            namespace, sid = rng.choice(clients)
+            room = rng.choice(["tenant:a", "tenant:b", "ops"])
+            for manager in (ours, stock):
+                {"enter": manager.enter_room, "leave": manager.leave_room}.get(action, manager.close_room)(
+                    *((sid, namespace, room) if action != "close" else (room, namespace)))
         assert rooms_of(ours) == rooms_of(stock), (step, action)
-    for namespace, sid in clients:
+        assert pending_of(ours) == pending_of(stock), (step, action)
+        for namespace, sid in clients + waiting:
+            assert ours.is_connected(sid, namespace) == stock.is_connected(sid, namespace)
+    for namespace, sid in clients + waiting:
         assert sorted(ours.get_rooms(sid, namespace)) == sorted(stock.get_rooms(sid, namespace))
-    assert set(ours.rooms_of) == set(clients)
+    assert set(ours.rooms_of) == set(clients + waiting)
+    assert all(type(sids).__name__ == "PendingList" for sids in ours.pending_connect.values())
 
 
 class Unwalkable(dict):
