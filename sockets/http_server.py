@@ -247,6 +247,8 @@ def http_protocol(nodelay=True):
     from eventlet import wsgi
     from eventlet.greenio import GreenSocket
 
+    from sockets.lean_requests import lean_environ, lean_request, respond
+
     class CampaignLiveHttpProtocol(wsgi.HttpProtocol):
         def parse_request(self):
             """``BaseHTTPRequestHandler.parse_request``, with a short way for Engine.IO's requests.
@@ -257,6 +259,7 @@ def http_protocol(nodelay=True):
             in a profile of bench/vs_peer.py poll-300). A request line of the plain form
             ``GET|POST /socket.io/... HTTP/1.x`` is parsed here the way the standard library
             does it; any other request goes to the standard library's own parse."""
+            self.lean = False
             line = ENGINEIO_REQUEST_LINE.fullmatch(self.raw_requestline)
             if line is None:
                 return super().parse_request()
@@ -279,7 +282,21 @@ def http_protocol(nodelay=True):
                 self.close_connection = False
             # Expect: 100-continue needs nothing here: eventlet answers it when the body is read
             # (its handle_expect_100 does nothing).
+            self.lean = lean_request(self.headers) and not self.server.log_output
             return True
+
+        def get_environ(self):
+            """eventlet's environ; for a long-polling request (see ``lean_request``) built here,
+            with the connection's addresses looked up once."""
+            if not self.lean:
+                return super().get_environ()
+            return lean_environ(self)
+
+        def handle_one_response(self):
+            """eventlet's; for a long-polling request, the whole answer in one write (``respond``)."""
+            if not self.lean:
+                return super().handle_one_response()
+            return respond(self)
 
         def setup(self):
             if nodelay:

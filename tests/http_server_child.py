@@ -111,29 +111,68 @@ RAW_REQUESTS = [
     b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
     b"GET /socket.io/?EIO=4&n=1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /socket.io/?EIO=4&n=2 HTTP/1.1\r\nHost: h\r\n"
     b"Content-Length: 4\r\nConnection: close\r\n\r\n4abc",
+    # Engine.IO's, but answered by eventlet's own path: a websocket upgrade, a chunked body, 100-continue.
+    b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n\r\n",
+    b"POST /socket.io/?EIO=4 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    b"2\r\n4a\r\n0\r\n\r\n",
+    b"POST /socket.io/?EIO=4 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n4a",
+    # Percent-escapes in the path, a header name with an underscore (dropped from the environ).
+    b"GET /socket.io/%7Ex/?EIO=4&transport=polling HTTP/1.1\r\nHost: h\r\nX_Under: 1\r\nX-Under: 2\r\n\r\n",
 ]
-ENVIRON_KEYS = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "CONTENT_TYPE", "CONTENT_LENGTH")
+# Requests of RAW_REQUESTS that take the lean way (sockets/lean_requests.py): Engine.IO's GET or POST
+# without Upgrade, Transfer-Encoding or Expect.
+LEAN_REQUESTS = 7
+# What differs between two servers or connections, or is an object: left out of the comparison.
+ENVIRON_OBJECTS = ("wsgi.input", "eventlet.input", "eventlet.posthooks", "eventlet.set_idle", "wsgi.errors",
+                   "REMOTE_PORT")
+
+
+def recording_app(seen, read_body=True, answer=("200 OK", [("Content-Length", "2")], [b"ok"]), fail=False):
+    """A WSGI app that records the environ (and the body, if it reads it) and gives ``answer``."""
+
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read() if read_body else b""
+        keys = {k: v for k, v in environ.items() if k not in ENVIRON_OBJECTS}
+        seen.append({**keys, "body": body.decode(), "headers_raw": list(map(list, keys["headers_raw"]))})
+        if fail:
+            raise RuntimeError("the application failed")
+        status, headers, parts = answer
+        start_response(status, list(headers))
+        return list(parts)
+
+    return app
+
+
+# The answers compared: eventlet's test app; what python-engineio gives (no Content-Length, a
+# list of bytes; a write() call; a 204; a 400); an app that leaves the body unread (discarded
+# before the next request of the connection); an app that fails (500); a server listening on
+# every address.
+APPS = {
+    "plain": {},
+    "engineio": {"answer": ("200 OK", [("Content-Type", "text/plain; charset=UTF-8"),
+                                       ("access-control-allow-origin", "*")], [b"40{\"sid\":\"x\"}"])},
+    "no-content": {"answer": ("204 No Content", [("X-Empty", "1")], [])},
+    "bad-request": {"answer": ("400 BAD REQUEST", [("Content-Type", "text/plain")], [b'"Bad', b' request"'])},
+    "body-unread": {"read_body": False},
+    "fails": {"fail": True},
+    "any-address": {"listen_on": "0.0.0.0"},  # the server's address is the connection's, not the listener's
+}
 
 
 def parsed_alike():
-    """Our protocol and eventlet's own see the same requests: environ, body, and whether the
-    connection stays open after the answer."""
+    """Our protocol and eventlet's own see the same requests and give the same answers: environ,
+    body, every byte of the answer but the Date header's value, and whether the connection stays open
+    after it, for each of ``APPS``."""
 
-    def serve(protocol):
-        seen = []
-
-        def record(environ, start_response):
-            body = environ["wsgi.input"].read()
-            keys = {k: v for k, v in environ.items() if k in ENVIRON_KEYS or k.startswith("HTTP_")}
-            seen.append({**keys, "body": body.decode(), "headers_raw": list(map(list, environ["headers_raw"]))})
-            start_response("200 OK", [("Content-Length", "2")])
-            return [b"ok"]
-
-        listener = eventlet.listen(("127.0.0.1", 0))
-        eventlet.spawn(wsgi.server, listener, record, log_output=False, protocol=protocol)
-        results = []
+    def serve(protocol, app_options):
+        seen, app_options = [], dict(app_options)
+        listener = eventlet.listen((app_options.pop("listen_on", "127.0.0.1"), 0))
+        server = eventlet.spawn(wsgi.server, listener, recording_app(seen, **app_options), log_output=False,
+                                protocol=protocol, debug=False)
+        results, address = [], ("127.0.0.1", listener.getsockname()[1])
         for raw in RAW_REQUESTS:
-            client = socket.create_connection(listener.getsockname(), timeout=5)
+            client = socket.create_connection(address, timeout=5)
             client.sendall(raw)
             answer, closed = b"", False
             with contextlib.suppress(TimeoutError):
@@ -141,15 +180,33 @@ def parsed_alike():
                 while chunk := client.recv(65536):
                     answer += chunk
                 closed = True
-            status = answer.split(b"\r\n")[0].decode()
-            results.append({"status": status, "body": answer[-2:].decode(), "closed": closed})
+            lines = [b"Date: (now)" if line.startswith(b"Date: ") else line for line in answer.split(b"\r\n")]
+            results.append({"answer": b"\r\n".join(lines).decode("latin-1"), "closed": closed})
             client.close()
+        server.kill()
+        listener.close()
+        port = str(address[1])
+        for environ in seen:  # the two servers listen on two ports
+            environ["SERVER_PORT"] = "the listener's" if environ["SERVER_PORT"] == port else environ["SERVER_PORT"]
         return seen, results
 
-    ours, stock = serve(http_protocol()), serve(wsgi.HttpProtocol)
+    lean = []
+
+    class Lean(http_protocol()):
+        def handle_one_response(self):
+            lean.append(self.lean)
+            return super().handle_one_response()
+
     requests = sum(raw.count(b" HTTP/1.") for raw in RAW_REQUESTS)  # the last one holds two
-    return {"requests": requests, "environs_equal": ours[0] == stock[0], "answers_equal": ours[1] == stock[1],
-            "seen": len(ours[0]), "ours": ours, "stock": stock}
+    found = {"requests": requests, "lean_requests": LEAN_REQUESTS, "apps": {}}
+    for name, options in APPS.items():
+        lean.clear()
+        ours, stock = serve(Lean, options), serve(wsgi.HttpProtocol, options)
+        found["apps"][name] = {"seen": len(ours[0]), "environs_equal": ours[0] == stock[0],
+                               "answers_equal": ours[1] == stock[1], "lean_answers": sum(lean)}
+        if ours != stock:
+            found["apps"][name].update(ours=ours, stock=stock)
+    return found
 
 
 def server_close(writes):

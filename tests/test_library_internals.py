@@ -619,5 +619,12 @@ def test_our_protocol_sees_requests_as_eventlets_own_does():
     """Real requests, Engine.IO's and others, through eventlet's WSGI server with each protocol
     (tests/http_server_child.py parsed-alike)."""
     found = support.child_findings("tests.http_server_child", "parsed-alike")
-    alike = found["seen"] == found["requests"] and found["environs_equal"] and found["answers_equal"]
+    alike = all(
+        app["seen"] >= found["requests"] - 1 and app["environs_equal"] and app["answers_equal"]
+        for app in found["apps"].values()
+    )
+    # Every Engine.IO request that can takes the lean way (the failing app ends its connection
+    # before the second of two pipelined requests).
+    assert found["apps"]["plain"]["lean_answers"] == found["lean_requests"], found
+    assert min(app["lean_answers"] for app in found["apps"].values()) >= found["lean_requests"] - 1, found
     assert alike, PARSE_REQUEST.failure(found)
