@@ -16,6 +16,13 @@ and ``respond`` runs the application and sends status line, headers and body in 
 the headers eventlet would send: names capitalized, ``Date``, ``Content-Length``, ``Connection``
 and ``Keep-Alive`` by eventlet's rules. ``tests/http_server_child.py`` (``parsed-alike``) checks
 both against eventlet's own protocol, request by request and byte by byte (``Date`` aside).
+
+No reference cycles: eventlet's environ holds a ``set_idle`` closure over the protocol, which
+holds the environ, so every request's objects (~35, the connection's files and sockets among
+them) waited for the cyclic garbage collector. At ~1,000 polls a second (poll-300) the
+collector ran a generation-0 pass every few hundred milliseconds and a full one every second
+or two, 26-60 ms each with the event loop stopped. Here nothing of a request outlives it
+(``tests/http_server_child.py garbage``: 0 objects per poll, eventlet's protocol 35).
 """
 
 import time
@@ -92,7 +99,8 @@ def lean_environ(protocol):
         env[key] = env[key] + "," + value if key in env else value
     env["wsgi.input"] = env["eventlet.input"] = Input(protocol.rfile, length or "0", protocol.connection)
     env["eventlet.posthooks"] = []
-    env["eventlet.set_idle"] = lambda: protocol.conn_state.__setitem__(2, STATE_IDLE)
+    conn_state = protocol.conn_state  # not the protocol: a cycle, left to the garbage collector (see ``respond``)
+    env["eventlet.set_idle"] = lambda: conn_state.__setitem__(2, STATE_IDLE)
     return env
 
 

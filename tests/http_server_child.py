@@ -10,6 +10,9 @@ reports whether each accepted socket had TCP_NODELAY when the app ran and the bo
 ``idle-timeout SECONDS``: ``serve`` with 2 slots held by clients that never finish a request
 (see ``idle_timeout``).
 
+``garbage ours|eventlet``: objects per long-polling request that only the cyclic garbage
+collector frees (see ``garbage``).
+
 ``backlog N``: a listener from ``sockets.http_server.listen`` with backlog N that accepts
 nothing; opens 300 connections at once (as 300 long-polling clients after a fan-out) and
 reports how many the kernel completed (a SYN beyond the backlog is dropped: its connect would
@@ -209,6 +212,53 @@ def parsed_alike():
     return found
 
 
+def garbage(protocol_name, polls=50):
+    """Long-polling GETs (a new connection each, as the Node client makes them) through python-engineio
+    on eventlet's server with ``protocol_name``'s protocol ("ours" or "eventlet"): how many objects
+    per poll only the cyclic garbage collector frees (a request whose objects form a cycle leaves
+    them to the collector, whose passes stall the event loop)."""
+    import gc
+
+    import engineio
+
+    from sockets import polling
+
+    eio = engineio.Server(async_mode="eventlet", monitor_clients=False)
+    eio.on("connect", lambda sid, environ: True)
+    polling.install(eio)
+    protocol = http_protocol() if protocol_name == "ours" else wsgi.HttpProtocol
+    listener = eventlet.listen(("127.0.0.1", 0))
+    server = eventlet.spawn(wsgi.server, listener, engineio.WSGIApp(eio, engineio_path="socket.io"), protocol=protocol,
+                           log_output=False)
+    address = listener.getsockname()
+
+    def get(query):
+        with socket.create_connection(address, timeout=10) as client:
+            client.sendall(f"GET /socket.io/?EIO=4&transport=polling{query} HTTP/1.1\r\nHost: h\r\n"
+                           "Connection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        return answer
+
+    handshake = get("")
+    sid = json.loads(handshake.split(b"\r\n\r\n", 1)[1][1:])["sid"]
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    answered = 0
+    for number in range(polls):
+        eio.send(sid, f"update {number}")
+        answered += f"update {number}".encode() in get(f"&sid={sid}")
+    gc.collect()
+    cyclic = len(gc.garbage)
+    gc.set_debug(0)
+    gc.garbage.clear()
+    gc.enable()
+    server.kill()
+    return {"protocol": protocol_name, "polls": polls, "answered": answered, "cyclic_per_poll": cyclic / polls}
+
+
 def server_close(writes):
     """python-engineio on eventlet's WSGI server with our protocol (``writes``: "direct", our
     on-demand writer; "stock", python-engineio's writer); a raw websocket client; the server
@@ -298,6 +348,8 @@ if __name__ == "__main__":
         print(json.dumps(idle_timeout(float(sys.argv[2]))))
     elif scenario == "server-close":
         print(json.dumps(server_close(sys.argv[2])))
+    elif scenario == "garbage":
+        print(json.dumps(garbage(sys.argv[2])))
     elif scenario == "backlog":
         print(json.dumps(backlog(int(sys.argv[2]))))
     else:
