@@ -11,6 +11,7 @@ import base64
 import contextlib
 import http.server
 import inspect
+import io
 import json
 import os
 import re
@@ -181,6 +182,32 @@ def check_wsgi_server_takes_a_protocol():
     used = set(re.findall(r"\b[rw]file\.(\w+)", "".join(inspect.getsource(code) for code in readers)))
     assert used <= {"readline", "read", "readlines", "closed", "write", "writelines", "flush", "close"}, used
     assert "self.parse_request()" in inspect.getsource(wsgi.HttpProtocol.handle_one_request)
+
+
+@relied_on(
+    EVENTLET,
+    "HttpProtocol.handle_one_request() sets self.environ = self.get_environ() and self.application, then calls "
+    "self.handle_one_response() (both ours for a lean request); Input(rfile, length, sock) with position, "
+    "content_length and discard(); wsgi.STATE_IDLE, addr_to_host_port, format_date_time, ChunkReadError; the "
+    "server's keepalive, debug, log, log_output, address, get_environ() and capitalize_response_headers",
+    "sockets/lean_requests.py, sockets/http_server.py http_protocol",
+)
+def check_lean_requests_parts():
+    from eventlet import wsgi
+
+    one_request = inspect.getsource(wsgi.HttpProtocol.handle_one_request)
+    for needed in ("self.environ = self.get_environ()", "self.application = self.server.app",
+                   "self.handle_one_response()"):
+        assert needed in one_request, needed
+    assert list(inspect.signature(wsgi.Input.__init__).parameters)[1:4] == ["rfile", "content_length", "sock"]
+    body = wsgi.Input(io.BytesIO(b"abc"), "3", None)
+    assert (body.position, body.content_length) == (0, 3) and callable(body.discard)
+    assert wsgi.STATE_IDLE == "idle" and wsgi.addr_to_host_port(("h", 1)) == ("h", 1)
+    assert wsgi.format_date_time(0) == "Thu, 01 Jan 1970 00:00:00 GMT" and issubclass(wsgi.ChunkReadError, ValueError)
+    server = wsgi.Server(None, ("127.0.0.1", 1), None, log_output=False)
+    for name in ("keepalive", "debug", "log", "log_output", "address", "capitalize_response_headers"):
+        assert hasattr(server, name), name
+    assert server.get_environ()["wsgi.url_scheme"] == "http"
 
 
 # python-engineio -----------------------------------------------------------------------
