@@ -137,6 +137,8 @@ def respond(protocol):
             if hasattr(result, "close"):
                 result.close()
         protocol.wfile.write(answer)
+        protocol.wfile.flush()  # eventlet's own buffered file where ours is not used (TLS)
+
     finally:
         if request_input.position < (request_input.content_length or 0) and not protocol.close_connection:
             discard_body(protocol, request_input)

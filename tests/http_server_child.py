@@ -150,7 +150,7 @@ def recording_app(seen, read_body=True, answer=("200 OK", [("Content-Length", "2
 # The answers compared: eventlet's test app; what python-engineio gives (no Content-Length, a
 # list of bytes; a write() call; a 204; a 400); an app that leaves the body unread (discarded
 # before the next request of the connection); an app that fails (500); a server listening on
-# every address.
+# every address; our protocol on eventlet's buffered files (a TLS connection: the answer must be flushed).
 APPS = {
     "plain": {},
     "engineio": {"answer": ("200 OK", [("Content-Type", "text/plain; charset=UTF-8"),
@@ -160,6 +160,7 @@ APPS = {
     "body-unread": {"read_body": False},
     "fails": {"fail": True},
     "any-address": {"listen_on": "0.0.0.0"},  # the server's address is the connection's, not the listener's
+    "eventlet-files": {},  # our protocol with eventlet's buffered files, as on a TLS connection
 }
 
 
@@ -200,11 +201,16 @@ def parsed_alike():
             lean.append(self.lean)
             return super().handle_one_response()
 
+    class LeanOnEventletsFiles(Lean):
+        def setup(self):  # as on a TLS connection: eventlet's buffered makefile pair
+            wsgi.HttpProtocol.setup(self)
+
     requests = sum(raw.count(b" HTTP/1.") for raw in RAW_REQUESTS)  # the last one holds two
     found = {"requests": requests, "lean_requests": LEAN_REQUESTS, "apps": {}}
     for name, options in APPS.items():
         lean.clear()
-        ours, stock = serve(Lean, options), serve(wsgi.HttpProtocol, options)
+        ours, stock = serve(LeanOnEventletsFiles if name == "eventlet-files" else Lean, options), serve(
+            wsgi.HttpProtocol, options)
         found["apps"][name] = {"seen": len(ours[0]), "environs_equal": ours[0] == stock[0],
                                "answers_equal": ours[1] == stock[1], "lean_answers": sum(lean)}
         if ours != stock:
