@@ -58,13 +58,16 @@ def connection_environ(protocol):
         server = protocol.server
         server_base = getattr(server, "lean_environ", None)
         if server_base is None:
-            server_base = server.lean_environ = server.get_environ()
+            # Our keys after the server's ``environ=`` option, which they override as in eventlet.
+            server_base = server.get_environ()
             server_base.update(SCRIPT_NAME="", SERVER_PROTOCOL="HTTP/1.0", GATEWAY_INTERFACE="CGI/1.1")
             listening_host, listening_port = addr_to_host_port(server.address)
-            if listening_host not in WILDCARD_HOSTS and isinstance(listening_port, int):
+            server.lean_fixed_address = listening_host not in WILDCARD_HOSTS and isinstance(listening_port, int)
+            if server.lean_fixed_address:
                 server_base.update(SERVER_NAME=listening_host, SERVER_PORT=str(listening_port))
+            server.lean_environ = server_base
         base = dict(server_base)
-        if "SERVER_NAME" not in base:
+        if not server.lean_fixed_address:
             server_host, server_port = addr_to_host_port(protocol.request.getsockname())
             base.update(SERVER_NAME=server_host, SERVER_PORT=str(server_port))
         client_host, client_port = addr_to_host_port(protocol.client_address)
@@ -108,8 +111,13 @@ def respond(protocol):
     """Run the application on a lean request and send its whole answer with one write.
 
     As eventlet does: an application that fails gets a 500 (its traceback logged, and sent when
-    the server runs with ``debug``) and the connection closed; a body the application left
-    unread is discarded before the connection's next request."""
+    the server runs with ``debug``) and the connection closed; the result's ``close()`` is called
+    once the answer is sent; a failed write ends the connection quietly (the server's log only);
+    a body the application left unread is discarded before the connection's next request.
+
+    Unlike eventlet, a body the application streams (a generator, WSGI's ``write()``) is
+    gathered and sent whole with a ``Content-Length`` instead of chunked: python-engineio, the
+    only application on this path, answers with a list."""
     environ = protocol.environ
     request_input = environ["eventlet.input"]
     started, written = [], []
@@ -133,12 +141,15 @@ def respond(protocol):
             protocol.server.log.info(trace)
             body = trace.encode() if protocol.server.debug else b""
             answer = encode_answer(protocol, "500 Internal Server Error", [("Content-type", "text/plain")], body)
+        try:
+            protocol.wfile.write(answer)
+            protocol.wfile.flush()  # eventlet's own buffered file where ours is not used (TLS)
+        except OSError:  # the client went away, or a timeout: as eventlet, nothing but the server's log
+            protocol.close_connection = 1
+            protocol.server.log.info(traceback.format_exc())
         finally:
             if hasattr(result, "close"):
                 result.close()
-        protocol.wfile.write(answer)
-        protocol.wfile.flush()  # eventlet's own buffered file where ours is not used (TLS)
-
     finally:
         if request_input.position < (request_input.content_length or 0) and not protocol.close_connection:
             discard_body(protocol, request_input)

@@ -131,7 +131,15 @@ ENVIRON_OBJECTS = ("wsgi.input", "eventlet.input", "eventlet.posthooks", "eventl
                    "REMOTE_PORT")
 
 
-def recording_app(seen, read_body=True, answer=("200 OK", [("Content-Length", "2")], [b"ok"]), fail=False):
+class FailingClose(list):
+    """An application's result whose ``close()`` fails (after the answer is sent, in eventlet)."""
+
+    def close(self):
+        raise RuntimeError("close() failed")
+
+
+def recording_app(seen, read_body=True, answer=("200 OK", [("Content-Length", "2")], [b"ok"]), fail=False,
+                  failing_close=False):
     """A WSGI app that records the environ (and the body, if it reads it) and gives ``answer``."""
 
     def app(environ, start_response):
@@ -142,7 +150,7 @@ def recording_app(seen, read_body=True, answer=("200 OK", [("Content-Length", "2
             raise RuntimeError("the application failed")
         status, headers, parts = answer
         start_response(status, list(headers))
-        return list(parts)
+        return FailingClose(parts) if failing_close else list(parts)
 
     return app
 
@@ -150,7 +158,8 @@ def recording_app(seen, read_body=True, answer=("200 OK", [("Content-Length", "2
 # The answers compared: eventlet's test app; what python-engineio gives (no Content-Length, a
 # list of bytes; a write() call; a 204; a 400); an app that leaves the body unread (discarded
 # before the next request of the connection); an app that fails (500); a server listening on
-# every address; our protocol on eventlet's buffered files (a TLS connection: the answer must be flushed).
+# every address; our protocol on eventlet's buffered files (a TLS connection: the answer must be flushed);
+# a result whose close() fails (after the answer).
 APPS = {
     "plain": {},
     "engineio": {"answer": ("200 OK", [("Content-Type", "text/plain; charset=UTF-8"),
@@ -161,6 +170,7 @@ APPS = {
     "fails": {"fail": True},
     "any-address": {"listen_on": "0.0.0.0"},  # the server's address is the connection's, not the listener's
     "eventlet-files": {},  # our protocol with eventlet's buffered files, as on a TLS connection
+    "failing-close": {"failing_close": True},
 }
 
 
