@@ -118,10 +118,30 @@ class EventConsumer(ConsumerProducerMixin):
         self.unsettled = set()  # a new channel numbers its deliveries from 1 again
 
     def on_connection_error(self, exc, interval):
-        """Log broker outages; kombu retries the connection."""
+        """Log broker outages; kombu retries the connection (unless the worker was asked to stop)."""
         log.warning("[WORKER] broker unavailable (%s); retrying in %.1fs", exc, interval)
         self.health.fail("broker", f"{exc.__class__.__name__}: {str(exc)[:200]}")
         metrics.worker_retries.labels("broker_unavailable").inc()
+        self.stop_if_asked()
+
+    @contextlib.contextmanager
+    def establish_connection(self):
+        """kombu's ``ConsumerMixin.establish_connection``, but a stop request ends the wait for
+        an unreachable broker within a second.
+
+        kombu retries the connection for as long as it takes (2, 4, 6, ... 30 s apart), and its
+        loop looks at ``should_stop`` only once connected: told to stop during a broker outage,
+        a worker went on retrying until it was killed (a supervisor's grace period; 15 s in
+        tests/faults/test_broker_cut_after_commit.py). ``StopRequested`` leaves ``run()``;
+        what the worker held unacknowledged is delivered again to another worker."""
+        with self.create_connection() as conn:
+            conn.ensure_connection(self.on_connection_error, self.connect_max_retries, callback=self.stop_if_asked)
+            yield conn
+
+    def stop_if_asked(self):
+        """Raise ``StopRequested`` when the worker was asked to stop."""
+        if self.should_stop:
+            raise StopRequested()
 
     def on_message(self, message):
         """Collect a message; ``on_iteration`` applies the batch."""
@@ -304,8 +324,7 @@ class EventConsumer(ConsumerProducerMixin):
         """Sleep, keeping the AMQP connection alive, and give up early when asked to stop."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.should_stop:
-                raise StopRequested()
+            self.stop_if_asked()
             if self.active_connection is not None:
                 # A dead broker connection is handled by kombu's reconnect later.
                 with contextlib.suppress(Exception):

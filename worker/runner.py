@@ -12,7 +12,7 @@ from campaigns.queues import declare_topology
 from config import secret_problems
 from extensions import db
 from factory import create_app, freeze_startup_objects
-from worker.consumer import EventConsumer
+from worker.consumer import EventConsumer, StopRequested
 from worker.emitter import message_queue_emitter
 from worker.failures import RETRY_REASONS
 from worker.health import WorkerHealth, serve_health
@@ -94,7 +94,11 @@ def main():
         signal.signal(signal.SIGINT, stop)
         log.info("[WORKER] started (batch %d, throttle %.1fs)", config["WORKER_BATCH_SIZE"], config["THROTTLE_SECONDS"])
         freeze_startup_objects()
-        consumer.run(safety_interval=DRAIN_TIMEOUT_SECONDS)
+        try:
+            consumer.run(safety_interval=DRAIN_TIMEOUT_SECONDS)
+        except StopRequested:  # asked to stop while the broker was unreachable
+            log.info("[WORKER] stopping without a broker: what was not acknowledged will be delivered again")
+            consumer.close_database()
         connection.release()
     log.info("[WORKER] stopped: %s", consumer.stats)
     return 0

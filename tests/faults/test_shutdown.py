@@ -9,9 +9,11 @@ import time
 from kombu import Connection
 
 from campaigns.queues import declare_topology
+from tests import support
 from tests.faults.helpers import (
     Ledger,
     SeqClient,
+    TcpProxy,
     applied_count,
     assert_exact,
     assert_in_order_without_gaps,
@@ -156,3 +158,26 @@ def test_sigterm_to_a_server_disconnects_its_clients_who_reconnect_to_another(st
         assert_in_order_without_gaps(client, stored)
         assert client.latest("move")["status"] == "completed"
         client.close()
+
+
+def test_sigterm_to_a_worker_whose_broker_is_unreachable_stops_it_cleanly(stack):
+    """kombu retries an unreachable broker for as long as it takes (2, 4, 6, ... 30 s apart) and
+    looks at the stop request only once connected: a worker stopped during a broker outage was
+    killed at the end of its grace period. It stops now (exit 0), and another worker carries on."""
+    tenant = stack.create_tenant()
+    proxy = TcpProxy(support.AMQP_HOST, support.AMQP_PORT).start()
+    try:
+        proxied = stack.broker_url.replace(f"{support.AMQP_HOST}:{support.AMQP_PORT}", proxy.url_host)
+        worker = stack.start_worker(BROKER_URL=proxied, SOCKETIO_MESSAGE_QUEUE_URL=stack.broker_url)
+        proxy.cut()
+        wait_until(lambda: "broker unavailable" in worker.log(), 30, 0.05, f"the outage seen\n{worker.log()[-3000:]}")
+        code, _, _ = stop_with_sigterm(worker, EXIT_LIMIT)
+    finally:
+        proxy.close()
+    assert code == 0, worker.log()[-3000:]
+    assert "stopping without a broker" in worker.log(), worker.log()[-3000:]
+    # The queue and the database are as they were: another worker applies what is published.
+    stack.start_worker()
+    with stack.publisher() as publisher:
+        publisher.publish(event(tenant, "after-outage", "campaign_started", name="After", total_messages=1))
+    wait_until(lambda: stack.campaign(tenant, "after-outage") is not None, 30, 0.1, "the campaign applied")
