@@ -91,8 +91,12 @@ $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund
 	cat $(JS_DIR)/package.json $(JS_DIR)/package-lock.json | sha256sum | cut -d' ' -f1 > $@
 
+# The suite starts many servers, workers and child processes: with PYTHONDONTWRITEBYTECODE set
+# (as in CI's environment) each compiled the project's modules again (`import app`: 1.7 s, 1.35 s
+# with them compiled); compiled once here, they are read from __pycache__ (ignored by git).
 test: $(TEST_DEPS)
 	$(MAKE) --no-print-directory lint
+	$(PY) -m compileall -q -x '(\.venv|node_modules|\.git)/' .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Full runs, one after the other (they share the machine's cores): about 20 minutes. A --quick
