@@ -138,6 +138,12 @@ class EventConsumer(ConsumerProducerMixin):
             conn.ensure_connection(self.on_connection_error, self.connect_max_retries, callback=self.stop_if_asked)
             yield conn
 
+    def on_dead_letter_retry(self, exc, interval):
+        """Between two attempts to publish a dead letter: log, and give up when asked to stop
+        (kombu's publish retries for as long as the broker is away, and never looks otherwise)."""
+        log.warning("[WORKER] dead-lettering: broker unavailable (%s); retrying in %.1fs", exc, interval)
+        self.stop_if_asked()
+
     def stop_if_asked(self):
         """Raise ``StopRequested`` when the worker was asked to stop."""
         if self.should_stop:
@@ -515,10 +521,11 @@ class EventConsumer(ConsumerProducerMixin):
                 content_type=message.content_type or "application/octet-stream",
                 content_encoding="binary",
                 retry=True,
-                retry_policy={"max_retries": None, "interval_start": 0.5, "interval_max": 5},
+                retry_policy={"max_retries": None, "interval_start": 0.5, "interval_max": 5,
+                              "errback": self.on_dead_letter_retry},
             )
-        except self.connection.connection_errors:
-            raise
+        except (StopRequested, *self.connection.connection_errors):
+            raise  # unacknowledged, the message is delivered again
         except Exception:
             log.exception("[WORKER] could not dead-letter a message (%s); rejecting it instead", reason)
             message.reject(requeue=False)

@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import time
+from types import SimpleNamespace
 
+import pytest
 from kombu import Connection
 
 from campaigns.queues import declare_topology
@@ -28,6 +30,7 @@ from tests.faults.helpers import (
     wait_applied,
 )
 from tests.support import event, wait_until
+from worker.consumer import EventConsumer, StopRequested
 
 BACKLOG = 3000
 THROTTLE_SECONDS = 10  # long enough for a merged update to be pending when SIGTERM comes
@@ -181,3 +184,30 @@ def test_sigterm_to_a_worker_whose_broker_is_unreachable_stops_it_cleanly(stack)
     with stack.publisher() as publisher:
         publisher.publish(event(tenant, "after-outage", "campaign_started", name="After", total_messages=1))
     wait_until(lambda: stack.campaign(tenant, "after-outage") is not None, 30, 0.1, "the campaign applied")
+
+
+def test_a_worker_asked_to_stop_while_dead_lettering_into_an_outage_leaves_the_message_unacknowledged():
+    """kombu's publish retries for as long as the broker is away; between two attempts the worker
+    now looks at its stop request, and the message it could not move stays unacknowledged (it is
+    delivered again), neither acknowledged nor rejected."""
+    settled = []
+
+    class Producer:
+        def publish(self, body, retry_policy, **options):
+            retry_policy["errback"](ConnectionRefusedError(111, "Connection refused"), 0.5)  # kombu, on a failure
+            raise AssertionError("the worker went on retrying although asked to stop")
+
+    class Worker(EventConsumer):
+        producer = property(lambda self: Producer())
+
+    worker = Worker.__new__(Worker)
+    worker.connection = SimpleNamespace(connection_errors=(ConnectionError,))
+    worker.should_stop, worker.unsettled, worker.stats = True, {1}, {"dead_lettered": 0}
+    message = SimpleNamespace(
+        delivery_tag=1, delivery_info={"routing_key": "t.bad", "exchange": ""}, headers={}, body=b"{",
+        content_type="application/json", ack=lambda: settled.append("ack"),
+        reject=lambda requeue: settled.append("reject"),
+    )
+    with pytest.raises(StopRequested):
+        worker.dead_letter(message, "invalid_json")
+    assert settled == [] and worker.unsettled == {1} and worker.stats["dead_lettered"] == 0
