@@ -127,7 +127,8 @@ class EventConsumer(ConsumerProducerMixin):
     @contextlib.contextmanager
     def establish_connection(self):
         """kombu's ``ConsumerMixin.establish_connection``, but a stop request ends the wait for
-        an unreachable broker within a second.
+        an unreachable broker within a second (plus the connect attempt in progress: up to
+        kombu's connect timeout, 5 s by default, when the broker's packets are dropped).
 
         kombu retries the connection for as long as it takes (2, 4, 6, ... 30 s apart), and its
         loop looks at ``should_stop`` only once connected: told to stop during a broker outage,
