@@ -47,33 +47,35 @@ def lean_request(headers):
 
 
 def connection_environ(protocol):
-    """A new copy of the part of the environ that is the same for every request of this connection.
+    """A new environ holding what is the same for every request of this connection.
 
     The server's part is built once per server (eventlet's ``Server.get_environ`` looks for
-    ``do_handshake`` on the listening socket each time, an AttributeError raised and caught), and
-    the server's address once per server too when it listens on one address (an accepted
-    connection's local address is then always the listener's); otherwise once per connection."""
-    base = getattr(protocol, "connection_environ", None)
-    if base is None:
-        server = protocol.server
-        server_base = getattr(server, "lean_environ", None)
-        if server_base is None:
-            # Our keys after the server's ``environ=`` option, which they override as in eventlet.
-            server_base = server.get_environ()
-            server_base.update(SCRIPT_NAME="", SERVER_PROTOCOL="HTTP/1.0", GATEWAY_INTERFACE="CGI/1.1")
-            listening_host, listening_port = addr_to_host_port(server.address)
-            server.lean_fixed_address = listening_host not in WILDCARD_HOSTS and isinstance(listening_port, int)
-            if server.lean_fixed_address:
-                server_base.update(SERVER_NAME=listening_host, SERVER_PORT=str(listening_port))
-            server.lean_environ = server_base
-        base = dict(server_base)
-        if not server.lean_fixed_address:
-            server_host, server_port = addr_to_host_port(protocol.request.getsockname())
-            base.update(SERVER_NAME=server_host, SERVER_PORT=str(server_port))
+    ``do_handshake`` on the listening socket each time, an AttributeError raised and caught), the
+    connection's addresses once per connection; a request copies the server's part once (a Node
+    polling client makes one request per connection). The server's own address is looked up per
+    connection only when it listens on every address (then it is the address the client reached)."""
+    server = protocol.server
+    server_base = getattr(server, "lean_environ", None)
+    if server_base is None:
+        # Our keys after the server's ``environ=`` option, which they override as in eventlet.
+        server_base = server.get_environ()
+        server_base.update(SCRIPT_NAME="", SERVER_PROTOCOL="HTTP/1.0", GATEWAY_INTERFACE="CGI/1.1")
+        host, port = addr_to_host_port(server.address)
+        if host not in WILDCARD_HOSTS and isinstance(port, int):
+            server_base.update(SERVER_NAME=host, SERVER_PORT=str(port))
+        else:
+            server_base.pop("SERVER_NAME", None)  # per connection (a caller's environ= cannot stand in)
+        server.lean_environ = server_base
+    addresses = getattr(protocol, "connection_addresses", None)
+    if addresses is None:
         client_host, client_port = addr_to_host_port(protocol.client_address)
-        base.update(REMOTE_ADDR=client_host, REMOTE_PORT=str(client_port))
-        protocol.connection_environ = base
-    return dict(base)
+        addresses = protocol.connection_addresses = {"REMOTE_ADDR": client_host, "REMOTE_PORT": str(client_port)}
+        if "SERVER_NAME" not in server_base:
+            server_host, server_port = addr_to_host_port(protocol.request.getsockname())
+            addresses.update(SERVER_NAME=server_host, SERVER_PORT=str(server_port))
+    env = dict(server_base)
+    env.update(addresses)
+    return env
 
 
 def lean_environ(protocol):

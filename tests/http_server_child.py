@@ -169,6 +169,8 @@ APPS = {
     "body-unread": {"read_body": False},
     "fails": {"fail": True},
     "any-address": {"listen_on": "0.0.0.0"},  # the server's address is the connection's, not the listener's
+    # A server's environ= option: its keys are kept, but the addresses are the connection's.
+    "caller-environ": {"listen_on": "0.0.0.0", "server_environ": {"SERVER_NAME": "configured", "X_EXTRA": "1"}},
     "eventlet-files": {},  # our protocol with eventlet's buffered files, as on a TLS connection
     "failing-close": {"failing_close": True},
 }
@@ -182,8 +184,9 @@ def parsed_alike():
     def serve(protocol, app_options):
         seen, app_options = [], dict(app_options)
         listener = eventlet.listen((app_options.pop("listen_on", "127.0.0.1"), 0))
-        server = eventlet.spawn(wsgi.server, listener, recording_app(seen, **app_options), log_output=False,
-                                protocol=protocol, debug=False)
+        server_environ = app_options.pop("server_environ", None)
+        server = eventlet.spawn(wsgi.server, listener, recording_app(seen, **app_options), environ=server_environ,
+                                log_output=False, protocol=protocol, debug=False)
         results, address = [], ("127.0.0.1", listener.getsockname()[1])
         for raw in RAW_REQUESTS:
             client = socket.create_connection(address, timeout=5)
