@@ -342,11 +342,16 @@ def serve(app, host, port, backlog, nodelay=True, idle_timeout=None, **options):
     ``idle_timeout``: seconds a connection may keep the server waiting on its socket (a request
     that never ends, a keep-alive connection with no next request). eventlet's default is never:
     ``max_size`` clients that open a request and stop would hold every slot of the server.
-    A websocket gets python-engineio's own timeout once upgraded."""
+    A websocket gets python-engineio's own timeout once upgraded. The timeout is eventlet's, per
+    socket operation: a client that trickles a byte every few seconds is not bounded by it (the
+    proxy in front is: ``client_header_timeout`` / ``client_body_timeout`` of deploy/nginx.conf).
+
+    ``debug=False``: an application error answers a bare 500; eventlet's default sends the
+    Python traceback to the client."""
     from eventlet import wsgi
 
     listener = listen(host, port, backlog)
     log.info("[WEBSOCKET] listening with a backlog of %s, TCP_NODELAY %s, idle timeout %s s", backlog,
              "on" if nodelay else "off", idle_timeout)
-    wsgi.server(listener, app, log_output=False, socket_timeout=idle_timeout, keepalive=idle_timeout or True,
-                **server_options("eventlet", nodelay=nodelay), **options)
+    wsgi.server(listener, app, log_output=False, debug=False, socket_timeout=idle_timeout,
+                keepalive=idle_timeout or True, **server_options("eventlet", nodelay=nodelay), **options)

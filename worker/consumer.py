@@ -239,7 +239,10 @@ class EventConsumer(ConsumerProducerMixin):
         """On a clean stop: finish the batch in hand and deliver every pending merged update."""
         try:
             if self.batch:
-                self.process_batch()
+                # A stop while a dead letter waits for the broker (or the database fails): what is
+                # not acknowledged comes back; the merged updates below go all the same.
+                with contextlib.suppress(StopRequested):
+                    self.process_batch()
             self.run_task("emit_due_updates", lambda: self.emit_due_updates(force=True))
         except StopRequested:
             pass
