@@ -5,10 +5,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DataError
 
 from campaigns.events import validate_event
-from campaigns.ingest import TenantLocks, apply_batch, flush_due_updates, prune
+from campaigns.ingest import CAMPAIGN_STATE, TenantLocks, _load_campaigns, _save_campaigns, apply_batch, flush_due_updates, prune
 from campaigns.models import Campaign, CampaignUpdate, Tenant
 from campaigns.rules import window_phase
 from campaigns.timeutil import isoformat, utcnow
@@ -365,3 +366,43 @@ def test_the_windows_of_campaigns_started_together_fall_due_spread_out(db_sessio
     assert all(2.0 <= offset < 2.3 for offset in offsets), offsets
     assert offsets[-1] - offsets[0] >= 0.25, "spread over the phase range, not one burst"
     assert len(set(offsets)) >= 40
+
+
+def stored_text(session, campaign_id):
+    """Every column of a campaign as PostgreSQL prints it (JSON null and SQL NULL told apart)."""
+    columns = ", ".join(f"{name}::text" for name in CAMPAIGN_STATE)
+    return session.execute(text(f"SELECT {columns} FROM campaigns WHERE id = :id"), {"id": campaign_id}).one()
+
+
+def test_changed_campaigns_are_stored_as_an_update_per_row_stores_them(db_session, tenants):
+    """The batch's one UPDATE over arrays (PostgreSQL) writes what a row's own UPDATE writes."""
+    india = timezone(timedelta(hours=5, minutes=30))
+    values = [
+        {"name": 'quote \' "double" {brace} back\\slash, comma', "current_message": None, "last_error": None,
+         "failure_alert": None, "failure_window": None, "started_at": None, "version": 2**40},
+        {"name": "ünïcödé ✓", "current_message": "m-1", "last_error": "NULL", "failure_alert": {"a": [1, "x"]},
+         "failure_window": [], "started_at": datetime(2026, 11, 25, 17, 30, 0, 123456, tzinfo=india), "version": 0},
+        {"name": "", "current_message": "{}", "last_error": "multi\nline", "failure_alert": {},
+         "failure_window": [[1, 2], None], "started_at": T0, "version": 7},
+    ]
+    for prefix in ("batch", "row"):
+        for number in range(len(values)):
+            apply(db_session, [started(campaign=f"{prefix}-{number}")])
+    loaded = _load_campaigns(db_session, {("acme", f"batch-{number}") for number in range(len(values))})
+    batch = [loaded["acme", f"batch-{number}"] for number in range(len(values))]
+    for campaign_row, changes in zip(batch, values, strict=True):
+        for name, value in changes.items():
+            setattr(campaign_row, name, value)
+    _save_campaigns(db_session, [], batch)
+    table = Campaign.__table__
+    for number, changes in enumerate(values):
+        row = {name: getattr(batch[number], name) for name in CAMPAIGN_STATE}
+        db_session.execute(update(table).where(table.c.tenant_id == "acme", table.c.id == f"row-{number}").values(row))
+    db_session.commit()
+    for number in range(len(values)):
+        assert stored_text(db_session, f"batch-{number}") == stored_text(db_session, f"row-{number}")
+    # Too long for its column: refused, as a row's UPDATE refuses it (not cut to fit).
+    batch[0].name = "x" * 201
+    with pytest.raises(DataError):
+        _save_campaigns(db_session, [], batch)
+    db_session.rollback()
