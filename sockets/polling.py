@@ -66,7 +66,8 @@ def cap_polls(eio_socket, limit=MAX_PACKETS_PER_POLL):
 def may_be_python_engineio(environ):
     """True when the handshake's ``t`` is not a JavaScript-style yeast id (a float, or none):
     the client may be python-engineio's, which refuses more than 16 packets per response."""
-    stamp = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("t", [""])[0]
+    # The last one: python-engineio appends its own after any the caller put in the URL.
+    stamp = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("t", [""])[-1]
     return not stamp or not YEAST.fullmatch(stamp)
 
 

@@ -37,6 +37,7 @@ def test_a_burst_is_answered_in_polls_of_at_most_16_packets_in_order():
         ("EIO=4&transport=polling", MAX_PACKETS_PER_POLL),  # its timestamp_requests=False, or unknown
         ("EIO=4&transport=polling&t=", MAX_PACKETS_PER_POLL),
         ("EIO=4&transport=polling&t=1.5e9", MAX_PACKETS_PER_POLL),
+        ("t=PZq3Xa_&EIO=4&transport=polling&t=1764650000.25", MAX_PACKETS_PER_POLL),  # the caller's t, then its own
         ("EIO=4&transport=polling&t=oc1a2bx3k", 20),  # engine.io-client 6 (randomString)
         ("EIO=4&transport=polling&t=PZq3Xa_-", 20),  # yeast (Java, older JavaScript clients)
     ],

@@ -10,12 +10,12 @@ from worker.consumer import EventConsumer
 LINGER = 0.05
 
 
-def consumer(batch, started, last_batch_at, more_ready=False, catching_up=False):
+def consumer(batch, started, last_batch_at, more_ready=False):
     """An ``EventConsumer`` holding ``batch`` (routing keys), for its batching decision only."""
     worker = EventConsumer.__new__(EventConsumer)
     worker.batch, worker.batch_has_status = [], False
     worker.batch_size, worker.linger, worker.last_batch_at = 500, LINGER, last_batch_at
-    worker.unsettled, worker.catching_up = set(), catching_up
+    worker.unsettled = set()
     for number, routing_key in enumerate(batch):
         worker.on_message(SimpleNamespace(delivery_tag=number, delivery_info={"routing_key": routing_key}))
     worker.batch_started = started
@@ -29,29 +29,9 @@ def test_progress_waits_while_the_stream_is_steady_and_a_status_event_goes_at_on
     assert consumer(["t.message_sent"] * 3, **steady).batch_due(10.0 + LINGER)  # waited long enough
     assert consumer(["t.message_sent", "t.campaign_paused"], **steady).batch_due(10.01)
     assert consumer(["bad routing key"], **steady).batch_due(10.01)  # unknown: treated as urgent
-    # A lone event after a quiet spell goes at once.
+    # A lone event after a quiet spell goes at once; while more is ready, even a status waits.
     assert consumer(["t.message_sent"], started=10.0, last_batch_at=5.0).batch_due(10.001)
-    # A status does not wait for what the broker has ready behind it, progress does...
-    assert consumer(["t.message_sent", "t.campaign_paused"], **steady, more_ready=True).batch_due(10.001)
-    assert not consumer(["t.message_sent"] * 2, started=10.0, last_batch_at=5.0, more_ready=True).batch_due(10.001)
-    # ... unless a backlog is being read (the last batch went full): then even a status fills the batch.
-    assert not consumer(["t.campaign_paused"], **steady, more_ready=True, catching_up=True).batch_due(10.01)
-
-
-def test_the_batch_after_a_full_one_is_read_as_a_backlog():
-    worker = consumer(["t.message_sent"] * 2, started=10.0, last_batch_at=9.99)
-    worker.batch_size, worker.next_due_check, worker.next_prune = 2, float("inf"), float("inf")
-    worker.throttle_summary = SimpleNamespace(maybe_log=lambda: None)
-    applied = []
-    worker.process_batch = lambda: applied.append(worker.batch) or setattr(worker, "batch", [])
-    worker.on_iteration()
-    assert applied and worker.catching_up
-    worker.on_message(SimpleNamespace(delivery_tag=9, delivery_info={"routing_key": "t.message_sent"}))
-    worker.on_iteration()  # not full, not due
-    assert len(applied) == 1
-    worker.batch_started = 0.0  # waited past the linger
-    worker.on_iteration()
-    assert len(applied) == 2 and not worker.catching_up
+    assert not consumer(["t.campaign_paused"], **steady, more_ready=True).batch_due(10.01)
 
 
 def test_a_steady_stream_of_progress_is_applied_in_few_transactions(database, vhost, tmp_path):

@@ -79,7 +79,6 @@ class EventConsumer(ConsumerProducerMixin):
         self.batch_started = 0.0
         self.batch_has_status = False
         self.last_batch_at = float("-inf")
-        self.catching_up = False  # the last batch was applied full: a backlog is being read
         self.next_due_check = 0.0
         self.next_prune = time.monotonic() + 1.0
         self.active_connection = None
@@ -169,7 +168,6 @@ class EventConsumer(ConsumerProducerMixin):
         # must not leave without the event waiting here (its window would restart without it).
         if self.batch and (self.batch_due(now) or now >= self.next_due_check):
             self.last_batch_at = now
-            self.catching_up = len(self.batch) >= self.batch_size
             self.process_batch()
         if now >= self.next_due_check:
             more_due = self.run_task("emit_due_updates", self.emit_due_updates)
@@ -205,11 +203,10 @@ class EventConsumer(ConsumerProducerMixin):
         """True when the batch in hand should be applied now.
 
         - A full batch, or one that waited ``WORKER_BATCH_LINGER_MS``, goes.
-        - A batch with a status event goes at once (a status is never throttled: every ms it
-          waits here, the user waits), unless a backlog is being read (the last batch went
-          full): then it keeps filling while the broker has more ready, so a catch-up is
-          applied in large batches whatever the share of status events.
-        - While the broker has more bytes ready, the batch keeps filling.
+        - While the broker has more bytes ready, the batch keeps filling (a backlog is applied
+          in large batches).
+        - Then a batch with a status event goes at once: it is never throttled, and waiting
+          gains it nothing.
         - Progress events wait for more while the stream is steady (this batch began within the
           linger of the previous one): at 1,000 events/s that makes ~20 transactions a second
           instead of one per few events, and costs nothing the user sees, since progress is
@@ -219,8 +216,6 @@ class EventConsumer(ConsumerProducerMixin):
           ``DRAIN_TIMEOUT_SECONDS``, after the event.)
         """
         if len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger:
-            return True
-        if self.batch_has_status and not self.catching_up:
             return True
         if self.more_ready():
             return False
