@@ -9,7 +9,15 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DataError
 
 from campaigns.events import validate_event
-from campaigns.ingest import CAMPAIGN_STATE, TenantLocks, _load_campaigns, _save_campaigns, apply_batch, flush_due_updates, prune
+from campaigns.ingest import (
+    CAMPAIGN_STATE,
+    TenantLocks,
+    _load_campaigns,
+    _save_campaigns,
+    apply_batch,
+    flush_due_updates,
+    prune,
+)
 from campaigns.models import Campaign, CampaignUpdate, Tenant
 from campaigns.rules import window_phase
 from campaigns.timeutil import isoformat, utcnow
@@ -378,12 +386,33 @@ def test_changed_campaigns_are_stored_as_an_update_per_row_stores_them(db_sessio
     """The batch's one UPDATE over arrays (PostgreSQL) writes what a row's own UPDATE writes."""
     india = timezone(timedelta(hours=5, minutes=30))
     values = [
-        {"name": 'quote \' "double" {brace} back\\slash, comma', "current_message": None, "last_error": None,
-         "failure_alert": None, "failure_window": None, "started_at": None, "version": 2**40},
-        {"name": "ünïcödé ✓", "current_message": "m-1", "last_error": "NULL", "failure_alert": {"a": [1, "x"]},
-         "failure_window": [], "started_at": datetime(2026, 11, 25, 17, 30, 0, 123456, tzinfo=india), "version": 0},
-        {"name": "", "current_message": "{}", "last_error": "multi\nline", "failure_alert": {},
-         "failure_window": [[1, 2], None], "started_at": T0, "version": 7},
+        {
+            "name": 'quote \' "double" {brace} back\\slash, comma',
+            "current_message": None,
+            "last_error": None,
+            "failure_alert": None,
+            "failure_window": None,
+            "started_at": None,
+            "version": 2**40,
+        },
+        {
+            "name": "ünïcödé ✓",
+            "current_message": "m-1",
+            "last_error": "NULL",
+            "failure_alert": {"a": [1, "x"]},
+            "failure_window": [],
+            "started_at": datetime(2026, 11, 25, 17, 30, 0, 123456, tzinfo=india),
+            "version": 0,
+        },
+        {
+            "name": "",
+            "current_message": "{}",
+            "last_error": "multi\nline",
+            "failure_alert": {},
+            "failure_window": [[1, 2], None],
+            "started_at": T0,
+            "version": 7,
+        },
     ]
     for prefix in ("batch", "row"):
         for number in range(len(values)):
@@ -395,8 +424,8 @@ def test_changed_campaigns_are_stored_as_an_update_per_row_stores_them(db_sessio
             setattr(campaign_row, name, value)
     _save_campaigns(db_session, [], batch)
     table = Campaign.__table__
-    for number, changes in enumerate(values):
-        row = {name: getattr(batch[number], name) for name in CAMPAIGN_STATE}
+    for number, campaign_row in enumerate(batch):
+        row = {name: getattr(campaign_row, name) for name in CAMPAIGN_STATE}
         db_session.execute(update(table).where(table.c.tenant_id == "acme", table.c.id == f"row-{number}").values(row))
     db_session.commit()
     for number in range(len(values)):
