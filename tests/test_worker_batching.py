@@ -1,16 +1,18 @@
 """The worker's adaptive batches (worker/consumer.py ``batch_due``): progress waits for more while
-the stream is steady, a status event ends the wait, a lone event goes at once."""
+the stream is steady, a status event ends the batch at once (in a backlog, once nothing more is
+ready), a lone event goes at once."""
 
+import socket
 from types import SimpleNamespace
 
 from tests import support
 from tests.support import event, wait_until
-from worker.consumer import EventConsumer
+from worker.consumer import BACKLOG_BYTES, EventConsumer
 
 LINGER = 0.05
 
 
-def consumer(batch, started, last_batch_at, more_ready=False):
+def consumer(batch, started, last_batch_at, more_ready=False, backlog=False):
     """An ``EventConsumer`` holding ``batch`` (routing keys), for its batching decision only."""
     worker = EventConsumer.__new__(EventConsumer)
     worker.batch, worker.batch_has_status = [], False
@@ -20,6 +22,7 @@ def consumer(batch, started, last_batch_at, more_ready=False):
         worker.on_message(SimpleNamespace(delivery_tag=number, delivery_info={"routing_key": routing_key}))
     worker.batch_started = started
     worker.more_ready = lambda: more_ready
+    worker.reading_backlog = lambda: backlog
     return worker
 
 
@@ -29,9 +32,44 @@ def test_progress_waits_while_the_stream_is_steady_and_a_status_event_goes_at_on
     assert consumer(["t.message_sent"] * 3, **steady).batch_due(10.0 + LINGER)  # waited long enough
     assert consumer(["t.message_sent", "t.campaign_paused"], **steady).batch_due(10.01)
     assert consumer(["bad routing key"], **steady).batch_due(10.01)  # unknown: treated as urgent
-    # A lone event after a quiet spell goes at once; while more is ready, even a status waits.
+    # A lone event after a quiet spell goes at once.
     assert consumer(["t.message_sent"], started=10.0, last_batch_at=5.0).batch_due(10.001)
-    assert not consumer(["t.campaign_paused"], **steady, more_ready=True).batch_due(10.01)
+    # A status does not wait for what the broker has ready behind it; progress does...
+    assert consumer(["t.message_sent", "t.campaign_paused"], **steady, more_ready=True).batch_due(10.001)
+    assert not consumer(["t.message_sent"] * 2, started=10.0, last_batch_at=5.0, more_ready=True).batch_due(10.001)
+    # ... unless a backlog is being read: then even a status fills the batch while more is ready.
+    assert not consumer(["t.campaign_paused"], **steady, more_ready=True, backlog=True).batch_due(10.01)
+    assert consumer(["t.campaign_paused"], **steady, backlog=True).batch_due(10.01)
+
+
+def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_worker_catches_up():
+    worker = EventConsumer.__new__(EventConsumer)
+    worker.backlog = False
+    broker_side, worker_side = socket.socketpair()
+    try:
+        worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=worker_side))
+        assert not worker.reading_backlog()
+        broker_side.sendall(b"x" * 2000)  # a few events arrived during a transaction
+        assert not worker.reading_backlog()
+        broker_side.sendall(b"x" * BACKLOG_BYTES)  # the prefetch window filling up
+        assert worker.reading_backlog()
+        worker_side.recv(BACKLOG_BYTES)
+        assert worker.reading_backlog()  # a dip in the socket's buffer does not end it
+    finally:
+        broker_side.close()
+        worker_side.close()
+    worker.active_connection, worker.backlog = None, False
+    assert worker.reading_backlog()  # the demo's in-memory transport: its backlog cannot be seen
+
+
+def test_the_backlog_ends_with_a_batch_applied_while_nothing_more_is_ready():
+    for more_ready, still_backlog in ((True, True), (False, False)):
+        worker = consumer(["t.message_sent"] * 2, started=0.0, last_batch_at=-1.0, more_ready=more_ready)
+        worker.backlog, worker.next_due_check, worker.next_prune = True, float("inf"), float("inf")
+        worker.throttle_summary = SimpleNamespace(maybe_log=lambda: None)
+        worker.process_batch = lambda worker=worker: setattr(worker, "batch", [])
+        worker.on_iteration()  # older than the linger: applied
+        assert not worker.batch and worker.backlog is still_backlog
 
 
 def test_a_steady_stream_of_progress_is_applied_in_few_transactions(database, vhost, tmp_path):

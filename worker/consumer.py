@@ -13,8 +13,11 @@ back before the error goes on to kombu's reconnection.
 """
 
 import contextlib
+import fcntl
 import logging
 import select
+import struct
+import termios
 import time
 
 from kombu.mixins import ConsumerProducerMixin
@@ -45,6 +48,11 @@ MAX_BACKOFF_SECONDS = 2.0
 TASK_RETRY_SECONDS = 5.0
 # Between two chunks of a history backlog: the loop applies events in between.
 PRUNE_CHUNK_PAUSE_SECONDS = 0.2
+# A status event ends its batch at once unless the broker has already sent this much that the
+# worker has not read: a backlog (the broker keeps up to the prefetch, ~1,000 events of ~400
+# bytes, coming), applied in large batches whatever its share of status events. Live at 1,000
+# events/s, what arrives during a 50 ms transaction is ~20 KB.
+BACKLOG_BYTES = 64 * 1024
 
 
 class StopRequested(Exception):
@@ -79,6 +87,7 @@ class EventConsumer(ConsumerProducerMixin):
         self.batch_started = 0.0
         self.batch_has_status = False
         self.last_batch_at = float("-inf")
+        self.backlog = False  # reading_backlog
         self.next_due_check = 0.0
         self.next_prune = time.monotonic() + 1.0
         self.active_connection = None
@@ -115,6 +124,7 @@ class EventConsumer(ConsumerProducerMixin):
             log.warning("[WORKER] dropping %d unacknowledged messages of a lost connection", len(self.batch))
         self.batch = []
         self.batch_has_status = False
+        self.backlog = False
         self.unsettled = set()  # a new channel numbers its deliveries from 1 again
 
     def on_connection_error(self, exc, interval):
@@ -169,6 +179,8 @@ class EventConsumer(ConsumerProducerMixin):
         if self.batch and (self.batch_due(now) or now >= self.next_due_check):
             self.last_batch_at = now
             self.process_batch()
+            if self.backlog and not self.more_ready():
+                self.backlog = False  # caught up
         if now >= self.next_due_check:
             more_due = self.run_task("emit_due_updates", self.emit_due_updates)
             if more_due is None:
@@ -203,10 +215,11 @@ class EventConsumer(ConsumerProducerMixin):
         """True when the batch in hand should be applied now.
 
         - A full batch, or one that waited ``WORKER_BATCH_LINGER_MS``, goes.
+        - A batch with a status event goes at once (a status is never throttled: each ms it
+          waits here, the user waits), unless a backlog is being read (``reading_backlog``).
         - While the broker has more bytes ready, the batch keeps filling (a backlog is applied
           in large batches).
-        - Then a batch with a status event goes at once: it is never throttled, and waiting
-          gains it nothing.
+        - Then a batch with a status event goes (in a backlog, once nothing more is ready).
         - Progress events wait for more while the stream is steady (this batch began within the
           linger of the previous one): at 1,000 events/s that makes ~20 transactions a second
           instead of one per few events, and costs nothing the user sees, since progress is
@@ -217,9 +230,38 @@ class EventConsumer(ConsumerProducerMixin):
         """
         if len(self.batch) >= self.batch_size or now - self.batch_started >= self.linger:
             return True
+        if self.batch_has_status and not self.reading_backlog():
+            return True
         if self.more_ready():
             return False
         return self.batch_has_status or self.batch_started - self.last_batch_at >= self.linger
+
+    def reading_backlog(self):
+        """True from the moment the broker has sent at least ``BACKLOG_BYTES`` we have not read
+        (the kernel's count, FIONREAD: py-amqp reads frame by frame, nothing ahead) until a batch
+        is applied with nothing more ready (``on_iteration``); always on the demo's in-memory
+        transport, whose backlog cannot be seen.
+
+        Not the batches' sizes: with one status event in 50 events, each status ending its batch
+        kept every batch of a 30,000-event backlog at ~33 events (975 events/s, where batches
+        that fill made 2,349), and none went full to say it was a backlog. Nor the unread bytes
+        alone: the socket's receive buffer holds 64-128 KB in a backlog, and one look in many
+        below the threshold ended a batch (1,230 events/s)."""
+        if not self.backlog:
+            sock = self.broker_socket()
+            if sock is None:
+                self.backlog = True
+            else:
+                try:
+                    unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+                except (OSError, ValueError):
+                    unread = 0
+                self.backlog = unread >= BACKLOG_BYTES
+        return self.backlog
+
+    def broker_socket(self):
+        """The AMQP connection's socket, or None (the demo's in-memory transport, no connection)."""
+        return getattr(getattr(self.active_connection, "connection", None), "sock", None)
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
@@ -227,7 +269,7 @@ class EventConsumer(ConsumerProducerMixin):
         Under load this makes batches as large as the backlog allows (few transactions); when
         the stream pauses, the batch is applied at once instead of waiting for the linger.
         """
-        sock = getattr(getattr(self.active_connection, "connection", None), "sock", None)
+        sock = self.broker_socket()
         if sock is None:  # in-memory transport of the demo
             return True
         try:
