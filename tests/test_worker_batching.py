@@ -60,6 +60,9 @@ def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_wo
         worker_side.close()
     worker.active_connection, worker.backlog = None, False
     assert worker.reading_backlog()  # the demo's in-memory transport: its backlog cannot be seen
+    # TLS: what the socket decrypted and has not handed over is invisible to select and FIONREAD.
+    worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=SimpleNamespace(pending=lambda: 400)))
+    assert worker.more_ready()
 
 
 def test_the_backlog_ends_with_a_batch_applied_while_nothing_more_is_ready():
