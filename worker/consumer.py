@@ -63,6 +63,25 @@ def tls_pending(sock):
     return pending() if pending is not None else 0
 
 
+def unread_bytes(sock):
+    """Bytes the peer sent on ``sock`` that were not read yet (the kernel's FIONREAD, plus TLS);
+    0 when the socket cannot tell."""
+    try:
+        kernel = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+    return kernel + tls_pending(sock)
+
+
+def backlog_threshold(sock):
+    """``BACKLOG_BYTES``, or a quarter of the socket's receive buffer where that is less: kernels
+    that keep the window near half the buffer would never let 64 KB pile up in 128 KB."""
+    try:
+        return min(BACKLOG_BYTES, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4)
+    except (OSError, ValueError):
+        return BACKLOG_BYTES
+
+
 class StopRequested(Exception):
     """Raised inside a retry loop when the worker was asked to stop."""
 
@@ -257,17 +276,7 @@ class EventConsumer(ConsumerProducerMixin):
         below the threshold ended a batch (1,230 events/s)."""
         if not self.backlog:
             sock = self.broker_socket()
-            if sock is None:
-                self.backlog = True
-            else:
-                try:
-                    unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-                    # A quarter of the receive buffer where that is less: kernels that keep the
-                    # window near half the buffer would never let 64 KB pile up in 128 KB.
-                    threshold = min(BACKLOG_BYTES, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4)
-                except (OSError, ValueError):
-                    unread, threshold = 0, BACKLOG_BYTES
-                self.backlog = unread + tls_pending(sock) >= threshold
+            self.backlog = sock is None or unread_bytes(sock) >= backlog_threshold(sock)
         return self.backlog
 
     def broker_socket(self):
