@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from tests import support
 from tests.support import event, wait_until
-from worker.consumer import BACKLOG_BYTES, EventConsumer
+from worker.consumer import BACKLOG_BYTES, EventConsumer, StopRequested
 
 LINGER = 0.05
 
@@ -95,3 +95,19 @@ def test_a_steady_stream_of_progress_is_applied_in_few_transactions(database, vh
         # Applied whenever nothing more was ready (before adaptive batching): 54 transactions
         # measured here, 6 with it.
         assert transactions <= len(progress) / 10, transactions
+
+
+def test_a_stop_asked_while_a_batch_is_dead_lettered_leaves_the_loop_through_its_end():
+    """``StopRequested`` from a dead letter waiting for the broker stays inside ``on_iteration``:
+    kombu's loop then sees ``should_stop`` and ends through ``on_consume_end`` (its flush)."""
+    worker = consumer(["t.message_sent"] * 2, started=0.0, last_batch_at=-1.0)
+    worker.next_due_check, worker.next_prune, worker.backlog = float("inf"), float("inf"), False
+    worker.throttle_summary = SimpleNamespace(maybe_log=lambda: None)
+
+    def process_batch():
+        worker.batch = []
+        raise StopRequested()
+
+    worker.process_batch = process_batch
+    worker.on_iteration()  # does not raise
+    assert not worker.batch

@@ -205,7 +205,13 @@ class EventConsumer(ConsumerProducerMixin):
         # must not leave without the event waiting here (its window would restart without it).
         if self.batch and (self.batch_due(now) or now >= self.next_due_check):
             self.last_batch_at = now
-            self.process_batch()
+            try:
+                self.process_batch()
+            except StopRequested:
+                # Asked to stop while a dead letter waited for the broker: kombu's loop sees
+                # should_stop next and ends through on_consume_end (its flush, its cleanup),
+                # which an exception leaving consume() would skip. The message stays unacked.
+                return
             if self.backlog and not self.more_ready():
                 self.backlog = False  # caught up
         if now >= self.next_due_check:

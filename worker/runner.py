@@ -98,6 +98,9 @@ def main():
             consumer.run(safety_interval=DRAIN_TIMEOUT_SECONDS)
         except StopRequested:  # asked to stop while the broker was unreachable
             log.info("[WORKER] stopping without a broker: what was not acknowledged will be delivered again")
+        finally:
+            # Also when kombu's loop ended on a connection error after the stop was asked
+            # (``run`` returns then, and ``on_consume_end`` did not run).
             consumer.close_database()
         connection.release()
     log.info("[WORKER] stopped: %s", consumer.stats)
