@@ -11,6 +11,7 @@ campaigns and the updates. ``flush_due_updates`` emits the merged updates the ru
 scheduled (``emit_due_at``), once they fall due.
 """
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -79,11 +80,38 @@ class TenantLocks:
         return {tenant_id for tenant_id, exists in rows if exists}
 
     def release(self):
-        """Release every lock this connection holds."""
+        """Release every lock this connection holds (between two transactions of the session)."""
         if self.enabled and self.held:
-            self.session.execute(text("SELECT pg_advisory_unlock_all()"))
-            self.session.commit()
+            self.between_transactions("SELECT pg_advisory_unlock_all()")
             self.held = False
+
+    def confirm_held(self):
+        """Raise unless the session that took the locks is still there (between two transactions)."""
+        self.between_transactions("SELECT 1")
+
+    def between_transactions(self, sql):
+        """Run ``sql`` on the session's connection outside any transaction: one round trip.
+
+        Inside a transaction it would cost three: psycopg2 sends BEGIN and COMMIT as statements
+        of their own. Session-level advisory locks need no transaction, and after it the session
+        is idle, not "idle in transaction" (``idle_session_timeout`` keeps watching it). The
+        worker runs this after each batch's commit, on the way to the emit, and again after the
+        emit. Only between two of the session's transactions: raises if one is open.
+        """
+        connection = self.session.get_bind()
+        if connection.invalidated:  # SQLAlchemy would connect again: a new session holds no lock
+            raise RuntimeError("the session's connection was lost, and its locks with it")
+        if connection.in_transaction():
+            raise RuntimeError(f"{sql!r} needs the session between two transactions")
+        driver_connection = connection.connection.dbapi_connection
+        driver_connection.autocommit = True
+        try:
+            with driver_connection.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            # On a connection that just broke this raises too: the caller drops it anyway.
+            with contextlib.suppress(Exception):
+                driver_connection.autocommit = False
 
 
 def _dialect_insert(session, table):

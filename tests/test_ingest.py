@@ -332,6 +332,100 @@ def test_the_shutdown_flush_ends_while_other_workers_keep_applying(app, db_sessi
     assert emitted
 
 
+def test_tenant_locks_are_confirmed_and_released_outside_a_transaction(app, db_session, tenants):
+    """After a batch's commit the worker checks its session, emits, then releases its locks: each
+    one statement with no transaction around it (psycopg2 would add a BEGIN and a COMMIT, two
+    round trips more on the way to every emit), and each does what it says."""
+    import psycopg2
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from extensions import db
+
+    connection = db.engine.connect()
+    session = Session(bind=connection, expire_on_commit=False)
+    locks = TenantLocks(session)
+    apply_batch(session, [started()], utcnow(), 2.0, locks)
+    session.commit()
+    backend = session.scalar(text("SELECT pg_backend_pid()"))
+    session.commit()
+    lock_of_acme = "SELECT pg_try_advisory_lock(7281, hashtext('acme'))"
+    with db.engine.connect() as other:
+        assert other.scalar(text(lock_of_acme)) is False  # held by the worker's session
+        begun = []
+        event.listen(connection, "begin", lambda conn: begun.append(conn))
+        locks.confirm_held()
+        locks.release()
+        assert begun == []
+        driver_connection = connection.connection.dbapi_connection
+        assert driver_connection.autocommit is False  # the session's next batch is a transaction again
+        state = other.scalar(text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend})
+        assert state == "idle"  # not "idle in transaction": idle_session_timeout still applies
+        assert other.scalar(text(lock_of_acme)) is True
+        other.execute(text("SELECT pg_advisory_unlock_all()"))
+        other.commit()
+
+        # A statement that fails leaves the connection out of autocommit all the same.
+        with pytest.raises(psycopg2.Error):
+            locks.between_transactions("SELECT 1 / 0")
+        assert driver_connection.autocommit is False
+        assert session.scalar(text("SELECT 2")) == 2
+        session.rollback()
+
+        # Inside a transaction they would not run alone: refused, the transaction left as it was.
+        session.execute(text("SELECT 1"))
+        with pytest.raises(RuntimeError):
+            locks.confirm_held()
+        session.rollback()
+
+        # A session that is gone (idle_session_timeout, an operator) fails the check: no emit.
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        other.commit()
+    with pytest.raises(psycopg2.Error):
+        locks.confirm_held()
+    session.close()
+    connection.invalidate()
+    connection.close()
+
+
+def test_a_worker_whose_session_is_gone_after_its_commit_does_not_emit(app, db_session, tenants):
+    """Another worker may own the tenant's locks and have emitted later ``seq`` numbers: the
+    committed updates stay stored (clients replay them), none is emitted, the connection is dropped."""
+    from kombu import Connection
+
+    from extensions import db
+    from worker.consumer import EventConsumer
+
+    emitted = []
+
+    class Recorder:
+        def emit(self, event, payload, to=None):
+            emitted.append(payload)
+
+    consumer = EventConsumer(Connection("memory://"), db.engine, Recorder(), app.config)
+
+    def apply_one(event):
+        return consumer.in_transaction(lambda session: apply_batch(session, [event], utcnow(), 2.0, consumer.locks))
+
+    result = apply_one(started())
+    consumer.emit_under_locks(result.updates)
+    consumer.release_locks()
+    assert [payload["seq"] for payload in emitted] == [update["seq"] for update in result.updates] != []
+
+    result = apply_one(ev("campaign_paused"))
+    backend = consumer.session.scalar(text("SELECT pg_backend_pid()"))
+    consumer.session.commit()
+    db_session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    db_session.commit()
+    consumer.emit_under_locks(result.updates)
+    consumer.release_locks()
+    assert len(emitted) == 1
+    assert consumer.session is None  # dropped: the next batch opens a new session
+    stored = db_session.scalars(select(CampaignUpdate.seq).order_by(CampaignUpdate.seq)).all()
+    assert stored[-1] == result.updates[-1]["seq"]
+    consumer.close_database()
+
+
 def failed(i=0, **kw):
     return ev("message_failed", {"message_id": f"f{i}", "error": "number banned"}, **kw)
 

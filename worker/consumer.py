@@ -22,7 +22,6 @@ import termios
 import time
 
 from kombu.mixins import ConsumerProducerMixin
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from campaigns import metrics
@@ -516,15 +515,13 @@ class EventConsumer(ConsumerProducerMixin):
         ``idle_session_timeout``, an operator): another worker has then taken the tenants
         over and emitted later ``seq`` numbers. Emitting ours now would send a tenant's live
         updates out of order; they are stored, so clients get them by replay instead. One
-        round trip, only when there is something to emit.
+        round trip (outside a transaction), only when there is something to emit.
         """
         if not updates:
             return
         if self.locks is not None and self.locks.enabled and self.locks.held:
             try:
-                self.session.execute(text("SELECT 1"))
-                # Idle again, not "idle in transaction": idle_session_timeout keeps watching it.
-                self.session.commit()
+                self.locks.confirm_held()
             except Exception as exc:  # noqa: BLE001 - any failure: the session, and the locks, may be gone
                 log.warning(
                     "[WORKER] database session lost before emitting %d updates (%s); not emitting them out of "
