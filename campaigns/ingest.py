@@ -20,7 +20,7 @@ from datetime import timedelta
 from sqlalchemy import String, bindparam, delete, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from campaigns.models import AppliedEvent, Campaign, CampaignUpdate, Tenant
+from campaigns.models import AppliedEvent, Campaign, CampaignRow, CampaignUpdate, Tenant
 from campaigns.reason_counts import count_failures
 from campaigns.rules import DEFAULT_ALERT_RULE, CampaignRules
 from campaigns.timeutil import utcnow
@@ -166,15 +166,15 @@ def _record_new_events(session, events, now):
 def _load_campaigns(session, keys):
     """The campaigns with these ``(tenant_id, id)`` keys, locked for update, by key.
 
-    They are plain (transient) ``Campaign`` objects, outside the session: ``_save_campaigns``
-    writes them back in one statement, where the ORM's flush would send one UPDATE per
-    campaign whenever their changed columns differ.
+    They are plain ``CampaignRow`` objects, not the ORM's: ``_save_campaigns`` writes them back
+    in one statement, where the ORM's flush would send one UPDATE per campaign whenever their
+    changed columns differ.
     """
     if not keys:
         return {}
     table = Campaign.__table__
     query = select(table).where(tuple_(table.c.tenant_id, table.c.id).in_(sorted(keys))).with_for_update()
-    return {(row.tenant_id, row.id): Campaign(**row._mapping) for row in session.connection().execute(query)}
+    return {(row.tenant_id, row.id): CampaignRow.from_row(row) for row in session.connection().execute(query)}
 
 
 CAMPAIGN_KEY = ("tenant_id", "id")
@@ -283,7 +283,7 @@ def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=D
     for event in result.applied:
         key = (event.tenant_id, event.campaign_id)
         if key not in campaigns:
-            campaign = campaigns[key] = Campaign.new(event.tenant_id, event.campaign_id)
+            campaign = campaigns[key] = CampaignRow.new(event.tenant_id, event.campaign_id)
             campaign.created_at = now
             created.append(campaign)
     decisions = CampaignRules(throttle_seconds, alert_rule).apply(campaigns, result.applied, now)
@@ -330,7 +330,7 @@ def flush_due_updates(session, now, locks=None, force=False):
         .where(key.in_([(row.tenant_id, row.id) for row in rows]))
         .values(emit_due_at=None, last_emitted_at=now)
     )
-    emissions = [(row.tenant_id, row.last_event_type, Campaign(**row._mapping).to_dict()) for row in rows]
+    emissions = [(row.tenant_id, row.last_event_type, CampaignRow.from_row(row).to_dict()) for row in rows]
     return store_updates(session, emissions, now)
 
 

@@ -4,7 +4,7 @@ import itertools
 from datetime import datetime, timedelta, timezone
 
 from campaigns.events import CampaignEvent
-from campaigns.models import Campaign
+from campaigns.models import Campaign, CampaignRow
 from campaigns.rules import (
     WINDOW_PHASE_SPREAD_SECONDS,
     CampaignRules,
@@ -83,11 +83,11 @@ def failed(count=1):
     return [event("message_failed", {"message_id": f"m{next(EVENT_IDS)}", "error": "banned"}) for _ in range(count)]
 
 
-def batch(campaigns, events, now, rule=RULE):
+def batch(campaigns, events, now, rule=RULE, kind=CampaignRow):
     """Apply one batch to ``campaigns`` (created on first sight, as ingest does) and decide."""
     for item in events:
         key = (item.tenant_id, item.campaign_id)
-        campaigns.setdefault(key, Campaign.new(*key))
+        campaigns.setdefault(key, kind.new(*key))
     return CampaignRules(THROTTLE, rule).apply(campaigns, events, now)
 
 
@@ -216,3 +216,27 @@ def test_next_message_starting_is_progress_but_not_counted_by_the_alert():
     decisions = batch(campaigns, starting, NOW, rule=FailureAlertRule(rate=0.0, min_messages=1))
     assert decisions.alerts_raised == 0 and campaigns[KEY].failure_window is None
     assert [kind for _, kind, _ in decisions.emissions] == ["next_message_starting"] and decisions.merged == 29
+
+
+def test_the_workers_plain_campaign_rows_behave_as_the_model_does():
+    """The worker applies events to ``CampaignRow`` objects; the API and the pages read ``Campaign``
+    models: the same events must leave both with the same columns and the same contract object."""
+    late = NOW - timedelta(minutes=5)
+    batches = [
+        [started(), *sent(3)],
+        [*failed(2), event("next_message_starting", {"message_id": "m-next"})],
+        [event("campaign_paused"), event("campaign_resumed", at=late), *sent(40), *failed(25)],
+        [event("campaign_resumed", at=NOW + timedelta(seconds=1)), *sent(2)],
+        [event("campaign_completed", at=NOW + timedelta(seconds=9)), *sent(1)],
+    ]
+    rows, models = {}, {}
+    for number, events in enumerate(batches):
+        now = NOW + timedelta(seconds=number * 1.5)
+        from_rows, from_models = batch(rows, events, now), batch(models, events, now, kind=Campaign)
+        assert from_rows.emissions == from_models.emissions
+        assert from_rows.merged == from_models.merged
+    row, model = rows[("acme", "bf")], models[("acme", "bf")]
+    columns = [column.name for column in Campaign.__table__.columns]
+    assert {name: getattr(row, name) for name in columns} == {name: getattr(model, name) for name in columns}
+    assert row.to_dict() == model.to_dict()
+    assert row.failure_alert is None and row.status == "completed" and row.sent == 46 and row.failed == 27
