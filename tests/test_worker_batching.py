@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 from tests import support
 from tests.support import event, wait_until
-from worker.consumer import BACKLOG_BYTES, EventConsumer, StopRequested
+from worker.broker_reads import READ_AHEAD_BYTES, buffered_bytes, read_ahead
+from worker.consumer import BACKLOG_BYTES, EventConsumer, StopRequested, backlog_threshold, unread_bytes
 
 LINGER = 0.05
 
@@ -63,6 +64,56 @@ def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_wo
     # TLS: what the socket decrypted and has not handed over is invisible to select and FIONREAD.
     worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=SimpleNamespace(pending=lambda: 400)))
     assert worker.more_ready()
+
+
+def test_bytes_read_ahead_count_as_ready_and_toward_a_backlog():
+    """What py-amqp holds in its read buffer is invisible to select() and FIONREAD."""
+    worker = EventConsumer.__new__(EventConsumer)
+    worker.backlog = False
+    broker_side, worker_side = socket.socketpair()
+    try:
+        transport = SimpleNamespace(_read_buffer=b"")
+        worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=worker_side, transport=transport))
+        assert not worker.more_ready()
+        transport._read_buffer = b"x" * 300  # a message read ahead, the kernel's buffer empty
+        assert worker.more_ready()
+        broker_side.sendall(b"x" * (backlog_threshold(worker_side) - 1000))
+        assert not worker.reading_backlog()
+        transport._read_buffer = b"x" * 2000
+        assert worker.reading_backlog()
+    finally:
+        broker_side.close()
+        worker_side.close()
+
+
+def test_read_ahead_takes_several_messages_in_one_read_and_delivers_each_in_order(vhost):
+    """The py-amqp internals ``worker/broker_reads.py`` relies on, on a real connection: one
+    read takes what the kernel holds, and the messages come out of the read buffer one by one."""
+    import amqp
+
+    with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest", virtual_host=vhost) as connection:
+        channel = connection.channel()
+        queue, _, _ = channel.queue_declare(exclusive=True)
+        bodies = [f"message {number:02} ".encode() * 20 for number in range(30)]
+        for body in bodies:
+            channel.basic_publish(amqp.Message(body), routing_key=queue)
+        wait_until(lambda: channel.queue_declare(queue, passive=True).message_count == len(bodies), 10)
+        sizes, received = [], []
+        recv = connection.transport._quick_recv
+        connection.transport._quick_recv = lambda wanted: sizes.append(wanted) or recv(wanted)
+        assert read_ahead(connection)
+        channel.basic_consume(queue, callback=lambda message: received.append(message.body), no_ack=True)
+        # Every body has arrived (basic_consume read its reply, and what came with it, ahead).
+        total = sum(len(body) for body in bodies)
+        arrived = lambda: unread_bytes(connection.sock) + buffered_bytes(connection) >= total  # noqa: E731
+        wait_until(arrived, 10, message="the deliveries in the socket")
+        connection.drain_events(timeout=5)
+        assert buffered_bytes(connection) > 0  # the next messages, read ahead
+        while len(received) < len(bodies):
+            connection.drain_events(timeout=5)
+        assert received == bodies
+        assert sizes and min(sizes) >= READ_AHEAD_BYTES
+        assert len(sizes) < len(bodies) / 3, sizes  # py-amqp alone: six reads per message
 
 
 def test_the_backlog_ends_with_a_batch_applied_while_nothing_more_is_ready():

@@ -32,6 +32,7 @@ from campaigns.queues import DEAD_LETTER_QUEUE, REJECTION_HEADER, dead_letter_qu
 from campaigns.rules import FailureAlertRule
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
+from worker.broker_reads import buffered_bytes, read_ahead
 from worker.failures import caused_by_event, describe, retry_reason
 from worker.health import WorkerHealth
 from worker.throttle_log import ThrottleSummary
@@ -141,6 +142,7 @@ class EventConsumer(ConsumerProducerMixin):
     def on_consume_ready(self, connection, channel, consumers, **kwargs):
         """Remember the live connection (for heartbeats while waiting on the database)."""
         self.active_connection = connection
+        read_ahead(connection.connection)
         self.health.ok("broker")
         log.info("[WORKER] consuming from %s", self.queue.name)
 
@@ -281,12 +283,16 @@ class EventConsumer(ConsumerProducerMixin):
         below the threshold ended a batch (1,230 events/s)."""
         if not self.backlog:
             sock = self.broker_socket()
-            self.backlog = sock is None or unread_bytes(sock) >= backlog_threshold(sock)
+            self.backlog = sock is None or self.unread_broker_bytes(sock) >= backlog_threshold(sock)
         return self.backlog
 
     def broker_socket(self):
         """The AMQP connection's socket, or None (the demo's in-memory transport, no connection)."""
         return getattr(getattr(self.active_connection, "connection", None), "sock", None)
+
+    def unread_broker_bytes(self, sock):
+        """Bytes the broker sent that the worker has not parsed: in the kernel, and read ahead."""
+        return unread_bytes(sock) + buffered_bytes(getattr(self.active_connection, "connection", None))
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
@@ -298,7 +304,9 @@ class EventConsumer(ConsumerProducerMixin):
         if sock is None:  # in-memory transport of the demo
             return True
         try:
-            return tls_pending(sock) > 0 or bool(select.select([sock], [], [], 0)[0])
+            if buffered_bytes(self.active_connection.connection) or tls_pending(sock) > 0:
+                return True
+            return bool(select.select([sock], [], [], 0)[0])
         except (OSError, ValueError):
             return False
 
