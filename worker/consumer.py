@@ -272,7 +272,7 @@ class EventConsumer(ConsumerProducerMixin):
 
     def reading_backlog(self):
         """True from the moment the broker has sent at least ``BACKLOG_BYTES`` we have not read
-        (the kernel's count, FIONREAD: py-amqp reads frame by frame, nothing ahead) until a batch
+        (the kernel's count, FIONREAD, plus what was read ahead and not parsed) until a batch
         is applied with nothing more ready (``on_iteration``); always on the demo's in-memory
         transport, whose backlog cannot be seen.
 
@@ -304,6 +304,8 @@ class EventConsumer(ConsumerProducerMixin):
         if sock is None:  # in-memory transport of the demo
             return True
         try:
+            # Bytes read ahead may end inside a frame whose rest is still on its way: as bytes of
+            # it in the kernel would, they count (the next read waits for the rest).
             if buffered_bytes(self.active_connection.connection) or tls_pending(sock) > 0:
                 return True
             return bool(select.select([sock], [], [], 0)[0])
