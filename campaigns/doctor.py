@@ -405,7 +405,13 @@ def connect_once(url, token, transport, timeout=SOCKET_TIMEOUT_SECONDS):
     ``campaign_snapshot`` arrived, else why not."""
     import socketio
 
-    client = socketio.Client(reconnection=False)
+    class ProbeClient(socketio.Client):
+        def disconnect(self):
+            # Also the one connect() makes itself when the server refuses the namespace.
+            wait_until_sent(self)
+            super().disconnect()
+
+    client = ProbeClient(reconnection=False)
     snapshot, refused = threading.Event(), []
     client.on("campaign_snapshot", lambda data: snapshot.set())
     client.on("connect_error", lambda data: refused.append(data.get("message") if isinstance(data, dict) else data))
@@ -419,6 +425,22 @@ def connect_once(url, token, transport, timeout=SOCKET_TIMEOUT_SECONDS):
     finally:
         if client.connected:
             client.disconnect()
+
+
+def wait_until_sent(client, timeout=2.0):
+    """Wait (at most ``timeout``) until a python-socketio client has sent what it queued.
+
+    python-engineio's client (4.x) loses what ``disconnect()`` queues when its write loop is
+    still inside the POST of an earlier packet: the loop ends once that POST returns, without
+    sending the disconnect or the CLOSE, and the long-poll GET then waits for the server's next
+    ping (30 s). Over long-polling the namespace's connect ack comes back on the GET, often before
+    the POST that carried the connect has returned: seen under gevent (a doctor run took 31 s
+    instead of 7, and one with a refused token 35 s). The queue counts a packet as done once its
+    POST has returned."""
+    queue = getattr(client.eio, "queue", None)
+    deadline = time.monotonic() + timeout
+    while queue is not None and queue.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def check_server(config, url, tenant_id=None):

@@ -212,3 +212,21 @@ def test_a_clock_off_by_more_than_two_seconds_fails(healthy, template_database):
     assert re.search(r"clock: (9|10)\.\d\d s behind the database's clock", output), output
     assert "JWT_LEEWAY_SECONDS (30 s)" in output
     assert marks(checks)["database"] == "✓"
+
+
+def test_the_server_check_says_goodbye_at_once_under_gevent(database, vhost, tmp_path):
+    """doctor's long-polling probe client leaves before it returns: the server sees each disconnect
+    at once. python-engineio's client lost its goodbye when its write loop was still inside the
+    connect's POST (seen under gevent); the server then waited for its next ping (30 s)."""
+    from campaigns.doctor import connect_once
+
+    with support.Stack(database, vhost, tmp_path) as stack:
+        server = stack.start_server(ASYNC_MODE="gevent")
+        tenant = stack.create_tenant("doctor-gevent")
+        for number in range(1, 4):
+            assert connect_once(server.url, stack.token(tenant), "polling") is None
+            support.wait_until(
+                lambda number=number: server.log().count(f"disconnected (tenant {tenant})") == number,
+                5,
+                message=f"the server seeing probe {number} leave",
+            )
