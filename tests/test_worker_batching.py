@@ -162,3 +162,66 @@ def test_a_stop_asked_while_a_batch_is_dead_lettered_leaves_the_loop_through_its
     worker.process_batch = process_batch
     worker.on_iteration()  # does not raise
     assert not worker.batch
+
+
+def test_a_status_events_campaign_is_committed_and_emitted_before_the_rest_of_its_batch(app, db_session):
+    """Outside a backlog, a batch with a status event goes as two transactions: the campaigns with a
+    status event first (all their events, in order), then the rest; in a backlog, as one."""
+    import json
+
+    from kombu import Connection
+    from sqlalchemy import select
+
+    from campaigns.models import AppliedEvent, Campaign, Tenant
+    from extensions import db
+
+    db_session.add(Tenant(id="acme", name="Acme", last_seq=0))
+    db_session.commit()
+    emitted = []
+
+    class Recorder:
+        def emit(self, event_name, payload, to=None):
+            emitted.append(payload)
+
+    consumer = EventConsumer(Connection("memory://"), db.engine, Recorder(), app.config)
+    consumer.last_batch_at, consumer.batch_started = 0.0, 0.0
+
+    def run(events, backlog):
+        """Apply ``events`` as one batch; the commits' times of the events, and the emitted updates."""
+        consumer.batch, consumer.backlog = [], backlog
+        for number, body in enumerate(events):
+            message = SimpleNamespace(
+                body=json.dumps(body).encode(),
+                delivery_tag=number + 1,
+                delivery_info={"routing_key": f"acme.{body['type']}"},
+                ack=lambda: None,
+            )
+            consumer.on_message(message)
+        del emitted[:]
+        consumer.process_batch()
+        ids = [body["event_id"] for body in events]
+        query = select(AppliedEvent.event_id, AppliedEvent.applied_at).where(AppliedEvent.event_id.in_(ids))
+        applied = dict(db_session.execute(query).all())
+        return [applied[event_id] for event_id in ids], [(u["campaign"]["id"], u["type"], u["seq"]) for u in emitted]
+
+    campaigns = ["a", "b"] + [f"p{number}" for number in range(8)]
+    run([event("acme", name, "campaign_started", name=name, total_messages=100) for name in campaigns], False)
+    progress = [event("acme", name, "message_sent", message_id=f"{name}-1") for name in campaigns[1:]]
+    batch = [event("acme", "a", "message_sent", message_id="a-1"), *progress[:2], event("acme", "a", "campaign_paused")]
+    committed, updates = run([*batch, *progress[2:]], backlog=False)
+    first, rest = committed[0], committed[1]
+    assert committed[3] == first < rest  # a's events together, in a transaction before the others'
+    assert set(committed[1:3] + committed[4:]) == {rest}
+    assert updates[0][:2] == ("a", "campaign_paused")
+    assert [seq for _, _, seq in updates] == list(range(updates[0][2], updates[0][2] + len(updates)))
+    assert db_session.get(Campaign, ("acme", "a")).sent == 1
+
+    # A backlog is applied in large transactions: one for the whole batch.
+    progress = [event("acme", name, "message_sent", message_id=f"{name}-2") for name in campaigns[1:]]
+    committed, _ = run([*progress[:2], event("acme", "a", "campaign_resumed"), *progress[2:]], backlog=True)
+    assert len(set(committed)) == 1
+    # A status event with few other events behind it is not worth a second transaction.
+    small = [event("acme", "b", "message_sent", message_id="b-3"), event("acme", "a", "campaign_paused")]
+    committed, _ = run(small, backlog=False)
+    assert len(set(committed)) == 1
+    consumer.close_database()

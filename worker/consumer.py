@@ -39,6 +39,9 @@ from worker.throttle_log import ThrottleSummary
 
 log = logging.getLogger(__name__)
 DUE_CHECK_SECONDS = 0.1
+# A batch's events of campaigns without a status event get a transaction of their own after the
+# status events' campaigns when there are at least this many (``status_first``).
+STATUS_FIRST_MIN_REST = 8
 PRUNE_SECONDS = 60.0
 # Low enough that events flow within about 2 s of the database's return; one failed attempt
 # every 2 s per worker costs the database nothing worth counting.
@@ -448,8 +451,31 @@ class EventConsumer(ConsumerProducerMixin):
                 self.dead_letter(message, f"invalid_message: {exc.__class__.__name__}")
                 continue
             pairs.append((event, message))
-        if not pairs:
-            return
+        for group in self.status_first(pairs):
+            if not self.apply_pairs(group, received):
+                return
+
+    def status_first(self, pairs):
+        """The batch's ``(event, message)`` pairs as the groups to apply, one transaction each, in order.
+
+        A batch that holds a status event (and is not part of a backlog being read) goes as two:
+        first the events of the campaigns with a status event, in their order, then the rest. The
+        status update then waits for a transaction of a few events instead of the ~50 that arrive
+        between two status events at 1,000 events/s (each ~0.2 ms of the worker's CPU). Only the
+        order between campaigns changes: a campaign's events stay together and in order, and each
+        event is applied once, in one of the two. Small rests are not worth a transaction.
+        """
+        if self.backlog:
+            return [pairs]
+        urgent = {(event.tenant_id, event.campaign_id) for event, _ in pairs if event.type not in PROGRESS_EVENTS}
+        first = [pair for pair in pairs if (pair[0].tenant_id, pair[0].campaign_id) in urgent]
+        rest = [pair for pair in pairs if (pair[0].tenant_id, pair[0].campaign_id) not in urgent]
+        if not first or len(rest) < STATUS_FIRST_MIN_REST:
+            return [pairs]
+        return [first, rest]
+
+    def apply_pairs(self, pairs, received):
+        """Apply, commit, acknowledge and emit one group of the batch; False when asked to stop."""
         try:
             result = self.in_transaction(
                 lambda session: apply_batch(
@@ -457,16 +483,17 @@ class EventConsumer(ConsumerProducerMixin):
                 )
             )
         except StopRequested:
-            return  # nothing acknowledged: the broker redelivers these to the next worker
+            return False  # nothing acknowledged: the broker redelivers these to the next worker
         except Exception as exc:
             log.warning("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), describe(exc))
             self.release_locks()
             for pair in pairs:
                 self.process_alone(*pair)
-            return
+            return True
         self.after_commit(pairs, result)
         if result.updates:
             metrics.receive_to_emit.observe(metrics.since(received))
+        return True
 
     def process_alone(self, event, message):
         """Apply one event in its own transaction; dead-letter it only if it fails by its own fault."""
