@@ -2,7 +2,8 @@
 
 One loop (kombu's ``ConsumerMixin``) does everything in order, so there is no locking
 inside the process: messages are collected by ``on_message``; ``on_iteration`` turns a
-full (or lingering) batch into one database transaction, emits merged updates whose
+full (or lingering) batch into one database transaction (two when it holds a status event,
+``status_first``: that event's campaign first), emits merged updates whose
 throttle window has ended, and prunes old history from time to time.
 
 Failures (worker/failures.py): a database error that the event cannot have caused is
