@@ -160,6 +160,16 @@ class LiveClient:
             self.sio.disconnect()
 
 
+class RecordingEmitter:
+    """A worker's emitter (``EventConsumer(..., emitter, ...)``) that keeps each payload it is given."""
+
+    def __init__(self):
+        self.payloads = []
+
+    def emit(self, event, payload, to=None):
+        self.payloads.append(payload)
+
+
 def event(tenant_id, campaign_id, kind, **data):
     """A contract event dict (shorthand for the tests)."""
     return make_event(tenant_id, campaign_id, kind, data)

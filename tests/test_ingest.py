@@ -21,7 +21,7 @@ from campaigns.ingest import (
 from campaigns.models import Campaign, CampaignUpdate, Tenant
 from campaigns.rules import window_phase
 from campaigns.timeutil import isoformat, utcnow
-from tests.support import wait_until
+from tests.support import RecordingEmitter, wait_until
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
@@ -296,7 +296,7 @@ def test_the_shutdown_flush_ends_while_other_workers_keep_applying(app, db_sessi
     from extensions import db
     from worker.consumer import EventConsumer
 
-    stop, emitted, engine = threading.Event(), [], db.engine
+    stop, recorder, engine = threading.Event(), RecordingEmitter(), db.engine
 
     def other_worker():
         session = Session(bind=engine.connect(), expire_on_commit=False)
@@ -309,17 +309,13 @@ def test_the_shutdown_flush_ends_while_other_workers_keep_applying(app, db_sessi
             i += 1
         session.close()
 
-    class Recorder:
-        def emit(self, event, payload, to=None):
-            emitted.append(payload)
-
     others = [threading.Thread(target=other_worker, daemon=True) for _ in range(2)]
     for thread in others:
         thread.start()
     try:
         wait_until(lambda: db_session.scalar(select(func.count()).where(Campaign.emit_due_at.is_not(None))), 30)
         settings = {**app.config, "THROTTLE_SECONDS": 1.0}
-        consumer = EventConsumer(Connection("memory://"), engine, Recorder(), settings)
+        consumer = EventConsumer(Connection("memory://"), engine, recorder, settings)
         flush = threading.Thread(target=consumer.emit_due_updates, kwargs={"force": True}, daemon=True)
         flush.start()
         flush.join(30)
@@ -329,7 +325,7 @@ def test_the_shutdown_flush_ends_while_other_workers_keep_applying(app, db_sessi
         stop.set()
         for thread in others:
             thread.join(30)
-    assert emitted
+    assert recorder.payloads
 
 
 def test_tenant_locks_are_confirmed_and_released_outside_a_transaction(app, db_session, tenants):
@@ -396,13 +392,9 @@ def test_a_worker_whose_session_is_gone_after_its_commit_does_not_emit(app, db_s
     from extensions import db
     from worker.consumer import EventConsumer
 
-    emitted = []
-
-    class Recorder:
-        def emit(self, event, payload, to=None):
-            emitted.append(payload)
-
-    consumer = EventConsumer(Connection("memory://"), db.engine, Recorder(), app.config)
+    recorder = RecordingEmitter()
+    emitted = recorder.payloads
+    consumer = EventConsumer(Connection("memory://"), db.engine, recorder, app.config)
 
     def apply_one(event):
         return consumer.in_transaction(lambda session: apply_batch(session, [event], utcnow(), 2.0, consumer.locks))

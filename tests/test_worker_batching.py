@@ -2,11 +2,12 @@
 the stream is steady, a status event ends the batch at once (in a backlog, once nothing more is
 ready), a lone event goes at once."""
 
+import contextlib
 import socket
 from types import SimpleNamespace
 
 from tests import support
-from tests.support import event, wait_until
+from tests.support import RecordingEmitter, event, wait_until
 from worker.broker_reads import READ_AHEAD_BYTES, buffered_bytes, read_ahead
 from worker.consumer import BACKLOG_BYTES, EventConsumer, StopRequested, backlog_threshold, unread_bytes
 
@@ -43,12 +44,23 @@ def test_progress_waits_while_the_stream_is_steady_and_a_status_event_goes_at_on
     assert consumer(["t.campaign_paused"], **steady, backlog=True).batch_due(10.01)
 
 
-def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_worker_catches_up():
+@contextlib.contextmanager
+def worker_on_a_socketpair(**amqp_connection):
+    """``(worker, broker_side, worker_side)``: a bare ``EventConsumer`` whose broker connection is
+    one end of a socket pair (``amqp_connection``: more attributes of the py-amqp connection)."""
     worker = EventConsumer.__new__(EventConsumer)
     worker.backlog = False
     broker_side, worker_side = socket.socketpair()
     try:
-        worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=worker_side))
+        worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=worker_side, **amqp_connection))
+        yield worker, broker_side, worker_side
+    finally:
+        broker_side.close()
+        worker_side.close()
+
+
+def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_worker_catches_up():
+    with worker_on_a_socketpair() as (worker, broker_side, worker_side):
         assert not worker.reading_backlog()
         broker_side.sendall(b"x" * 2000)  # a few events arrived during a transaction
         assert not worker.reading_backlog()
@@ -56,9 +68,6 @@ def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_wo
         assert worker.reading_backlog()
         worker_side.recv(BACKLOG_BYTES)
         assert worker.reading_backlog()  # a dip in the socket's buffer does not end it
-    finally:
-        broker_side.close()
-        worker_side.close()
     worker.active_connection, worker.backlog = None, False
     assert worker.reading_backlog()  # the demo's in-memory transport: its backlog cannot be seen
     # TLS: what the socket decrypted and has not handed over is invisible to select and FIONREAD.
@@ -68,12 +77,8 @@ def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_wo
 
 def test_bytes_read_ahead_count_as_ready_and_toward_a_backlog():
     """What py-amqp holds in its read buffer is invisible to select() and FIONREAD."""
-    worker = EventConsumer.__new__(EventConsumer)
-    worker.backlog = False
-    broker_side, worker_side = socket.socketpair()
-    try:
-        transport = SimpleNamespace(_read_buffer=b"")
-        worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=worker_side, transport=transport))
+    transport = SimpleNamespace(_read_buffer=b"")
+    with worker_on_a_socketpair(transport=transport) as (worker, broker_side, worker_side):
         assert not worker.more_ready()
         transport._read_buffer = b"x" * 300  # a message read ahead, the kernel's buffer empty
         assert worker.more_ready()
@@ -81,9 +86,6 @@ def test_bytes_read_ahead_count_as_ready_and_toward_a_backlog():
         assert not worker.reading_backlog()
         transport._read_buffer = b"x" * 2000
         assert worker.reading_backlog()
-    finally:
-        broker_side.close()
-        worker_side.close()
 
 
 def test_read_ahead_takes_several_messages_in_one_read_and_delivers_each_in_order(vhost):
@@ -177,13 +179,9 @@ def test_a_status_events_campaign_is_committed_and_emitted_before_the_rest_of_it
 
     db_session.add(Tenant(id="acme", name="Acme", last_seq=0))
     db_session.commit()
-    emitted = []
-
-    class Recorder:
-        def emit(self, event_name, payload, to=None):
-            emitted.append(payload)
-
-    consumer = EventConsumer(Connection("memory://"), db.engine, Recorder(), app.config)
+    recorder = RecordingEmitter()
+    emitted = recorder.payloads
+    consumer = EventConsumer(Connection("memory://"), db.engine, recorder, app.config)
     consumer.last_batch_at, consumer.batch_started = 0.0, 0.0
 
     def run(events, backlog):

@@ -286,17 +286,17 @@ class EventConsumer(ConsumerProducerMixin):
         alone: the socket's receive buffer holds 64-128 KB in a backlog, and one look in many
         below the threshold ended a batch (1,230 events/s)."""
         if not self.backlog:
-            sock = self.broker_socket()
-            self.backlog = sock is None or self.unread_broker_bytes(sock) >= backlog_threshold(sock)
+            amqp = self.amqp_connection()
+            sock = getattr(amqp, "sock", None)
+            self.backlog = sock is None or (
+                unread_bytes(sock) + buffered_bytes(amqp) >= backlog_threshold(sock)
+            )
         return self.backlog
 
-    def broker_socket(self):
-        """The AMQP connection's socket, or None (the demo's in-memory transport, no connection)."""
-        return getattr(getattr(self.active_connection, "connection", None), "sock", None)
-
-    def unread_broker_bytes(self, sock):
-        """Bytes the broker sent that the worker has not parsed: in the kernel, and read ahead."""
-        return unread_bytes(sock) + buffered_bytes(getattr(self.active_connection, "connection", None))
+    def amqp_connection(self):
+        """The py-amqp connection kombu consumes on (its ``sock`` is None on the demo's in-memory
+        transport), or None before the first one."""
+        return getattr(self.active_connection, "connection", None)
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
@@ -304,13 +304,14 @@ class EventConsumer(ConsumerProducerMixin):
         Under load this makes batches as large as the backlog allows (few transactions); when
         the stream pauses, the batch is applied at once instead of waiting for the linger.
         """
-        sock = self.broker_socket()
+        amqp = self.amqp_connection()
+        sock = getattr(amqp, "sock", None)
         if sock is None:  # in-memory transport of the demo
             return True
         try:
             # Bytes read ahead may end inside a frame whose rest is still on its way: as bytes of
             # it in the kernel would, they count (the next read waits for the rest).
-            if buffered_bytes(self.active_connection.connection) or tls_pending(sock) > 0:
+            if buffered_bytes(amqp) or tls_pending(sock) > 0:
                 return True
             return bool(select.select([sock], [], [], 0)[0])
         except (OSError, ValueError):
@@ -469,8 +470,9 @@ class EventConsumer(ConsumerProducerMixin):
         if self.backlog:
             return [pairs]
         urgent = {(event.tenant_id, event.campaign_id) for event, _ in pairs if event.type not in PROGRESS_EVENTS}
-        first = [pair for pair in pairs if (pair[0].tenant_id, pair[0].campaign_id) in urgent]
-        rest = [pair for pair in pairs if (pair[0].tenant_id, pair[0].campaign_id) not in urgent]
+        first, rest = [], []
+        for pair in pairs:
+            (first if (pair[0].tenant_id, pair[0].campaign_id) in urgent else rest).append(pair)
         if not first or len(rest) < STATUS_FIRST_MIN_REST:
             return [pairs]
         return [first, rest]
