@@ -408,7 +408,9 @@ def connect_once(url, token, transport, timeout=SOCKET_TIMEOUT_SECONDS):
     class ProbeClient(socketio.Client):
         def disconnect(self):
             # Also the one connect() makes itself when the server refuses the namespace.
-            wait_until_sent(self)
+            if not wait_until_sent(self):
+                # The goodbye would be lost: do not wait for a GET the server holds until its ping.
+                self.eio.disconnect(abort=True)
             super().disconnect()
 
     client = ProbeClient(reconnection=False)
@@ -436,11 +438,15 @@ def wait_until_sent(client, timeout=2.0):
     ping (30 s). Over long-polling the namespace's connect ack comes back on the GET, often before
     the POST that carried the connect has returned: seen under gevent (a doctor run took 31 s
     instead of 7, and one with a refused token 35 s). The queue counts a packet as done once its
-    POST has returned."""
-    queue = getattr(client.eio, "queue", None)
+    POST has returned. True when everything queued was sent; False at the deadline, or at once
+    when the write loop has ended (what is queued then is never sent)."""
+    eio = client.eio
     deadline = time.monotonic() + timeout
-    while queue is not None and queue.unfinished_tasks and time.monotonic() < deadline:
+    while eio.queue is not None and eio.queue.unfinished_tasks:
+        if eio.write_loop_task is None or time.monotonic() >= deadline:
+            return False
         time.sleep(0.005)
+    return True
 
 
 def check_server(config, url, tenant_id=None):

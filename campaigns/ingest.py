@@ -11,7 +11,6 @@ campaigns and the updates. ``flush_due_updates`` emits the merged updates the ru
 scheduled (``emit_due_at``), once they fall due.
 """
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -109,9 +108,10 @@ class TenantLocks:
             with driver_connection.cursor() as cursor:
                 cursor.execute(sql)
         finally:
-            # On a connection that just broke this raises too: the caller drops it anyway.
-            with contextlib.suppress(Exception):
+            try:
                 driver_connection.autocommit = False
+            except Exception:  # noqa: BLE001 - a connection that broke: never used again, locks with it
+                connection.invalidate()
 
 
 def _dialect_insert(session, table):

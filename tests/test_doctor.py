@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 from contextlib import closing
+from types import SimpleNamespace
 
 import pytest
 
@@ -230,3 +231,21 @@ def test_the_server_check_says_goodbye_at_once_under_gevent(database, vhost, tmp
                 5,
                 message=f"the server seeing probe {number} leave",
             )
+
+
+def test_the_probe_waits_for_its_sends_only_while_they_can_still_happen():
+    import queue
+
+    from campaigns.doctor import wait_until_sent
+
+    eio = SimpleNamespace(queue=queue.Queue(), write_loop_task=object())
+    client = SimpleNamespace(eio=eio)
+    assert wait_until_sent(client) is True  # nothing queued
+    eio.queue.put("a packet")
+    assert wait_until_sent(client, timeout=0.05) is False  # a POST that does not return: bounded
+    eio.write_loop_task = None
+    assert wait_until_sent(client, timeout=3600) is False  # the write loop ended: no waiting at all
+    eio.write_loop_task = object()
+    eio.queue.get()
+    eio.queue.task_done()
+    assert wait_until_sent(client) is True

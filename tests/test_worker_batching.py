@@ -223,3 +223,21 @@ def test_a_status_events_campaign_is_committed_and_emitted_before_the_rest_of_it
     committed, _ = run(small, backlog=False)
     assert len(set(committed)) == 1
     consumer.close_database()
+
+
+def test_a_stop_during_the_one_by_one_fallback_leaves_the_rest_of_the_batch_unapplied():
+    """A campaign's later event must not commit before an earlier one left for redelivery."""
+    worker = EventConsumer.__new__(EventConsumer)
+    worker.backlog, worker.locks = False, None
+    calls = []
+
+    def in_transaction(work):
+        calls.append(work)
+        if len(calls) == 1:
+            raise ValueError("an event's own fault")  # the group fails: one by one
+        raise StopRequested()  # asked to stop while the first event waits for the database
+
+    worker.in_transaction = in_transaction
+    pairs = [(SimpleNamespace(event_id=f"e{number}"), SimpleNamespace()) for number in range(3)]
+    assert worker.apply_pairs(pairs, received=0.0) is False
+    assert len(calls) == 2  # the group, then its first event alone: nothing after it

@@ -490,16 +490,18 @@ class EventConsumer(ConsumerProducerMixin):
         except Exception as exc:
             log.warning("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), describe(exc))
             self.release_locks()
-            for pair in pairs:
-                self.process_alone(*pair)
-            return True
+            # Stop at the first event left unapplied: a later event of its campaign must not commit
+            # before it (it comes back by redelivery, and so do the ones after it).
+            return all(self.process_alone(*pair) for pair in pairs)
         self.after_commit(pairs, result)
         if result.updates:
             metrics.receive_to_emit.observe(metrics.since(received))
         return True
 
     def process_alone(self, event, message):
-        """Apply one event in its own transaction; dead-letter it only if it fails by its own fault."""
+        """Apply one event in its own transaction; dead-letter it only if it fails by its own fault.
+
+        False when asked to stop first (the event is left unacknowledged)."""
         try:
             result = self.in_transaction(
                 lambda session: apply_batch(
@@ -507,13 +509,14 @@ class EventConsumer(ConsumerProducerMixin):
                 )
             )
         except StopRequested:
-            return
+            return False
         except Exception as exc:
             self.release_locks()
             log.exception("[WORKER] event %s cannot be applied", event.event_id)
             self.dead_letter(message, f"apply_failed: {exc.__class__.__name__}")
-            return
+            return True
         self.after_commit([(event, message)], result)
+        return True
 
     def after_commit(self, pairs, result):
         """Acknowledge a committed batch, emit its updates, give the tenant locks back, then
