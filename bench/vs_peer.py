@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 from bench.harness import BenchFailure, stack  # noqa: E402
+from bench.probe_legs import ProbeLegs  # noqa: E402
 
 PEER_SOURCE = harness.REPO.parent / "shared" / "peer"
 PEER_CACHE = Path(tempfile.gettempdir()) / "campaign-live-peer"
@@ -31,6 +32,7 @@ RUNNER_EXTRA = {
 }
 AT_REST = {"idle-10000": 10_000, "idle-200": 200}
 DEFAULT_SCENARIOS = ("idle-10000", "idle-1000", "ws-1000", "poll-300", "poll-500")
+LEGS = ("p50", "p95", "p99")
 SUMMARY = ("connected", "connect_s", "lat_p50_ms", "lat_p99_ms", "probes_lost", "rss_kb_per_conn",
            "us_per_msg_all", "cpu_rest_pct_first", "cpu_rest_pct_all")
 
@@ -110,8 +112,9 @@ def at_rest(scenario, targets, args, log_dir):
     return report
 
 
-def through_runner(runner, scenario, targets, args, log_dir):
-    """A scenario of the peer's runner on both targets; its JSON report."""
+def through_runner(runner, scenario, targets, args, log_dir, legs):
+    """A scenario of the peer's runner on both targets; its JSON report, with campaign-live's probe legs
+    (``bench/probe_legs.py``; every round, warm-up included) under ``legs``."""
     out = harness.RESULTS_DIR / f"vs_peer.{scenario}.json"
     argv = ["--scenario", scenario, "--secret", stack.JWT_SECRET, "--tenant", TENANT, "--baseline", "peer",
             "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--out", str(out),
@@ -119,8 +122,23 @@ def through_runner(runner, scenario, targets, args, log_dir):
             "--connect-settle", str(args.settle)]
     for name, url, pids, broker in targets:
         argv += ["--target", f"name={name},url={url},pids={'+'.join(map(str, pids))},broker={broker}"]
-    status = runner.main(argv)
-    return {**json.loads(out.read_text()), "exit_status": status}
+    with ProbeLegs(*legs) as observers:
+        status = runner.main(argv)
+    return {**json.loads(out.read_text()), "exit_status": status, "legs": observers.summary()}
+
+
+def legs_rows(reports):
+    """Rows of the legs table: campaign-live's probe delays at each observer and at the load clients."""
+    rows = []
+    for report in reports:
+        if "legs" not in report:
+            continue
+        ours = next(target["summary"] for target in report["targets"] if target["name"] == "campaign-live")
+        queue, observer = report["legs"]["message_queue_ms"], report["legs"]["websocket_observer_ms"]
+        rows.append([report["scenario"], queue["count"], *(harness.fmt(queue[q]) for q in LEGS), observer["count"],
+                     *(harness.fmt(observer[q]) for q in LEGS), harness.fmt(ours.get("lat_p50_ms")),
+                     harness.fmt(ours.get("lat_p99_ms"))])
+    return rows
 
 
 def main(args):
@@ -132,8 +150,10 @@ def main(args):
         with node_peer(services.log_dir) as (peer_url, peer_pid, peer_broker):
             targets = [("peer", peer_url, [peer_pid], peer_broker),
                        ("campaign-live", server.url, [server.pid, worker.pid], services.broker_url)]
+            legs = (server.url, services.message_queue_url, services.settings.get("SOCKETIO_CHANNEL", "flask-socketio"),
+                    services.token(TENANT))
             reports = [at_rest(s, targets, args, services.log_dir) if s in AT_REST
-                       else through_runner(runner, s, targets, args, services.log_dir) for s in scenarios]
+                       else through_runner(runner, s, targets, args, services.log_dir, legs) for s in scenarios]
     rows = []
     for report in reports:
         for target in report["targets"]:
@@ -143,8 +163,13 @@ def main(args):
             refused = sum(sum((run.get("clients") or {}).get("connect_errors", {}).values()) for run in target["runs"])
             rows.append([report["scenario"], target["name"], *cells, refused])
     failed = [report["scenario"] for report in reports if report["exit_status"]]
+    legs_headers = ["scenario", "to queue n", *(f"queue {q}" for q in LEGS), "to observer n",
+                    *(f"observer {q}" for q in LEGS), "load clients p50", "load clients p99"]
     harness.report(args, {"scenarios": reports, "failed": failed},
-                   [(["scenario", "server", *SUMMARY, "refused"], rows)])
+                   [(["scenario", "server", *SUMMARY, "refused"], rows), (legs_headers, legs_rows(reports))],
+                   ["legs: campaign-live's probes, ms from publish to the Socket.IO message queue (the worker's leg), "
+                    "to one websocket client of the server's, and to the load clients (the runner's recorded rounds); "
+                    "queue and observer count every round, warm-up included"])
     if failed:
         raise BenchFailure(f"scenarios that did not run cleanly: {', '.join(failed)}")
     return 0

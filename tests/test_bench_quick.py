@@ -58,6 +58,13 @@ def check_vs_peer(result):
         assert target["summary"]["rss_kb_per_conn"] > 0 and target["summary"]["cpu_rest_pct_all"] >= 0
     for target in reports["quick-200"]["targets"]:
         assert target["summary"]["probes_lost"] == 0
+    # campaign-live's legs: each probe of every round (warm-up included) seen on the message queue and
+    # by the websocket observer, each after its publish and no later than at the observer
+    legs = reports["quick-200"]["legs"]
+    assert legs["observer_failure"] is None
+    probes = 10 * (result["args"]["repeat"] + result["args"]["warmup"])
+    assert legs["message_queue_ms"]["count"] == legs["websocket_observer_ms"]["count"] == probes
+    assert 0 < legs["message_queue_ms"]["p50"] <= legs["websocket_observer_ms"]["max"]
 
 
 CHECKS = {"ingest": check_ingest, "latency": check_latency, "polling_vs_socket": check_polling_vs_socket,
