@@ -521,3 +521,29 @@ def test_changed_campaigns_are_stored_as_an_update_per_row_stores_them(db_sessio
     with pytest.raises(DataError):
         _save_campaigns(db_session, [], batch)
     db_session.rollback()
+
+
+def test_campaigns_are_loaded_by_key_as_the_orm_reads_them_and_locked(db_session, tenants, app):
+    """``_load_campaigns`` (one statement over key arrays on PostgreSQL) returns exactly the asked
+    campaigns, each column as the ORM's ``Campaign`` reads it, and holds their rows until commit."""
+    for tenant, campaign_id in (("acme", "bf"), ("acme", "cm"), ("globex", "bf"), ("globex", "other")):
+        apply(db_session, [started(tenant=tenant, campaign=campaign_id), sent(3, tenant=tenant, campaign=campaign_id)])
+    asked = {("acme", "bf"), ("globex", "bf"), ("acme", "missing")}
+    loaded = _load_campaigns(db_session, asked)
+    assert set(loaded) == {("acme", "bf"), ("globex", "bf")}
+    with app.app_context():  # the ORM's reading, on a connection of its own
+        from extensions import db
+
+        with db.engine.connect() as other:
+            for (tenant, campaign_id), row in loaded.items():
+                orm = other.execute(select(Campaign.__table__).where(
+                    Campaign.tenant_id == tenant, Campaign.id == campaign_id)).one()._mapping
+                assert {name: getattr(row, name) for name in orm} == dict(orm)
+                assert row.started_at.tzinfo == timezone.utc
+            locked = text("SELECT id FROM campaigns WHERE tenant_id = :t AND id = :c FOR UPDATE NOWAIT")
+            with pytest.raises(Exception, match="could not obtain lock"):
+                other.execute(locked, {"t": "globex", "c": "bf"})
+            other.rollback()
+            assert other.execute(locked, {"t": "globex", "c": "other"}).all() == [("other",)]  # not asked: free
+            other.rollback()
+    db_session.commit()
