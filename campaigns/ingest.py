@@ -190,10 +190,13 @@ def load_by_arrays(table, key):
     number of rows: SQLAlchemy compiles it once, where a ``tuple_(...).in_()`` of the keys was built,
     expanded and rendered again for each batch (its IN list a statement PostgreSQL parsed and
     planned anew each time), ~40 % of ``apply_batch``'s CPU in the worker (cProfile)."""
-    quote = postgresql.dialect().identifier_preparer.quote
+    dialect = postgresql.dialect()
+    quote = dialect.identifier_preparer.quote
     name = quote(table.name)
     columns = ", ".join(f"{name}.{quote(column.name)}" for column in table.columns)
-    arrays = ", ".join(f"CAST(:{column}s AS TEXT[])" for column in key)  # :tenant_ids, :ids
+    arrays = ", ".join(  # one parameter per key column, its name plural: :tenant_ids, :ids
+        f"CAST(:{column}s AS {_array_element_type(table.c[column].type, dialect)}[])" for column in key
+    )
     match = " AND ".join(f"{name}.{quote(column)} = wanted.{quote(column)}" for column in key)
     order = ", ".join(f"{name}.{quote(column)}" for column in key)
     return text(
