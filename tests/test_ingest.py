@@ -549,3 +549,39 @@ def test_campaigns_are_loaded_by_key_as_the_orm_reads_them_and_locked(db_session
                 assert other.execute(locked, {"t": tenant, "c": campaign_id}).all() == [(campaign_id,)]
                 other.rollback()
     db_session.commit()
+
+
+def test_a_due_update_emitted_meanwhile_by_another_worker_is_not_emitted_again(db_session, tenants, app):
+    """The due flush reads its campaigns again under their row locks: a campaign whose update another
+    transaction emitted while the flush waited for the row is left out (no second update, no seq)."""
+    apply(db_session, [started(), sent(1)], now=T0)
+    apply(db_session, [sent(2)], now=T0 + timedelta(seconds=0.5))  # merged: falls due at the window end
+    due_at = campaign(db_session).emit_due_at
+    assert due_at is not None
+    stored_before = db_session.scalar(select(func.count()).select_from(CampaignUpdate))
+    db_session.commit()
+    engine = db_session.get_bind()
+    other = engine.connect()
+    other.execute(text("SELECT 1 FROM campaigns WHERE tenant_id = 'acme' AND id = 'bf' FOR UPDATE"))
+
+    def waiting_for_a_row_lock():
+        with engine.connect() as watcher:
+            return watcher.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+    def emit_elsewhere():  # once the flush waits for the row: what another worker's flush does
+        try:
+            wait_until(waiting_for_a_row_lock, 30, message="the flush waiting for the campaign's row")
+            other.execute(text("UPDATE campaigns SET emit_due_at = NULL WHERE tenant_id = 'acme' AND id = 'bf'"))
+        finally:
+            other.commit()  # the row is free whatever happened: the flush never waits forever
+
+    elsewhere = threading.Thread(target=emit_elsewhere, daemon=True)
+    elsewhere.start()
+    try:
+        assert flush_due_updates(db_session, due_at) == []
+        db_session.commit()
+    finally:
+        elsewhere.join(30)
+        other.close()
+    assert campaign(db_session).emit_due_at is None
+    assert db_session.scalar(select(func.count()).select_from(CampaignUpdate)) == stored_before
