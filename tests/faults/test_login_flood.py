@@ -46,6 +46,7 @@ OPEN_LIMITS = {
 SMALL_POOL = {"DB_POOL_SIZE": 2, "DB_MAX_OVERFLOW": 0}
 API_BUDGET_SECONDS = 0.5
 TIMING_SAMPLES = 7
+BUSY = "The server is busy checking logins"  # campaigns/accounts.py, when no password check is free in time
 Answer = namedtuple("Answer", "status_code headers text")
 
 
@@ -171,7 +172,12 @@ def test_wrong_logins_neither_freeze_the_server_nor_tell_which_e_mails_exist(log
         login_unknown_email_median=unknown_seconds,
     )
 
-    assert {answer.status_code for answer in open_answers} == {401}
+    # With the limits open no answer is the limiter's: each is a wrong password, or, where a login
+    # waited CHECK_WAIT_SECONDS for one of the CONCURRENT_CHECKS (a box where a check takes 3x its
+    # 75 ms: 60 logins of ~0.22 s on one slot), the busy answer.
+    assert 401 in {answer.status_code for answer in open_answers}
+    for answer in open_answers:
+        assert answer.status_code == 401 or (answer.status_code == 429 and BUSY in answer.text), answer.text[:300]
     assert set(open_health.statuses) == set(api.statuses) == set(limited_health.statuses) == {"200"}
     # Checks on the hub made a probe wait behind a queue of them (1.1-3.5 s, several checks in a
     # row). Off the hub, the slowest probe stays under 100 ms with CPU to spare; on a machine
