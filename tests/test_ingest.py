@@ -561,12 +561,14 @@ def test_a_due_update_emitted_meanwhile_by_another_worker_is_not_emitted_again(d
     stored_before = db_session.scalar(select(func.count()).select_from(CampaignUpdate))
     db_session.commit()
     engine = db_session.get_bind()
+    flush_pid = db_session.connection().connection.dbapi_connection.get_backend_pid()  # the flush's connection
     other = engine.connect()
     other.execute(text("SELECT 1 FROM campaigns WHERE tenant_id = 'acme' AND id = 'bf' FOR UPDATE"))
 
     def waiting_for_a_row_lock():
         with engine.connect() as watcher:
-            return watcher.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = :pid")
+            return watcher.scalar(waiting, {"pid": flush_pid})
 
     def emit_elsewhere():  # once the flush waits for the row: what another worker's flush does
         try:
