@@ -39,8 +39,11 @@ def probe_delay_ms(payload, now):
 
 def emitted_payloads(body):
     """The payloads of a python-socketio message-queue message (a JSON text: ``{"method": "emit",
-    "data": [payload], ...}``); empty for other messages."""
-    message = json.loads(body)
+    "data": [payload], ...}``); empty for anything else."""
+    try:
+        message = json.loads(body)
+    except ValueError:  # not python-socketio's
+        return []
     if not isinstance(message, dict) or message.get("method") != "emit" or not isinstance(message.get("data"), list):
         return []
     return message["data"]
@@ -61,7 +64,10 @@ class ProbeLegs:
 
     def __enter__(self):
         self.thread.start()
-        if not self.bound.wait(CONNECT_SECONDS):
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while not self.bound.wait(0.2) and self.thread.is_alive() and time.monotonic() < deadline:
+            pass
+        if not self.bound.is_set():
             self.stopping.set()
             raise BenchFailure(f"the message-queue observer could not bind in {CONNECT_SECONDS:.0f} s: {self.failure}")
         deadline = time.monotonic() + CONNECT_SECONDS

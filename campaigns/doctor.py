@@ -409,7 +409,8 @@ def connect_once(url, token, transport, timeout=SOCKET_TIMEOUT_SECONDS):
         def disconnect(self):
             # Also the one connect() makes itself when the server refuses the namespace.
             if not wait_until_sent(self):
-                # The goodbye would be lost: do not wait for a GET the server holds until its ping.
+                # The goodbye was not sent in time (or can no longer be): end the client at once
+                # instead of waiting for a GET the server holds until its ping.
                 self.eio.disconnect(abort=True)
             super().disconnect()
 

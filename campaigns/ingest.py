@@ -110,8 +110,9 @@ class TenantLocks:
         finally:
             try:
                 driver_connection.autocommit = False
-            except Exception:  # noqa: BLE001 - a connection that broke: never used again, locks with it
+            except Exception:  # a connection that broke: never used again, locks with it
                 connection.invalidate()
+                raise  # the locks are gone: the caller must not go on as if they were held
 
 
 def _dialect_insert(session, table):

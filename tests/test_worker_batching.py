@@ -52,7 +52,9 @@ def worker_on_a_socketpair(**amqp_connection):
     worker.backlog = False
     broker_side, worker_side = socket.socketpair()
     try:
-        worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=worker_side, **amqp_connection))
+        worker.active_connection = SimpleNamespace(
+            connected=True, connection=SimpleNamespace(sock=worker_side, **amqp_connection)
+        )
         yield worker, broker_side, worker_side
     finally:
         broker_side.close()
@@ -71,7 +73,9 @@ def test_a_backlog_is_seen_in_what_the_broker_sent_unread_and_lasts_until_the_wo
     worker.active_connection, worker.backlog = None, False
     assert worker.reading_backlog()  # the demo's in-memory transport: its backlog cannot be seen
     # TLS: what the socket decrypted and has not handed over is invisible to select and FIONREAD.
-    worker.active_connection = SimpleNamespace(connection=SimpleNamespace(sock=SimpleNamespace(pending=lambda: 400)))
+    worker.active_connection = SimpleNamespace(
+        connected=True, connection=SimpleNamespace(sock=SimpleNamespace(pending=lambda: 400))
+    )
     assert worker.more_ready()
 
 
@@ -229,6 +233,7 @@ def test_a_stop_during_the_one_by_one_fallback_leaves_the_rest_of_the_batch_unap
     """A campaign's later event must not commit before an earlier one left for redelivery."""
     worker = EventConsumer.__new__(EventConsumer)
     worker.backlog, worker.locks = False, None
+    worker.connection = SimpleNamespace(connection_errors=(ConnectionError,))
     calls = []
 
     def in_transaction(work):

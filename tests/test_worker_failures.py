@@ -1,12 +1,14 @@
 """Whose fault a database error is, decided on errors that real PostgreSQL raises."""
 
 from contextlib import closing
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests import support
+from worker.consumer import EventConsumer
 from worker.failures import caused_by_event, retry_reason
 
 # (statements run in one transaction, the last one fails; dead-letter the event?; retry reason)
@@ -77,3 +79,62 @@ def test_a_lost_server_is_retried_not_dead_lettered(engine):
 
 def test_an_error_of_our_own_code_on_the_event_dead_letters_it():
     assert caused_by_event(TypeError("unsupported operand type(s) for +: 'int' and 'str'"))
+
+
+class LostBroker:
+    """A kombu connection that a failed write marked down: ``connection`` would connect again quietly."""
+
+    connected = False
+
+    def __init__(self):
+        self.reconnected = False
+
+    @property
+    def connection(self):
+        self.reconnected = True
+        return SimpleNamespace(send_heartbeat=lambda: None)
+
+
+def bare_worker(**attributes):
+    worker = EventConsumer.__new__(EventConsumer)
+    worker.should_stop = False
+    for name, value in attributes.items():
+        setattr(worker, name, value)
+    return worker
+
+
+def test_a_broker_connection_lost_while_waiting_raises_instead_of_reconnecting_without_the_consumer():
+    lost = LostBroker()
+    worker = bare_worker(active_connection=lost)
+    with pytest.raises(ConnectionError):
+        worker.wait(0.05)
+    assert worker.amqp_connection() is None
+    assert not lost.reconnected
+
+    def heartbeat_fails():
+        raise BrokenPipeError("broker gone")
+
+    alive = SimpleNamespace(connected=True, connection=SimpleNamespace(send_heartbeat=heartbeat_fails))
+    with pytest.raises(BrokenPipeError):  # no longer swallowed: kombu's loop reconnects and consumes again
+        bare_worker(active_connection=alive).wait(0.05)
+
+
+@pytest.mark.parametrize("apply", ["apply_pairs", "process_alone"])
+def test_a_broker_error_while_applying_goes_to_kombu_and_dead_letters_nothing(apply):
+    def broker_lost(*args, **kwargs):
+        raise ConnectionError("the broker connection was lost while the worker waited")
+
+    dead_letters = []
+    worker = bare_worker(
+        connection=SimpleNamespace(connection_errors=(ConnectionError,)),
+        in_transaction=broker_lost,
+        dead_letter=lambda message, reason: dead_letters.append(reason),
+        locks=None,
+    )
+    pair = (SimpleNamespace(event_id="e-1", tenant_id="acme", campaign_id="c"), SimpleNamespace())
+    with pytest.raises(ConnectionError):
+        if apply == "apply_pairs":
+            worker.apply_pairs([pair], received=0.0)
+        else:
+            worker.process_alone(*pair)
+    assert dead_letters == []

@@ -295,8 +295,10 @@ class EventConsumer(ConsumerProducerMixin):
 
     def amqp_connection(self):
         """The py-amqp connection kombu consumes on (its ``sock`` is None on the demo's in-memory
-        transport), or None before the first one."""
-        return getattr(self.active_connection, "connection", None)
+        transport), or None before the first one and once it is lost (``Connection.connection``
+        would then connect again quietly, without the consumer; see ``wait``)."""
+        connection = self.active_connection
+        return connection.connection if connection is not None and connection.connected else None
 
     def more_ready(self):
         """True when the broker has already sent bytes we have not read: keep filling the batch.
@@ -413,14 +415,21 @@ class EventConsumer(ConsumerProducerMixin):
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def wait(self, seconds):
-        """Sleep, keeping the AMQP connection alive, and give up early when asked to stop."""
+        """Sleep, keeping the AMQP connection alive, and give up early when asked to stop.
+
+        A broker connection that is lost raises (one of kombu's ``connection_errors``), and kombu's
+        loop connects and consumes again; nothing was acknowledged meanwhile. Swallowed, a failed
+        heartbeat left the connection marked down, and kombu's next look at ``Connection.connection``
+        reconnected quietly, without the consumer: the worker drained an empty connection for good.
+        """
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.stop_if_asked()
-            if self.active_connection is not None:
-                # A dead broker connection is handled by kombu's reconnect later.
-                with contextlib.suppress(Exception):
-                    self.active_connection.connection.send_heartbeat()
+            connection = self.active_connection
+            if connection is not None:
+                if not connection.connected:
+                    raise ConnectionError("the broker connection was lost while the worker waited")
+                connection.connection.send_heartbeat()
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
     def release_locks(self):
@@ -487,6 +496,8 @@ class EventConsumer(ConsumerProducerMixin):
             )
         except StopRequested:
             return False  # nothing acknowledged: the broker redelivers these to the next worker
+        except self.connection.connection_errors:
+            raise  # the broker's (lost while waiting on the database): kombu reconnects, nothing acked
         except Exception as exc:
             log.warning("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), describe(exc))
             self.release_locks()
@@ -510,6 +521,8 @@ class EventConsumer(ConsumerProducerMixin):
             )
         except StopRequested:
             return False
+        except self.connection.connection_errors:
+            raise  # the broker's, never the event's: not a dead letter
         except Exception as exc:
             self.release_locks()
             log.exception("[WORKER] event %s cannot be applied", event.event_id)
