@@ -3,6 +3,7 @@
 import json
 import socket
 import time
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 
 import jwt
@@ -93,10 +94,13 @@ def test_a_burst_is_throttled_and_its_last_state_delivered(stack, tenant, publis
     clients.append(client)
     publisher.publish(started(tenant, "burst", 200))
     first = final_update(client, "burst", "campaign_started")
-    burst_started = time.monotonic()
-    for i in range(200):
-        publisher.publish(sent(tenant, "burst", i))
-    burst_took = time.monotonic() - burst_started
+    # Without publisher confirms: 200 confirmed publishes took 1.06 s on a saturated 2-core box, and the
+    # burst must fit in the first throttle window (the final state below says every event arrived).
+    with closing(stack.publisher(confirm=False)) as fast:
+        burst_started = time.monotonic()
+        for i in range(200):
+            fast.publish(sent(tenant, "burst", i))
+        burst_took = time.monotonic() - burst_started
     last = client.wait_campaign("burst", lambda c: c["sent"] == 200, timeout=10)
     progress = [u for u in client.updates if u["campaign"]["id"] == "burst" and u["type"] == "message_sent"]
     in_first_second = [u for u in progress if u["at"] - burst_started < 1.0]
