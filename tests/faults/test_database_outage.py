@@ -3,6 +3,12 @@
 The worker and the server reach PostgreSQL through a TCP proxy of the test's
 (``helpers.TcpProxy``); ``cut()`` drops their connections and refuses new ones, as a
 database that went away would. The test itself reads the database directly.
+
+The second test also loses the worker's broker connection while the database is down: the
+worker is then in ``EventConsumer.wait``, sending heartbeats between retries, and must hand
+the lost connection to kombu's loop, which connects and consumes again. (It once swallowed
+the failed heartbeat; kombu then connected again quietly, without the consumer, and the
+worker drained an empty connection for good.)
 """
 
 import time
@@ -37,6 +43,13 @@ QUEUE = "campaign.events.worker"
 @pytest.fixture
 def proxy():
     proxy = TcpProxy(support.PG_HOST, support.PG_PORT).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def broker_proxy():
+    proxy = TcpProxy(support.AMQP_HOST, support.AMQP_PORT).start()
     yield proxy
     proxy.close()
 
@@ -114,6 +127,64 @@ def test_a_database_outage_acknowledges_nothing_and_loses_nothing(stack, proxy, 
         assert confirmed_before - applied_before <= held <= confirmed_after - applied_before, samples
     assert samples[1][1] > samples[0][1], "the queue grows while the database is down"
     assert worker.alive() and server.alive() and stack.workers == [worker]
+    assert_exact(result)
+    assert_in_order_without_gaps(client, stored_updates(stack, tenant))
+    client.close()
+
+
+def test_a_broker_connection_lost_during_a_database_outage_is_consumed_on_again(stack, proxy, broker_proxy, vhost):
+    proxied_broker = support.amqp_url(vhost).replace(
+        f"{support.AMQP_HOST}:{support.AMQP_PORT}", f"127.0.0.1:{broker_proxy.port}"
+    )
+    server = stack.start_server()
+    worker = stack.start_worker(DATABASE_URL=proxied_database_url(stack, proxy), BROKER_URL=proxied_broker)
+    tenant = stack.create_tenant()
+    campaigns = [(tenant, f"both-{i}") for i in range(3)]
+    client = tenant_client(stack, server, tenant)
+    ledger, stream = start_progress_stream(stack, campaigns, 5, RATE)
+    try:
+        wait_until(lambda: applied_count(stack) >= RATE, 30, 0.05, "events applied before the outages")
+        proxy.cut()
+        wait_until(
+            lambda: "[WORKER] database failed" in worker.log(), 15, 0.1, "the worker to wait for the database"
+        )
+        broker_proxy.cut(reset=True)
+        # Let the broker be reachable again at once: what is measured is whether the worker notices
+        # the lost connection and consumes again, while the database is still down.
+        broker_proxy.restore()
+        wait_until(
+            lambda: worker.log().count("[WORKER] consuming from") >= 2,
+            20,
+            0.1,
+            "the worker to consume again on a new broker connection while the database is down",
+        )
+        proxy.restore()
+        restored_at = time.monotonic()
+        first_new = wait_until(lambda: stream.first_confirmed_after(restored_at), 15, 0.05, "a new publish")
+        wait_until(
+            lambda: is_applied(stack, first_new),
+            30,
+            0.05,
+            "the worker to apply events published after both outages (is it consuming on a connection "
+            "without its consumer?)",
+        )
+        worker_back = time.monotonic()
+    finally:
+        stream.stop()
+
+    complete_campaigns(stack, campaigns, ledger, 60)
+    final_seq = last_seqs(stack)[tenant]
+    client.wait_caught_up(final_seq, 30)
+
+    result = outcome(stack, ledger)
+    report_outcome(
+        "broker connection reset while the database was down",
+        result,
+        worker_recovery_seconds=worker_back - restored_at,
+        broker_consumers=worker.log().count("[WORKER] consuming from"),
+    )
+    assert worker.alive() and server.alive() and stack.workers == [worker]
+    assert "dead-lettered" not in worker.log()
     assert_exact(result)
     assert_in_order_without_gaps(client, stored_updates(stack, tenant))
     client.close()
