@@ -32,6 +32,7 @@ from extensions import socketio
 from factory import create_app, freeze_startup_objects
 from sockets.handlers import connections
 from sockets.http_server import serve
+from sockets.loop_lag import start_loop_lag_watch
 from sockets.pings import start_ping_schedule
 from sockets.presence import Presence
 from sockets.sweeper import start_sweeper
@@ -88,6 +89,7 @@ def main():
         declare_broker_topology(config)
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     start_ping_schedule(socketio.server.eio)
+    start_loop_lag_watch()
     socketio.start_background_task(tenant_states.run_reconciliation)
     presence = app.extensions["presence"] = Presence(app, connections, tenant_states.clients, socketio.server.transport)
     socketio.start_background_task(presence.run)

@@ -47,6 +47,11 @@ worker_retries = Counter(
     "Worker attempts that failed for a reason other than the event (nothing acknowledged; tried again)",
     ["reason"],
 )
+event_loop_lag = Histogram(
+    f"{PREFIX}_event_loop_lag_seconds",
+    "How late a server's event loop woke a task that slept a fixed interval (sockets/loop_lag.py)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 batch_size = Histogram(
     f"{PREFIX}_worker_batch_size", "Messages per applied batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000)
 )

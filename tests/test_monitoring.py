@@ -130,6 +130,7 @@ def test_the_dashboard_covers_what_operators_look_at():
         "campaign_live_failure_alerts_raised_total",
         "campaign_live_worker_retries_total",
         "campaign_live_worker_ready",
+        "campaign_live_event_loop_lag_seconds_bucket",
     ):
         assert name in used, name
 
