@@ -135,7 +135,8 @@ class Config:
         self.OPS_POLL_SECONDS = _float("OPS_POLL_SECONDS", 3.0)
         self.OPS_DEAD_LETTER_SCAN = _int("OPS_DEAD_LETTER_SCAN", 2000)
         self.API_RATE_LIMIT = _rate_limit("API_RATE_LIMIT", "600 per minute")
-        self.TOKEN_RATE_LIMIT = _rate_limit("TOKEN_RATE_LIMIT", "30 per minute")
+        self.TOKEN_RATE_LIMIT = _rate_limit("TOKEN_RATE_LIMIT", "600 per minute")
+        self.TOKEN_FAILURE_RATE_LIMIT = _rate_limit("TOKEN_FAILURE_RATE_LIMIT", "30 per minute")
         # Every POST /login counts (a wrong password costs ~75 ms of scrypt on a thread).
         self.LOGIN_RATE_LIMIT_PER_ADDRESS = _rate_limit("LOGIN_RATE_LIMIT_PER_ADDRESS", "20 per minute")
         self.LOGIN_RATE_LIMIT_PER_EMAIL = _rate_limit("LOGIN_RATE_LIMIT_PER_EMAIL", "5 per minute")

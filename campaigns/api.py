@@ -72,8 +72,15 @@ def rate_limit_key():
     return "session:" + hashlib.sha256(user.encode()).hexdigest()[:32] if user else "ip:" + (request.remote_addr or "")
 
 
+# Minting is limited per API key (a customer's backend mints for all its users from one address),
+# and refused keys per address: 401s count, and past the limit that address gets 429s.
 @bp.post("/tokens")
-@limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=lambda: request.remote_addr or "")
+@limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=rate_limit_key)
+@limiter.limit(
+    lambda: current_app.config["TOKEN_FAILURE_RATE_LIMIT"],
+    key_func=lambda: "refused-key:" + (request.remote_addr or ""),
+    deduct_when=lambda response: response.status_code == 401,
+)
 def create_token():
     """Exchange a tenant API key for a JWT; an optional JSON ``{"sub": ...}`` names the holder."""
     # The contract defines no body: one that is not a JSON object with a usable "sub" is ignored.

@@ -232,6 +232,26 @@ def test_rest_requests_are_rate_limited_per_token(app, token):
     assert client.get("/healthz").status_code == 200
 
 
+def test_tokens_are_minted_per_api_key_and_refused_keys_are_limited_per_address(app, cli, acme):
+    app.config.update(TOKEN_RATE_LIMIT="3 per minute", TOKEN_FAILURE_RATE_LIMIT="2 per minute")
+    keys = [cli("create-api-key", "acme"), cli("create-api-key", "globex")]
+    client = app.test_client()
+
+    def mint(key, address="10.0.0.1"):
+        return client.post("/api/tokens", headers=bearer(key), environ_base={"REMOTE_ADDR": address})
+
+    # One address (a customer's backend) mints for both keys: each key has its own budget.
+    assert [mint(keys[0]).status_code for _ in range(4)] == [201, 201, 201, 429]
+    assert [mint(keys[1]).status_code for _ in range(3)] == [201, 201, 201]
+    # Refused keys count per address: past the limit, that address gets 429s whatever it sends.
+    assert [mint("wrong-key", "10.0.0.2").status_code for _ in range(2)] == [401, 401]
+    refused = mint("another-wrong-key", "10.0.0.2")
+    assert refused.status_code == 429 and refused.get_json()["error"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    # ...and only that address: another one with a wrong key still gets its 401.
+    assert mint("wrong-key", "10.0.0.3").status_code == 401
+
+
 def test_health_ready_and_metrics(app, token):
     client = app.test_client()
     assert client.get("/healthz").get_json() == {"status": "ok"}
