@@ -11,9 +11,12 @@ import pytest
 import socketio
 
 from campaigns.queues import REJECTION_HEADER, dead_letter_queue, worker_queue
+from campaigns.rules import window_phase
 from campaigns.timeutil import isoformat
 from tests import support
 from tests.support import JWT_SECRET, LiveClient, event, wait_until
+
+THROTTLE_SECONDS = 2.0  # the product's default, which the module's stack keeps
 
 STATUS_TYPES = ("campaign_started", "campaign_paused", "campaign_resumed", "campaign_completed")
 
@@ -110,6 +113,27 @@ def test_a_burst_is_throttled_and_its_last_state_delivered(stack, tenant, publis
     assert last["campaign"]["pending"] == 0 and last["campaign"]["version"] == first["campaign"]["version"] + 200
     # the merged update goes at the end of the window (THROTTLE_SECONDS = 2 s) after the first emit
     assert last["at"] - first["at"] >= 1.9
+
+
+def test_the_latest_state_arrives_within_the_throttle_and_half_a_second_of_the_last_event(
+    stack, tenant, publisher, clients
+):
+    """CONTRACT.md: the latest state arrives within THROTTLE_SECONDS + 0.5 s of its last event. The
+    worst case: the last event comes just after an update opened the window, on the campaign whose
+    window phase (campaigns/rules.py) is the largest of 40."""
+    campaign_id = max((f"late-{n}" for n in range(40)), key=lambda c: window_phase(tenant, c))
+    client = stack.client(tenant)
+    clients.append(client)
+    publisher.publish(started(tenant, campaign_id, 10))
+    publisher.publish(sent(tenant, campaign_id, 0))
+    client.wait_campaign(campaign_id, lambda c: c["sent"] == 1)  # a progress update: its window opened
+    publisher.publish(sent(tenant, campaign_id, 1))  # confirmed by the broker on return
+    last_event_at = time.monotonic()
+    merged = client.wait_campaign(campaign_id, lambda c: c["sent"] == 2, timeout=10)
+    took = merged["at"] - last_event_at
+    print(f"latest state {took:.3f} s after the last event (window phase {window_phase(tenant, campaign_id):.3f} s)")
+    assert took <= THROTTLE_SECONDS + 0.5, f"the latest state came {took:.3f} s after the last event"
+    assert took >= THROTTLE_SECONDS * 0.9, "merged at the window's end, not sent at once"
 
 
 def test_status_events_are_never_merged_away(stack, tenant, publisher, clients):
