@@ -30,6 +30,7 @@ import sys
 from config import secret_problems
 from extensions import socketio
 from factory import create_app, freeze_startup_objects
+from sockets.file_limit import raise_file_limit
 from sockets.handlers import connections
 from sockets.http_server import serve
 from sockets.loop_lag import start_loop_lag_watch
@@ -85,6 +86,7 @@ def main():
         if problems:
             return 2
     check_cooperative_database(app)
+    raise_file_limit(config["MAX_CONNECTIONS"])
     if not config["DEMO"]:
         declare_broker_topology(config)
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)

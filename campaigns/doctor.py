@@ -23,14 +23,13 @@ from sqlalchemy.pool import NullPool
 
 from campaigns.queues import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE
 from config import secret_problems
+from sockets.file_limit import files_needed, limit_reachable
 from sockets.stream import PROBE_EVENT
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 CONNECT_TIMEOUT_SECONDS = 3
 MAX_CLOCK_SKEW_SECONDS = 2.0
-# Sockets a server needs besides its clients: the database pool, the broker, log files.
-SPARE_FILE_DESCRIPTORS = 100
 PROBE_TIMEOUT_SECONDS = 5.0
 SOCKET_TIMEOUT_SECONDS = 10.0
 GUIDE = "docs/troubleshooting.md"
@@ -339,20 +338,22 @@ def check_secrets(config):
 
 
 def check_file_limit(config):
-    """``ulimit -n`` of this shell leaves room for ``MAX_CONNECTIONS`` clients."""
+    """``ulimit -n`` of this shell leaves room for ``MAX_CONNECTIONS`` clients, once the server has
+    raised its soft limit up to the hard one (sockets/file_limit.py)."""
     name = "open files"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = config["MAX_CONNECTIONS"] + SPARE_FILE_DESCRIPTORS
+    needed = files_needed(config["MAX_CONNECTIONS"])
     detail = f"ulimit -n is {soft} (hard {hard}); MAX_CONNECTIONS={config['MAX_CONNECTIONS']} needs {needed}"
-    if soft == resource.RLIM_INFINITY or soft >= needed:
+    if limit_reachable(needed, soft, hard):
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            detail += "; the server raises its soft limit at start"
         return Result(name, True, detail)
-    raise_it = f"ulimit -n {needed}" if hard == resource.RLIM_INFINITY or hard >= needed else "raise the hard limit"
     return Result(
         name,
         False,
         detail,
-        f"{raise_it} in the shell that starts the server (LimitNOFILE={needed} in a systemd unit), or lower "
-        "MAX_CONNECTIONS; past the limit new clients are refused with 'Too many open files'",
+        f"raise the hard limit for the server (ulimit -Hn {needed} as root, LimitNOFILE={needed} in a systemd "
+        "unit), or lower MAX_CONNECTIONS; past the limit new clients are refused with 'Too many open files'",
     )
 
 

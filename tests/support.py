@@ -3,8 +3,10 @@ Socket.IO clients that record what they receive, a queue reader, event shorthand
 """
 
 import base64
+import contextlib
 import json
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -61,6 +63,18 @@ class Stack(stack.Stack):
             client.connect((server or self.servers[0]).url, auth, list(transports))
         return client
 
+
+
+@contextlib.contextmanager
+def soft_file_limit(soft):
+    """This process's soft open-file limit lowered to ``soft`` (the hard one kept) for what it
+    starts meanwhile (children inherit it); restored afterwards. Yields the hard limit."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield before[1]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
 
 
 def websocket_upgrade_request(path="/socket.io/?EIO=4&transport=websocket", extensions=None):

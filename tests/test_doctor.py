@@ -94,6 +94,14 @@ def test_a_wrong_server_secret_and_a_down_server_fail_the_server_check(healthy):
     assert "fix: " in output
 
 
+def test_a_low_soft_file_limit_passes_when_the_hard_one_lets_the_server_raise_it(healthy):
+    with support.soft_file_limit(1024) as hard:
+        code, checks, output = doctor(healthy.env(MAX_CONNECTIONS=min(hard, 10**6) - 200))
+    assert code == 0, output
+    assert marks(checks)["open files"] == "✓" and "ulimit -n is 1024" in checks["open files"][1]
+    assert "the server raises its soft limit at start" in checks["open files"][1]
+
+
 def test_weak_secrets_file_limit_and_origins_fail_and_a_wildcard_only_warns(healthy):
     code, checks, output = doctor(
         healthy.env(JWT_SECRET="short", MAX_CONNECTIONS=10**7, CORS_ALLOWED_ORIGINS="https://app.example.com/")
