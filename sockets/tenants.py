@@ -16,7 +16,8 @@ itself fills what the message queue lost (``catch_up``, from the stored updates)
   are read);
 - a reconnect of the stream's listener (``listener_reconnected``);
 - every ``RECONCILE_SECONDS / 2``, one query for all the tenants held (``reconcile_once``): a
-  tenant whose stored ``seq`` is still ahead of this server's half a second later is caught up,
+  tenant whose stored ``seq`` is still ahead of this server's half a second later (``behind_grace``)
+  is caught up,
   and one whose epoch changed (or whose ``seq`` went back) is reloaded and its clients resync.
 
 A tenant's state is dropped when its last client leaves.
@@ -445,6 +446,13 @@ class TenantStates:
             except Exception:  # noqa: BLE001 - the loop must outlive a database outage
                 log.exception("[WEBSOCKET] reconciliation failed; retrying in %ss", self.reconcile_seconds / 2)
 
+    def behind_grace(self):
+        """How long a tenant found behind PostgreSQL may stay so before this server fetches (the
+        updates are mostly in flight on the message queue): ``BEHIND_GRACE_SECONDS``, and at most a
+        quarter of ``RECONCILE_SECONDS``, so that a look every R/2 plus the grace stays within R of a
+        commit whatever R is (with R = 1 s a fixed 0.5 s made it 1 s plus the query)."""
+        return min(BEHIND_GRACE_SECONDS, self.reconcile_seconds / 4)
+
     def reconcile_once(self):
         """One query for every tenant held; catch up the ones behind, reload the ones replaced."""
         with self.lock:
@@ -465,7 +473,7 @@ class TenantStates:
             elif state.provisional_ids():
                 unplaced.append((tenant_id, state))
         if behind:
-            socketio.sleep(BEHIND_GRACE_SECONDS)  # most are in flight on the message queue
+            socketio.sleep(self.behind_grace())  # most are in flight on the message queue
             for tenant_id, last_seq in behind.items():
                 state = self.states.get(tenant_id)
                 if state is not None and state.seq < last_seq:

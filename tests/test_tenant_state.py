@@ -3,6 +3,8 @@
 import json
 from datetime import timedelta
 
+import pytest
+
 from campaigns.timeutil import isoformat, utcnow
 from sockets.encoding import PacketJSON
 from sockets.tenant_state import CampaignEntry, TenantState
@@ -148,3 +150,21 @@ def test_an_update_that_cannot_be_applied_costs_no_other_update(monkeypatch):
     states.receive_many([update(1, campaign("a", 1)), broken, update(3, campaign("a", 3)), beta])
     assert ("tenant:acme", [1, 3]) in delivered  # clients ask for 2 themselves (a seq jump)
     assert ("tenant:beta", [1]) in delivered
+
+
+@pytest.mark.parametrize(("reconcile_seconds", "grace"), [(5.0, 0.5), (2.0, 0.5), (1.0, 0.25), (0.4, 0.1)])
+def test_a_tenant_behind_postgresql_is_caught_up_within_reconcile_seconds(monkeypatch, reconcile_seconds, grace):
+    """A look every RECONCILE_SECONDS / 2, then a grace for updates in flight: both within R."""
+    from sockets import tenants
+
+    states = tenants.TenantStates()
+    states.reconcile_seconds = reconcile_seconds
+    states.states["acme"] = loaded()  # at seq 0 here; PostgreSQL says 3
+    slept, caught_up = [], []
+    monkeypatch.setattr(tenants.socketio, "sleep", slept.append)
+    monkeypatch.setattr(states, "_read", lambda read, background=False: {"acme": (3, states.states["acme"].epoch)})
+    monkeypatch.setattr(states, "start_catch_up", lambda tenant_id, cause: caught_up.append((tenant_id, cause)))
+    states.reconcile_once()
+    assert caught_up == [("acme", "behind")]
+    assert slept == [grace]
+    assert reconcile_seconds / 2 + slept[0] <= reconcile_seconds * 0.75
