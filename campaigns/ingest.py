@@ -41,8 +41,6 @@ class IngestResult:
     merged: int = 0
     throttled: list = field(default_factory=list)
     alerts_raised: int = 0
-    # When the merged updates of the batch's campaigns fall due (the worker looks then).
-    due_times: list = field(default_factory=list)
 
 
 class TenantLocks:
@@ -326,7 +324,6 @@ def apply_batch(session, events, now, throttle_seconds, locks=None, alert_rule=D
     # In this transaction, under the campaigns' row locks: counts agree with `failed` whatever the workers.
     count_failures(session, result.applied)
     result.updates = store_updates(session, decisions.emissions, now)
-    result.due_times = [c.emit_due_at for c in campaigns.values() if c.emit_due_at is not None]
     return result
 
 

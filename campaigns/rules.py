@@ -99,10 +99,9 @@ def window_counts(rule, window, now):
 # Throttle windows: campaigns started together would have their merged updates fall due
 # together every THROTTLE_SECONDS, a burst that status events then wait behind. Each campaign's
 # window ends a little later than the throttle, by a phase of its own within the contract's
-# slack (the latest state arrives within THROTTLE_SECONDS + 0.5 s; the worker looks at each due
-# time its batches scheduled, worker/due_schedule.py, and delivery takes the rest). It was 0.3 s:
-# a campaign with the largest phase got its latest state 2.34-2.39 s after its last event on an
-# idle box, 0.11-0.16 s inside the bound.
+# slack (the latest state arrives within THROTTLE_SECONDS + 0.5 s; the worker looks for due
+# updates every 0.1 s, and delivery takes the rest). It was 0.3 s: a campaign with the largest
+# phase got its latest state 2.28-2.39 s after its last event, 0.11-0.22 s inside the bound.
 WINDOW_PHASE_SPREAD_SECONDS = 0.2
 
 

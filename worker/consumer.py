@@ -34,7 +34,6 @@ from campaigns.rules import FailureAlertRule
 from campaigns.timeutil import utcnow
 from campaigns.updates import UPDATE_EVENT, tenant_room
 from worker.broker_reads import buffered_bytes, read_ahead
-from worker.due_schedule import DueSchedule
 from worker.failures import caused_by_event, describe, retry_reason
 from worker.health import WorkerHealth
 from worker.throttle_log import ThrottleSummary
@@ -120,7 +119,7 @@ class EventConsumer(ConsumerProducerMixin):
         self.batch_has_status = False
         self.last_batch_at = float("-inf")
         self.backlog = False  # reading_backlog
-        self.due_schedule = DueSchedule(DUE_CHECK_SECONDS)
+        self.next_due_check = 0.0
         self.next_prune = time.monotonic() + 1.0
         self.active_connection = None
         # Delivery tags received on this channel and not yet acknowledged, dead-lettered or
@@ -209,7 +208,7 @@ class EventConsumer(ConsumerProducerMixin):
         now = time.monotonic()
         # Before a look for due updates, the batch in hand goes too: a campaign's merged update
         # must not leave without the event waiting here (its window would restart without it).
-        if self.batch and (self.batch_due(now) or self.due_schedule.is_due(now)):
+        if self.batch and (self.batch_due(now) or now >= self.next_due_check):
             self.last_batch_at = now
             try:
                 self.process_batch()
@@ -220,12 +219,12 @@ class EventConsumer(ConsumerProducerMixin):
                 return
             if self.backlog and not self.more_ready():
                 self.backlog = False  # caught up
-        if self.due_schedule.is_due(now):
+        if now >= self.next_due_check:
             more_due = self.run_task("emit_due_updates", self.emit_due_updates)
             if more_due is None:
-                self.due_schedule.looked(now, now + TASK_RETRY_SECONDS)
+                self.next_due_check = now + TASK_RETRY_SECONDS
             else:
-                self.due_schedule.looked(now, now if more_due else None)
+                self.next_due_check = now if more_due else now + DUE_CHECK_SECONDS
         self.throttle_summary.maybe_log()
         if now >= self.next_prune:
             more = self.run_task("prune_history", self.prune_history)
@@ -619,7 +618,6 @@ class EventConsumer(ConsumerProducerMixin):
         metrics.updates_merged.inc(result.merged)
         metrics.failure_alerts_raised.inc(result.alerts_raised)
         self.throttle_summary.add(result.throttled)
-        self.due_schedule.add(result.due_times)
 
     def dead_letter(self, message, reason):
         """Move a bad message to the dead-letter queue with its reason, then acknowledge it.
