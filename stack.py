@@ -7,6 +7,7 @@ Nothing here mocks the database or the broker. ``tests/support.py`` adds the tes
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -69,9 +70,29 @@ def require_services():
             ) from None
 
 
+# Ports handed out by free_port: below the kernel's range for outgoing connections, where a port
+# picked (as bind(0) picks) could be taken by any process's next connect() before it is bound.
+PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port():
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
+    """A TCP port nobody listens on right now, from a range no outgoing connection takes, and
+    from a share of its own for each pytest-xdist process (``make test`` runs two)."""
+    ephemeral_from = int(EPHEMERAL_RANGE.read_text().split()[0]) if EPHEMERAL_RANGE.exists() else 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = (ephemeral_from - PORTS_FROM) // max(workers, 1)
+    start = PORTS_FROM + share * int(worker[2:] if worker[2:].isdigit() else 0)
+    for _ in range(100 if share >= 100 else 0):
+        port = random.randrange(start, start + share)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # a kernel whose range starts low: its own pick
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 

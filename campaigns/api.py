@@ -4,7 +4,7 @@ import hashlib
 import json
 from datetime import timedelta
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import select
 
 from campaigns import metrics
@@ -72,22 +72,31 @@ def rate_limit_key():
     return "session:" + hashlib.sha256(user.encode()).hexdigest()[:32] if user else "ip:" + (request.remote_addr or "")
 
 
+def presented_tenant():
+    """The tenant of the API key this request presents, or None (looked up once per request)."""
+    if "api_key_tenant" not in g:
+        key = bearer_token()
+        g.api_key_tenant = tenant_of_api_key(key) if key else None
+    return g.api_key_tenant
+
+
 # Minting is limited per API key (a customer's backend mints for all its users from one address),
-# and refused keys per address: 401s count, and past the limit that address gets 429s.
+# and refused keys per address: 401s count, and past the limit that address gets 429s, except for
+# a valid key (behind a proxy every caller may share one address).
 @bp.post("/tokens")
 @limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=rate_limit_key)
 @limiter.limit(
     lambda: current_app.config["TOKEN_FAILURE_RATE_LIMIT"],
     key_func=lambda: "refused-key:" + (request.remote_addr or ""),
     deduct_when=lambda response: response.status_code == 401,
+    exempt_when=lambda: presented_tenant() is not None,
 )
 def create_token():
     """Exchange a tenant API key for a JWT; an optional JSON ``{"sub": ...}`` names the holder."""
     # The contract defines no body: one that is not a JSON object with a usable "sub" is ignored.
     # (Read first: an oversized body is a 413 whatever the credentials.)
     body = request.get_json(silent=True, force=True) if request.get_data(cache=True) else None
-    key = bearer_token()
-    tenant_id = tenant_of_api_key(key) if key else None
+    tenant_id = presented_tenant()
     if tenant_id is None:
         raise ApiError(401, "unauthorized", "a valid tenant API key is required")
     subject = body.get("sub") if isinstance(body, dict) else None

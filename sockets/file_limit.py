@@ -33,8 +33,12 @@ def raise_file_limit(max_connections):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        if target > soft:
+        try:
+            # An unlimited hard limit (BSD, macOS) may still refuse a soft one above the system's.
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("[WEBSOCKET] could not raise the open-file limit to %d: %s", target, exc)
+        else:
             log.info(
                 "[WEBSOCKET] open-file limit raised from %d to %d for MAX_CONNECTIONS=%d", soft, target, max_connections
             )

@@ -436,11 +436,17 @@ class TenantStates:
             self._wake.set()
 
     def run_reconciliation(self):
-        """Background loop: ``reconcile_once`` every ``RECONCILE_SECONDS / 2`` or when woken."""
+        """Background loop: ``reconcile_once`` every ``RECONCILE_SECONDS / 2`` or when woken.
+
+        Each look starts ``RECONCILE_SECONDS / 2`` after the previous one started, not after it
+        ended: a look waits its grace (``behind_grace``) whenever a tenant is behind, which under
+        traffic is nearly always, and counted after the look the interval grew by that grace."""
         self._wake = socketio.server.eio.create_event()
+        started = time.monotonic()
         while True:
-            self._wake.wait(self.reconcile_seconds / 2)
+            self._wake.wait(max(started + self.reconcile_seconds / 2 - time.monotonic(), 0))
             self._wake.clear()
+            started = time.monotonic()
             try:
                 self.reconcile_once()
             except Exception:  # noqa: BLE001 - the loop must outlive a database outage

@@ -66,13 +66,15 @@ class Stack(stack.Stack):
 
 
 @contextlib.contextmanager
-def soft_file_limit(soft):
-    """This process's soft open-file limit lowered to ``soft`` (the hard one kept) for what it
-    starts meanwhile (children inherit it); restored afterwards. Yields the hard limit."""
+def low_soft_file_limit():
+    """This process's soft open-file limit lowered to 1,024 (half the hard one if that is lower)
+    for what it starts meanwhile (children inherit it), restored afterwards; yields ``(soft, hard)``."""
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = before[1] if before[1] != resource.RLIM_INFINITY else 10**6
+    soft = min(1024, hard // 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
     try:
-        yield before[1]
+        yield soft, hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
 

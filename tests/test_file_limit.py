@@ -17,11 +17,11 @@ def open_files_limit(pid):
 
 
 def test_the_server_raises_its_soft_file_limit_up_to_what_max_connections_needs(stack):
-    with support.soft_file_limit(1024) as hard:
-        wanted = min(hard, 10**6) - 300  # reachable: below the hard limit
-        raised = stack.start_server(MAX_CONNECTIONS=wanted - 100)
+    with support.low_soft_file_limit() as (soft, hard):
+        reachable = min(hard, 10**6) - 1  # MAX_CONNECTIONS whose files the hard limit allows
+        raised = stack.start_server(MAX_CONNECTIONS=reachable - 100)
         beyond = stack.start_server(MAX_CONNECTIONS=hard + 5000)  # the hard limit is too low for it
-    assert open_files_limit(raised.pid) == (files_needed(wanted - 100), hard)
-    assert f"open-file limit raised from 1024 to {files_needed(wanted - 100)}" in raised.log()
+    assert open_files_limit(raised.pid) == (files_needed(reachable - 100), hard)
+    assert f"open-file limit raised from {soft} to {files_needed(reachable - 100)}" in raised.log()
     assert open_files_limit(beyond.pid) == (hard, hard)
     assert "is below the" in beyond.log() and f"MAX_CONNECTIONS={hard + 5000} needs" in beyond.log()

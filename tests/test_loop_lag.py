@@ -15,7 +15,7 @@ from sockets.loop_lag import LoopLagWatch
 from tests.support import metric, wait_until
 
 LAG = "campaign_live_event_loop_lag_seconds"
-STALL_SECONDS = 1.5
+STALL_SECONDS = 2.0
 
 
 def lag_figures(server):
@@ -30,7 +30,7 @@ def test_a_stalled_event_loop_shows_in_the_lag_histogram_and_the_log(stack, asyn
     server = stack.start_server(ASYNC_MODE=async_mode)
     wait_until(lambda: lag_figures(server)[0] >= 2, 10, 0.1, "the server to measure its event loop's lag")
     count, over_a_second, total = lag_figures(server)
-    assert over_a_second == 0 and total < 0.5, (count, over_a_second, total)  # an idle loop is on time
+    assert over_a_second == 0, (count, over_a_second, total)  # an idle loop is on time
 
     os.kill(server.pid, signal.SIGSTOP)
     try:

@@ -1,7 +1,10 @@
 """The per-tenant state a server keeps (sockets/tenant_state.py): plain rules, no database."""
 
 import json
+import threading
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -168,3 +171,29 @@ def test_a_tenant_behind_postgresql_is_caught_up_within_reconcile_seconds(monkey
     assert caught_up == [("acme", "behind")]
     assert slept == [grace]
     assert reconcile_seconds / 2 + slept[0] <= reconcile_seconds * 0.75
+
+
+class StopLoop(BaseException):
+    """Ends a reconciliation loop in a test (the loop outlives every ``Exception``)."""
+
+
+def test_looks_start_every_half_reconcile_seconds_however_long_a_look_waits(monkeypatch):
+    from sockets import tenants
+
+    states = tenants.TenantStates()
+    states.reconcile_seconds = 0.6
+    eio = SimpleNamespace(create_event=threading.Event)
+    monkeypatch.setattr(tenants, "socketio", SimpleNamespace(server=SimpleNamespace(eio=eio)))
+    starts = []
+
+    def look():
+        starts.append(time.monotonic())
+        if len(starts) == 4:
+            raise StopLoop
+        time.sleep(0.2)  # what a look spends in its grace when a tenant is behind
+
+    monkeypatch.setattr(states, "reconcile_once", look)
+    with pytest.raises(StopLoop):
+        states.run_reconciliation()
+    intervals = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert all(0.29 <= interval < 0.45 for interval in intervals), intervals  # 0.3 s, not 0.3 + 0.2

@@ -264,6 +264,14 @@ def complete_campaigns(stack, campaigns, ledger, timeout, tenants=None):
     wait_applied(stack, len(ledger), timeout, tenants=tenants)
 
 
+def completed_outcome(stack, campaigns, ledger, client, tenant):
+    """Complete the campaigns, wait until every event is applied and ``client`` has every update
+    of ``tenant``; then the ``outcome``."""
+    complete_campaigns(stack, campaigns, ledger, 60)
+    client.wait_caught_up(last_seqs(stack)[tenant], 30)
+    return outcome(stack, ledger)
+
+
 def outcome(stack, ledger, tenants=None):
     """Compare the database with the ledger: counts, losses, double applies, mismatches.
 

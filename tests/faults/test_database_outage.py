@@ -21,11 +21,9 @@ from tests.faults.helpers import (
     applied_count,
     assert_exact,
     assert_in_order_without_gaps,
-    complete_campaigns,
+    completed_outcome,
     http_get,
     is_applied,
-    last_seqs,
-    outcome,
     proxied_database_url,
     report_outcome,
     start_progress_stream,
@@ -105,11 +103,7 @@ def test_a_database_outage_acknowledges_nothing_and_loses_nothing(stack, proxy, 
     finally:
         stream.stop()
 
-    complete_campaigns(stack, campaigns, ledger, 60)
-    final_seq = last_seqs(stack)[tenant]
-    client.wait_caught_up(final_seq, 30)
-
-    result = outcome(stack, ledger)
+    result = completed_outcome(stack, campaigns, ledger, client, tenant)
     report_outcome(
         f"database outage ({OUTAGE_SECONDS:.0f} s, TCP proxy cut)",
         result,
@@ -172,11 +166,7 @@ def test_a_broker_connection_lost_during_a_database_outage_is_consumed_on_again(
     finally:
         stream.stop()
 
-    complete_campaigns(stack, campaigns, ledger, 60)
-    final_seq = last_seqs(stack)[tenant]
-    client.wait_caught_up(final_seq, 30)
-
-    result = outcome(stack, ledger)
+    result = completed_outcome(stack, campaigns, ledger, client, tenant)
     report_outcome(
         "broker connection reset while the database was down",
         result,
