@@ -23,7 +23,7 @@ import kombu
 from socketio import exceptions as socketio_exceptions
 
 from bench.harness import BenchFailure, stats
-from stack import OrderedClient
+from stack import OrderedClient, wait_until
 
 PROBE_NAME = re.compile(r"^lat-(\d+)-")
 CONNECT_SECONDS = 30.0
@@ -64,23 +64,27 @@ class ProbeLegs:
 
     def __enter__(self):
         self.thread.start()
-        deadline = time.monotonic() + CONNECT_SECONDS
-        while not self.bound.wait(0.2) and self.thread.is_alive() and time.monotonic() < deadline:
-            pass
+        with contextlib.suppress(AssertionError):  # the time is up: said below
+            wait_until(lambda: self.bound.is_set() or not self.thread.is_alive(), CONNECT_SECONDS, 0.2)
         if not self.bound.is_set():
             self.stopping.set()
             raise BenchFailure(f"the message-queue observer could not bind in {CONNECT_SECONDS:.0f} s: {self.failure}")
-        deadline = time.monotonic() + CONNECT_SECONDS
-        while not self.client.connected:  # a server still busy with the last scenario's clients may time out
-            try:
-                self.client.connect(self.server_url, auth={"token": self.token}, transports=["websocket"],
-                                    wait_timeout=CONNECT_SECONDS)
-            except socketio_exceptions.ConnectionError as exc:
-                if time.monotonic() >= deadline:  # the legs are a diagnosis: the scenario runs without them
-                    self.failure = exc
-                    break
-                time.sleep(1)
+        # A server still busy with the last scenario's clients may refuse or time out: try again until
+        # the deadline; the legs are a diagnosis, so the scenario then runs without the observer.
+        with contextlib.suppress(AssertionError):
+            wait_until(self._connect, CONNECT_SECONDS, 1.0)
         return self
+
+    def _connect(self):
+        """One connect attempt of the websocket observer; True once connected (the failure kept)."""
+        try:
+            self.client.connect(self.server_url, auth={"token": self.token}, transports=["websocket"],
+                                wait_timeout=CONNECT_SECONDS)
+        except socketio_exceptions.ConnectionError as exc:
+            self.failure = exc
+            return False
+        self.failure = None
+        return True
 
     def __exit__(self, *exc_info):
         self.stopping.set()

@@ -1,8 +1,6 @@
 """The per-tenant state a server keeps (sockets/tenant_state.py): plain rules, no database."""
 
 import json
-import threading
-import time
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -177,23 +175,39 @@ class StopLoop(BaseException):
     """Ends a reconciliation loop in a test (the loop outlives every ``Exception``)."""
 
 
+class ClockedEvent:
+    """An event nobody sets, on a fake clock: waiting moves the clock on by the timeout."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def wait(self, timeout):
+        self.clock[0] += timeout
+        return False
+
+    def clear(self):
+        pass
+
+
 def test_looks_start_every_half_reconcile_seconds_however_long_a_look_waits(monkeypatch):
     from sockets import tenants
 
+    clock = [100.0]
     states = tenants.TenantStates()
     states.reconcile_seconds = 0.6
-    eio = SimpleNamespace(create_event=threading.Event)
+    eio = SimpleNamespace(create_event=lambda: ClockedEvent(clock))
     monkeypatch.setattr(tenants, "socketio", SimpleNamespace(server=SimpleNamespace(eio=eio)))
+    monkeypatch.setattr(tenants, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     starts = []
 
     def look():
-        starts.append(time.monotonic())
+        starts.append(clock[0])
         if len(starts) == 4:
             raise StopLoop
-        time.sleep(0.2)  # what a look spends in its grace when a tenant is behind
+        clock[0] += 0.2  # what a look spends in its grace when a tenant is behind
 
     monkeypatch.setattr(states, "reconcile_once", look)
     with pytest.raises(StopLoop):
         states.run_reconciliation()
-    intervals = [later - earlier for earlier, later in zip(starts, starts[1:])]
-    assert all(0.29 <= interval < 0.45 for interval in intervals), intervals  # 0.3 s, not 0.3 + 0.2
+    intervals = [round(later - earlier, 6) for earlier, later in zip(starts, starts[1:])]
+    assert intervals == [0.3, 0.3, 0.3]  # a look every R/2 from the last start, not R/2 + 0.2
