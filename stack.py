@@ -84,17 +84,16 @@ def free_port():
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     share = (ephemeral_from - PORTS_FROM) // max(workers, 1)
     start = PORTS_FROM + share * int(worker[2:] if worker[2:].isdigit() else 0)
-    for _ in range(100 if share >= 100 else 0):
-        port = random.randrange(start, start + share)
+    # A kernel whose outgoing range starts low leaves no share: then its own pick (port 0).
+    candidates = [random.randrange(start, start + share) for _ in range(100)] if share >= 100 else []
+    for port in [*candidates, 0]:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    with socket.socket() as probe:  # a kernel whose range starts low: its own pick
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+            return probe.getsockname()[1]
+    raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
 # PostgreSQL ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from campaigns.queues import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE
 from config import secret_problems
-from sockets.file_limit import files_needed, limit_reachable
+from sockets.file_limit import files_needed, short_of
 from sockets.stream import PROBE_EVENT
 
 log = logging.getLogger(__name__)
@@ -344,8 +344,8 @@ def check_file_limit(config):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = files_needed(config["MAX_CONNECTIONS"])
     detail = f"ulimit -n is {soft} (hard {hard}); MAX_CONNECTIONS={config['MAX_CONNECTIONS']} needs {needed}"
-    if limit_reachable(needed, soft, hard):
-        if soft != resource.RLIM_INFINITY and soft < needed:
+    if not short_of(hard, needed):  # the server raises its soft limit up to the hard one
+        if short_of(soft, needed):
             detail += "; the server raises its soft limit at start"
         return Result(name, True, detail)
     return Result(

@@ -21,9 +21,9 @@ def files_needed(max_connections):
     return max_connections + SPARE_FILE_DESCRIPTORS
 
 
-def limit_reachable(needed, soft, hard):
-    """True when the soft limit is, or can be raised to, ``needed``."""
-    return resource.RLIM_INFINITY in (soft, hard) or max(soft, hard) >= needed
+def short_of(limit, needed):
+    """True when an ``RLIMIT_NOFILE`` value (soft or hard) is below ``needed``; unlimited never is."""
+    return limit != resource.RLIM_INFINITY and limit < needed
 
 
 def raise_file_limit(max_connections):
@@ -31,7 +31,7 @@ def raise_file_limit(max_connections):
     the hard limit); log what it is; return ``(soft, hard)``."""
     needed = files_needed(max_connections)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
+    if short_of(soft, needed):
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
             # An unlimited hard limit (BSD, macOS) may still refuse a soft one above the system's.
@@ -43,7 +43,7 @@ def raise_file_limit(max_connections):
                 "[WEBSOCKET] open-file limit raised from %d to %d for MAX_CONNECTIONS=%d", soft, target, max_connections
             )
             soft = target
-    if soft != resource.RLIM_INFINITY and soft < needed:
+    if short_of(soft, needed):
         log.warning(
             "[WEBSOCKET] open-file limit %d (hard %d) is below the %d that MAX_CONNECTIONS=%d needs: clients past "
             "about %d are refused; raise the hard limit (LimitNOFILE= in a systemd unit) or lower MAX_CONNECTIONS",

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import uuid  # noqa: F401 - tests use support.uuid
+from types import SimpleNamespace
 
 from kombu import Connection
 
@@ -50,6 +51,7 @@ from stack import (  # noqa: F401 - the tests reach these through ``support``
     set_permissions,
     wait_until,
 )
+from worker.consumer import EventConsumer
 
 
 class Stack(stack.Stack):
@@ -63,6 +65,18 @@ class Stack(stack.Stack):
             client.connect((server or self.servers[0]).url, auth, list(transports))
         return client
 
+
+
+def bare_worker(**attributes):
+    """An ``EventConsumer`` built without ``__init__`` (no database, no broker): the given attributes
+    over these defaults: not asked to stop, no backlog, no tenant locks, and a broker connection
+    whose ``connection_errors`` are ``ConnectionError``."""
+    worker = EventConsumer.__new__(EventConsumer)
+    defaults = {"should_stop": False, "backlog": False, "locks": None,
+                "connection": SimpleNamespace(connection_errors=(ConnectionError,))}
+    for name, value in {**defaults, **attributes}.items():
+        setattr(worker, name, value)
+    return worker
 
 
 @contextlib.contextmanager

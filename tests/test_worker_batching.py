@@ -7,7 +7,7 @@ import socket
 from types import SimpleNamespace
 
 from tests import support
-from tests.support import RecordingEmitter, event, wait_until
+from tests.support import RecordingEmitter, bare_worker, event, wait_until
 from worker.broker_reads import READ_AHEAD_BYTES, buffered_bytes, read_ahead
 from worker.consumer import BACKLOG_BYTES, EventConsumer, StopRequested, backlog_threshold, unread_bytes
 
@@ -16,10 +16,9 @@ LINGER = 0.05
 
 def consumer(batch, started, last_batch_at, more_ready=False, backlog=False):
     """An ``EventConsumer`` holding ``batch`` (routing keys), for its batching decision only."""
-    worker = EventConsumer.__new__(EventConsumer)
-    worker.batch, worker.batch_has_status = [], False
-    worker.batch_size, worker.linger, worker.last_batch_at = 500, LINGER, last_batch_at
-    worker.unsettled = set()
+    worker = bare_worker(
+        batch=[], batch_has_status=False, batch_size=500, linger=LINGER, last_batch_at=last_batch_at, unsettled=set()
+    )
     for number, routing_key in enumerate(batch):
         worker.on_message(SimpleNamespace(delivery_tag=number, delivery_info={"routing_key": routing_key}))
     worker.batch_started = started
@@ -48,8 +47,7 @@ def test_progress_waits_while_the_stream_is_steady_and_a_status_event_goes_at_on
 def worker_on_a_socketpair(**amqp_connection):
     """``(worker, broker_side, worker_side)``: a bare ``EventConsumer`` whose broker connection is
     one end of a socket pair (``amqp_connection``: more attributes of the py-amqp connection)."""
-    worker = EventConsumer.__new__(EventConsumer)
-    worker.backlog = False
+    worker = bare_worker()
     broker_side, worker_side = socket.socketpair()
     try:
         worker.active_connection = SimpleNamespace(
@@ -231,9 +229,7 @@ def test_a_status_events_campaign_is_committed_and_emitted_before_the_rest_of_it
 
 def test_a_stop_during_the_one_by_one_fallback_leaves_the_rest_of_the_batch_unapplied():
     """A campaign's later event must not commit before an earlier one left for redelivery."""
-    worker = EventConsumer.__new__(EventConsumer)
-    worker.backlog, worker.locks = False, None
-    worker.connection = SimpleNamespace(connection_errors=(ConnectionError,))
+    worker = bare_worker()
     calls = []
 
     def in_transaction(work):

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests import support
-from worker.consumer import EventConsumer
+from tests.support import bare_worker
 from worker.failures import caused_by_event, retry_reason
 
 # (statements run in one transaction, the last one fails; dead-letter the event?; retry reason)
@@ -95,14 +95,6 @@ class LostBroker:
         return SimpleNamespace(send_heartbeat=lambda: None)
 
 
-def bare_worker(**attributes):
-    worker = EventConsumer.__new__(EventConsumer)
-    worker.should_stop = False
-    for name, value in attributes.items():
-        setattr(worker, name, value)
-    return worker
-
-
 def test_a_broker_connection_lost_while_waiting_raises_instead_of_reconnecting_without_the_consumer():
     lost = LostBroker()
     worker = bare_worker(active_connection=lost)
@@ -125,12 +117,7 @@ def test_a_broker_error_while_applying_goes_to_kombu_and_dead_letters_nothing(ap
         raise ConnectionError("the broker connection was lost while the worker waited")
 
     dead_letters = []
-    worker = bare_worker(
-        connection=SimpleNamespace(connection_errors=(ConnectionError,)),
-        in_transaction=broker_lost,
-        dead_letter=lambda message, reason: dead_letters.append(reason),
-        locks=None,
-    )
+    worker = bare_worker(in_transaction=broker_lost, dead_letter=lambda message, reason: dead_letters.append(reason))
     pair = (SimpleNamespace(event_id="e-1", tenant_id="acme", campaign_id="c"), SimpleNamespace())
     with pytest.raises(ConnectionError):
         if apply == "apply_pairs":
