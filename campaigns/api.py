@@ -2,13 +2,15 @@
 
 import hashlib
 import json
+import time
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, g, request
+from limits import parse_many
 from sqlalchemy import select
 
 from campaigns import metrics
-from campaigns.auth import AuthError, bearer_token, identity_from_request, tenant_of_api_key
+from campaigns.auth import AuthError, bearer_token, hash_api_key, identity_from_request, tenant_of_api_key
 from campaigns.errors import ApiError
 from campaigns.events import CAMPAIGN_ID
 from campaigns.models import ACTIVE_STATUSES, Campaign, CampaignUpdate, Tenant
@@ -72,22 +74,63 @@ def rate_limit_key():
     return "session:" + hashlib.sha256(user.encode()).hexdigest()[:32] if user else "ip:" + (request.remote_addr or "")
 
 
+REFUSED_KEY_SCOPE = "refused-api-key"
+RECENT_KEY_SECONDS = 600
+RECENT_KEYS_MAX = 10_000
+recent_keys = {}  # hash of an API key that minted here -> monotonic time it last did
+
+
+def refused_key_address():
+    """The per-address counter of refused API keys."""
+    return "refused-key:" + (request.remote_addr or "")
+
+
+def refusals_left():
+    """Whether this address has not spent its budget of refused keys (tested, not counted)."""
+    prefix = getattr(limiter, "_key_prefix", "")
+    where = [prefix] if prefix else []
+    return all(
+        limiter.limiter.test(limit, *where, refused_key_address(), REFUSED_KEY_SCOPE)
+        for limit in parse_many(current_app.config["TOKEN_FAILURE_RATE_LIMIT"])
+    )
+
+
+def minted_recently(key_hash):
+    """Whether this API key minted a token from this process in the last ``RECENT_KEY_SECONDS``."""
+    seen = recent_keys.get(key_hash)
+    return seen is not None and time.monotonic() - seen < RECENT_KEY_SECONDS
+
+
+def remember_minting(key_hash):
+    """Note that this API key minted (the oldest notes go first past ``RECENT_KEYS_MAX``)."""
+    recent_keys.pop(key_hash, None)
+    recent_keys[key_hash] = time.monotonic()
+    while len(recent_keys) > RECENT_KEYS_MAX:
+        del recent_keys[next(iter(recent_keys))]
+
+
 def presented_tenant():
-    """The tenant of the API key this request presents, or None (looked up once per request)."""
+    """The tenant of the API key this request presents, or None (looked up once per request).
+
+    An address past its budget of refused keys gets no lookup for a key that has not minted
+    here recently: a flood of made-up keys costs the database nothing once the budget is spent.
+    """
     if "api_key_tenant" not in g:
         key = bearer_token()
-        g.api_key_tenant = tenant_of_api_key(key) if key else None
+        looked_up = key and (refusals_left() or minted_recently(hash_api_key(key)))
+        g.api_key_tenant = tenant_of_api_key(key) if looked_up else None
     return g.api_key_tenant
 
 
 # Minting is limited per API key (a customer's backend mints for all its users from one address),
 # and refused keys per address: 401s count, and past the limit that address gets 429s, except for
-# a valid key (behind a proxy every caller may share one address).
+# a valid key that minted recently (behind a proxy every caller may share one address).
 @bp.post("/tokens")
 @limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=rate_limit_key)
-@limiter.limit(
+@limiter.shared_limit(
     lambda: current_app.config["TOKEN_FAILURE_RATE_LIMIT"],
-    key_func=lambda: "refused-key:" + (request.remote_addr or ""),
+    scope=REFUSED_KEY_SCOPE,
+    key_func=refused_key_address,
     deduct_when=lambda response: response.status_code == 401,
     exempt_when=lambda: presented_tenant() is not None,
 )
@@ -104,6 +147,7 @@ def create_token():
         subject = "api-key"
     ttl = current_app.config["JWT_TTL_SECONDS"]
     token = mint_token(current_app.config["JWT_SECRET"], tenant_id, subject, ttl)
+    remember_minting(hash_api_key(bearer_token()))
     return json_response({"token": token, "expires_in": ttl, "tenant": tenant_id}, 201)
 
 

@@ -13,6 +13,7 @@ import time
 import uuid  # noqa: F401 - tests use support.uuid
 from types import SimpleNamespace
 
+import sqlalchemy.event
 from kombu import Connection
 
 import stack
@@ -66,14 +67,17 @@ class Stack(stack.Stack):
         return client
 
 
-
 def bare_worker(**attributes):
     """An ``EventConsumer`` built without ``__init__`` (no database, no broker): the given attributes
     over these defaults: not asked to stop, no backlog, no tenant locks, and a broker connection
     whose ``connection_errors`` are ``ConnectionError``."""
     worker = EventConsumer.__new__(EventConsumer)
-    defaults = {"should_stop": False, "backlog": False, "locks": None,
-                "connection": SimpleNamespace(connection_errors=(ConnectionError,))}
+    defaults = {
+        "should_stop": False,
+        "backlog": False,
+        "locks": None,
+        "connection": SimpleNamespace(connection_errors=(ConnectionError,)),
+    }
     for name, value in {**defaults, **attributes}.items():
         setattr(worker, name, value)
     return worker
@@ -91,6 +95,21 @@ def low_soft_file_limit():
         yield soft, hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+@contextlib.contextmanager
+def statements_on(engine):
+    """Collect the SQL text of every statement ``engine`` runs inside the block."""
+    seen = []
+
+    def collect(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", collect)
+    try:
+        yield seen
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", collect)
 
 
 def websocket_upgrade_request(path="/socket.io/?EIO=4&transport=websocket", extensions=None):
@@ -144,7 +163,6 @@ def consume(broker_url, queue, wanted, timeout, accept=None):
             except TimeoutError:
                 break
     return found
-
 
 
 class LiveClient:

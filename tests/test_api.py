@@ -12,9 +12,9 @@ from campaigns.auth import hash_api_key
 from campaigns.ingest import apply_batch
 from campaigns.models import ApiKey, User
 from campaigns.timeutil import utcnow
-from extensions import socketio
+from extensions import db, socketio
 from sockets.tenants import tenant_states
-from tests.support import JWT_SECRET
+from tests.support import JWT_SECRET, statements_on
 from tests.test_ingest import ev, started
 
 
@@ -248,10 +248,32 @@ def test_tokens_are_minted_per_api_key_and_refused_keys_are_limited_per_address(
     refused = mint("another-wrong-key", "10.0.0.2")
     assert refused.status_code == 429 and refused.get_json()["error"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) > 0
-    # ...but never a valid key (behind a proxy, every caller may share the address)...
+    # ...but never a valid key that minted recently (behind a proxy, callers share the address)...
     assert mint(keys[1], "10.0.0.2").status_code == 201
     # ...and only that address: another one with a wrong key still gets its 401.
     assert mint("wrong-key", "10.0.0.3").status_code == 401
+
+
+def test_made_up_keys_past_the_refusal_budget_cost_no_lookup(app, cli, acme):
+    app.config.update(TOKEN_FAILURE_RATE_LIMIT="2 per minute")
+    minted, fresh = cli("create-api-key", "acme"), cli("create-api-key", "acme")
+    client = app.test_client()
+
+    def mint(key):
+        return client.post("/api/tokens", headers=bearer(key), environ_base={"REMOTE_ADDR": "10.0.1.1"})
+
+    assert mint(minted).status_code == 201
+    assert [mint(f"made-up-{n}").status_code for n in range(2)] == [401, 401]
+    with app.app_context():
+        engine = db.engine
+    with statements_on(engine) as seen:
+        assert {mint(f"made-up-{n}").status_code for n in range(2, 50)} == {429}
+        assert not [sql for sql in seen if "api_keys" in sql]
+        # A key that minted here is still looked up (and a revoked one would be refused)...
+        assert mint(minted).status_code == 201
+        assert [sql for sql in seen if "api_keys" in sql]
+    # ...while a valid key new to this address waits for the budget like a made-up one.
+    assert mint(fresh).status_code == 429
 
 
 def test_health_ready_and_metrics(app, token):
