@@ -23,15 +23,18 @@ def _int(name, default):
         raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
 
 
-def _float(name, default):
-    """Read a float environment variable, failing loudly on garbage."""
+def _float(name, default, positive=False):
+    """Read a float environment variable (above 0 if ``positive``), failing loudly on garbage."""
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+    if positive and not value > 0:  # also refuses nan
+        raise RuntimeError(f"{name} must be above 0, got {raw!r}")
+    return value
 
 
 def _rate_limit(name, default):
@@ -120,7 +123,7 @@ class Config:
         # Newest updates each server keeps in memory per tenant it has clients for (replay without a query).
         self.REPLAY_RING_SIZE = _int("REPLAY_RING_SIZE", 256)
         # Every client has every stored update within this long of its commit, even when the queue lost it.
-        self.RECONCILE_SECONDS = _float("RECONCILE_SECONDS", 5.0)
+        self.RECONCILE_SECONDS = _float("RECONCILE_SECONDS", 5.0, positive=True)
         # A connect that cannot be served from memory within this long is refused with "unavailable".
         self.CONNECT_WAIT_SECONDS = _float("CONNECT_WAIT_SECONDS", 5.0)
         # Database queries of the connect path (tenant loads, replays) running at once.

@@ -440,17 +440,22 @@ class TenantStates:
 
         Each look starts ``RECONCILE_SECONDS / 2`` after the previous one started, not after it
         ended: a look waits its grace (``behind_grace``) whenever a tenant is behind, which under
-        traffic is nearly always, and counted after the look the interval grew by that grace."""
+        traffic is nearly always, and counted after the look the interval grew by that grace.
+        A look that ran longer than that (a slow database) still leaves ``RECONCILE_SECONDS / 8``
+        of rest before the next, and a failed one ``RECONCILE_SECONDS / 2``: never back to back."""
         self._wake = socketio.server.eio.create_event()
-        started = time.monotonic()
+        started = ended = time.monotonic()
         while True:
-            self._wake.wait(max(started + self.reconcile_seconds / 2 - time.monotonic(), 0))
+            due = max(started + self.reconcile_seconds / 2, ended + self.reconcile_seconds / 8)
+            self._wake.wait(max(due - time.monotonic(), 0))
             self._wake.clear()
             started = time.monotonic()
             try:
                 self.reconcile_once()
             except Exception:  # noqa: BLE001 - the loop must outlive a database outage
                 log.exception("[WEBSOCKET] reconciliation failed; retrying in %ss", self.reconcile_seconds / 2)
+                started = time.monotonic()
+            ended = time.monotonic()
 
     def behind_grace(self):
         """How long a tenant found behind PostgreSQL may stay so before this server fetches (the

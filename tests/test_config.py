@@ -59,6 +59,15 @@ def test_a_rate_limit_that_does_not_parse_is_refused_not_ignored(monkeypatch, na
         Config()
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_a_reconcile_interval_that_would_spin_is_refused(monkeypatch, value):
+    monkeypatch.setenv("RECONCILE_SECONDS", "2.5")
+    assert Config().RECONCILE_SECONDS == 2.5
+    monkeypatch.setenv("RECONCILE_SECONDS", value)
+    with pytest.raises(RuntimeError, match="RECONCILE_SECONDS must be above 0"):
+        Config()
+
+
 @pytest.mark.parametrize(("command", "tag"), [(["app.py"], "[WEBSOCKET]"), (["-m", "worker"], "[WORKER]")])
 def test_server_and_worker_refuse_to_start_with_the_placeholders(command, tag):
     example = env_example()

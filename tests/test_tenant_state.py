@@ -211,3 +211,35 @@ def test_looks_start_every_half_reconcile_seconds_however_long_a_look_waits(monk
         states.run_reconciliation()
     intervals = [round(later - earlier, 6) for earlier, later in zip(starts, starts[1:])]
     assert intervals == [0.3, 0.3, 0.3]  # a look every R/2 from the last start, not R/2 + 0.2
+
+
+@pytest.mark.parametrize(
+    "outcome, rest",
+    [("slow", 0.075), ("failed", 0.3)],  # R/8 after a look longer than R/2; R/2 after a failure
+)
+def test_looks_never_run_back_to_back(monkeypatch, outcome, rest):
+    from sockets import tenants
+
+    clock = [100.0]
+    states = tenants.TenantStates()
+    states.reconcile_seconds = 0.6
+    eio = SimpleNamespace(create_event=lambda: ClockedEvent(clock))
+    monkeypatch.setattr(tenants, "socketio", SimpleNamespace(server=SimpleNamespace(eio=eio)))
+    monkeypatch.setattr(tenants, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(tenants.log, "exception", lambda *args: None)
+    spans = []
+
+    def look():
+        if len(spans) == 3:
+            raise StopLoop
+        start = clock[0]
+        clock[0] += 0.5  # longer than R/2: a slow database, or one that times out
+        spans.append((start, clock[0]))
+        if outcome == "failed":
+            raise OSError("database unreachable")
+
+    monkeypatch.setattr(states, "reconcile_once", look)
+    with pytest.raises(StopLoop):
+        states.run_reconciliation()
+    rests = [round(later[0] - earlier[1], 6) for earlier, later in zip(spans, spans[1:])]
+    assert rests == [rest, rest]
