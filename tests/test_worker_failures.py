@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 
 from tests import support
 from tests.support import bare_worker
+from worker.consumer import BrokerLost
 from worker.failures import caused_by_event, retry_reason
 
 # (statements run in one transaction, the last one fails; dead-letter the event?; retry reason)
@@ -98,7 +99,7 @@ class LostBroker:
 def test_a_broker_connection_lost_while_waiting_raises_instead_of_reconnecting_without_the_consumer():
     lost = LostBroker()
     worker = bare_worker(active_connection=lost)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(BrokerLost):
         worker.wait(0.05)
     assert worker.amqp_connection() is None
     assert not lost.reconnected
@@ -107,21 +108,40 @@ def test_a_broker_connection_lost_while_waiting_raises_instead_of_reconnecting_w
         raise BrokenPipeError("broker gone")
 
     alive = SimpleNamespace(connected=True, connection=SimpleNamespace(send_heartbeat=heartbeat_fails))
-    with pytest.raises(BrokenPipeError):  # no longer swallowed: kombu's loop reconnects and consumes again
+    with pytest.raises(BrokerLost) as lost_heartbeat:  # not swallowed: kombu's loop reconnects and consumes again
         bare_worker(active_connection=alive).wait(0.05)
+    assert isinstance(lost_heartbeat.value.__cause__, BrokenPipeError)
 
 
 @pytest.mark.parametrize("apply", ["apply_pairs", "process_alone"])
 def test_a_broker_error_while_applying_goes_to_kombu_and_dead_letters_nothing(apply):
     def broker_lost(*args, **kwargs):
-        raise ConnectionError("the broker connection was lost while the worker waited")
+        raise BrokerLost("the broker connection was lost while the worker waited")
 
     dead_letters = []
     worker = bare_worker(in_transaction=broker_lost, dead_letter=lambda message, reason: dead_letters.append(reason))
     pair = (SimpleNamespace(event_id="e-1", tenant_id="acme", campaign_id="c"), SimpleNamespace())
-    with pytest.raises(ConnectionError):
+    with pytest.raises(BrokerLost):
         if apply == "apply_pairs":
             worker.apply_pairs([pair], received=0.0)
         else:
             worker.process_alone(*pair)
     assert dead_letters == []
+
+
+@pytest.mark.parametrize("apply", ["apply_pairs", "process_alone"])
+def test_an_os_error_of_the_applying_itself_dead_letters_the_event(apply):
+    # kombu counts every OSError as a broker error: caught as one, this event came back for ever.
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    dead_letters = []
+    worker = bare_worker(
+        connection=SimpleNamespace(connection_errors=(ConnectionError, OSError)),  # as kombu's py-amqp
+        in_transaction=disk_full,
+        release_locks=lambda: None,
+        dead_letter=lambda message, reason: dead_letters.append(reason),
+    )
+    pair = (SimpleNamespace(event_id="e-1", tenant_id="acme", campaign_id="c"), SimpleNamespace())
+    assert getattr(worker, apply)(*(([pair], 0.0) if apply == "apply_pairs" else pair)) is True
+    assert dead_letters == ["apply_failed: OSError"]

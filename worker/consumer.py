@@ -90,6 +90,14 @@ class StopRequested(Exception):
     """Raised inside a retry loop when the worker was asked to stop."""
 
 
+class BrokerLost(ConnectionError):
+    """The broker connection was lost while the worker waited on the database.
+
+    One of kombu's ``connection_errors`` (its loop connects and consumes again), and the only
+    broker error that can come out of applying events: catching kombu's whole tuple there would
+    also catch any ``OSError`` raised by the applying itself and redeliver that event for ever."""
+
+
 class EventConsumer(ConsumerProducerMixin):
     """Consumes ``campaign.events``; see the module docstring for the loop."""
 
@@ -240,7 +248,7 @@ class EventConsumer(ConsumerProducerMixin):
         """
         try:
             return task()
-        except self.connection.connection_errors:
+        except BrokerLost:
             raise
         except StopRequested:
             return False
@@ -417,8 +425,8 @@ class EventConsumer(ConsumerProducerMixin):
     def wait(self, seconds):
         """Sleep, keeping the AMQP connection alive, and give up early when asked to stop.
 
-        A broker connection that is lost raises (one of kombu's ``connection_errors``), and kombu's
-        loop connects and consumes again; nothing was acknowledged meanwhile. Swallowed, a failed
+        A broker connection that is lost raises ``BrokerLost`` (one of kombu's ``connection_errors``),
+        and kombu's loop connects and consumes again; nothing was acknowledged meanwhile. Swallowed, a failed
         heartbeat left the connection marked down, and kombu's next look at ``Connection.connection``
         reconnected quietly, without the consumer: the worker drained an empty connection for good.
         """
@@ -428,8 +436,11 @@ class EventConsumer(ConsumerProducerMixin):
             connection = self.active_connection
             if connection is not None:
                 if not connection.connected:
-                    raise ConnectionError("the broker connection was lost while the worker waited")
-                connection.connection.send_heartbeat()
+                    raise BrokerLost("the broker connection was lost while the worker waited")
+                try:
+                    connection.connection.send_heartbeat()
+                except self.connection.connection_errors as exc:
+                    raise BrokerLost(f"the broker connection failed its heartbeat: {exc!r}") from exc
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
     def release_locks(self):
@@ -496,8 +507,8 @@ class EventConsumer(ConsumerProducerMixin):
             )
         except StopRequested:
             return False  # nothing acknowledged: the broker redelivers these to the next worker
-        except self.connection.connection_errors:
-            raise  # the broker's (lost while waiting on the database): kombu reconnects, nothing acked
+        except BrokerLost:
+            raise  # lost while waiting on the database: kombu reconnects, nothing acked
         except Exception as exc:
             log.warning("[WORKER] batch of %d failed (%s); applying one by one", len(pairs), describe(exc))
             self.release_locks()
@@ -521,7 +532,7 @@ class EventConsumer(ConsumerProducerMixin):
             )
         except StopRequested:
             return False
-        except self.connection.connection_errors:
+        except BrokerLost:
             raise  # the broker's, never the event's: not a dead letter
         except Exception as exc:
             self.release_locks()
