@@ -62,9 +62,13 @@ class LoopLagWatch:
         self.last_warning = now
 
     def run(self):
-        """Measure for as long as the process runs."""
+        """Measure for as long as the process runs (a failed measurement is logged, not fatal)."""
         while True:
-            self.measure_once()
+            try:
+                self.measure_once()
+            except Exception:  # noqa: BLE001 - a dead watch would read as a loop that never lags
+                log.exception("[WEBSOCKET] measuring the event loop's lag failed; measuring on")
+                self.sleep(self.interval)
 
 
 def start_loop_lag_watch(interval=INTERVAL_SECONDS):

@@ -66,3 +66,27 @@ def test_stalls_are_logged_once_a_minute_with_how_many_there_were(caplog):
     lines = [r.getMessage() for r in caplog.records if "event loop ran" in r.getMessage()]
     assert len(lines) == 2, lines  # the second stall came within a minute of the first line
     assert "2.00 s late (1 stall" in lines[0] and "1.10 s late (2 stall" in lines[1], lines
+
+
+class Stop(BaseException):
+    pass
+
+
+def test_a_failed_measurement_is_logged_and_the_watch_goes_on(caplog):
+    now, calls = [0.0], []
+
+    def clock():
+        calls.append(now[0])
+        if len(calls) == 1:
+            raise RuntimeError("clock broke once")
+        return now[0]
+
+    def sleep(seconds):
+        if len(calls) >= 5:
+            raise Stop
+        now[0] += seconds
+
+    with pytest.raises(Stop):
+        LoopLagWatch(interval=0.5, sleep=sleep, clock=clock).run()
+    assert len(calls) >= 5  # measured again after the failure
+    assert "measuring the event loop's lag failed" in caplog.text
