@@ -189,15 +189,21 @@ class ClockedEvent:
         pass
 
 
-def test_looks_start_every_half_reconcile_seconds_however_long_a_look_waits(monkeypatch):
+def states_on_a_fake_clock(monkeypatch, reconcile_seconds=0.6):
+    """A ``TenantStates`` whose reconciliation loop runs on a fake clock: ``(states, clock)``."""
     from sockets import tenants
 
     clock = [100.0]
     states = tenants.TenantStates()
-    states.reconcile_seconds = 0.6
+    states.reconcile_seconds = reconcile_seconds
     eio = SimpleNamespace(create_event=lambda: ClockedEvent(clock))
     monkeypatch.setattr(tenants, "socketio", SimpleNamespace(server=SimpleNamespace(eio=eio)))
     monkeypatch.setattr(tenants, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    return states, clock
+
+
+def test_looks_start_every_half_reconcile_seconds_however_long_a_look_waits(monkeypatch):
+    states, clock = states_on_a_fake_clock(monkeypatch)
     starts = []
 
     def look():
@@ -218,15 +224,8 @@ def test_looks_start_every_half_reconcile_seconds_however_long_a_look_waits(monk
     [("slow", 0.075), ("failed", 0.3)],  # R/8 after a look longer than R/2; R/2 after a failure
 )
 def test_looks_never_run_back_to_back(monkeypatch, outcome, rest):
-    from sockets import tenants
-
-    clock = [100.0]
-    states = tenants.TenantStates()
-    states.reconcile_seconds = 0.6
-    eio = SimpleNamespace(create_event=lambda: ClockedEvent(clock))
-    monkeypatch.setattr(tenants, "socketio", SimpleNamespace(server=SimpleNamespace(eio=eio)))
-    monkeypatch.setattr(tenants, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(tenants.log, "exception", lambda *args: None)
+    states, clock = states_on_a_fake_clock(monkeypatch)
+    monkeypatch.setattr("sockets.tenants.log.exception", lambda *args: None)
     spans = []
 
     def look():
