@@ -1,5 +1,6 @@
 """Configuration: one class that reads the environment, with safe development defaults."""
 
+import math
 import os
 
 from limits import parse_many
@@ -24,7 +25,7 @@ def _int(name, default):
 
 
 def _float(name, default, positive=False):
-    """Read a float environment variable (above 0 if ``positive``), failing loudly on garbage."""
+    """Read a float environment variable (finite and above 0 if ``positive``), failing loudly on garbage."""
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -32,8 +33,8 @@ def _float(name, default, positive=False):
         value = float(raw)
     except ValueError:
         raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
-    if positive and not value > 0:  # also refuses nan
-        raise RuntimeError(f"{name} must be above 0, got {raw!r}")
+    if positive and not (value > 0 and math.isfinite(value)):  # nan and inf too
+        raise RuntimeError(f"{name} must be a finite number above 0, got {raw!r}")
     return value
 
 

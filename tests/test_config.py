@@ -59,12 +59,12 @@ def test_a_rate_limit_that_does_not_parse_is_refused_not_ignored(monkeypatch, na
         Config()
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "1e309"])
 def test_a_reconcile_interval_that_would_spin_is_refused(monkeypatch, value):
     monkeypatch.setenv("RECONCILE_SECONDS", "2.5")
     assert Config().RECONCILE_SECONDS == 2.5
     monkeypatch.setenv("RECONCILE_SECONDS", value)
-    with pytest.raises(RuntimeError, match="RECONCILE_SECONDS must be above 0"):
+    with pytest.raises(RuntimeError, match="RECONCILE_SECONDS must be a finite number above 0"):
         Config()
 
 
