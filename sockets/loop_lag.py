@@ -34,6 +34,7 @@ class LoopLagWatch:
         self.clock = clock
         self.stalls_unlogged = 0
         self.last_warning = None
+        self.last_failure_logged = None
 
     def measure_once(self):
         """Sleep one interval; record and return how much later than asked it ended."""
@@ -62,12 +63,16 @@ class LoopLagWatch:
         self.last_warning = now
 
     def run(self):
-        """Measure for as long as the process runs (a failed measurement is logged, not fatal)."""
+        """Measure for as long as the process runs (a failed measurement is logged, at most once
+        per ``WARN_EVERY_SECONDS``, and the watch goes on)."""
         while True:
             try:
                 self.measure_once()
             except Exception:  # noqa: BLE001 - a dead watch would read as a loop that never lags
-                log.exception("[WEBSOCKET] measuring the event loop's lag failed; measuring on")
+                now = self.clock()
+                if self.last_failure_logged is None or now - self.last_failure_logged >= WARN_EVERY_SECONDS:
+                    log.exception("[WEBSOCKET] measuring the event loop's lag failed; measuring on")
+                    self.last_failure_logged = now
                 self.sleep(self.interval)
 
 

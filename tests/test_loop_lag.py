@@ -72,21 +72,26 @@ class Stop(BaseException):
     pass
 
 
-def test_a_failed_measurement_is_logged_and_the_watch_goes_on(caplog):
-    now, calls = [0.0], []
-
-    def clock():
-        calls.append(now[0])
-        if len(calls) == 1:
-            raise RuntimeError("clock broke once")
-        return now[0]
+def test_a_failed_measurement_is_logged_and_the_watch_goes_on(caplog, monkeypatch):
+    now, sleeps, measured = [0.0], [], []
 
     def sleep(seconds):
-        if len(calls) >= 5:
+        sleeps.append(seconds)
+        if len(sleeps) >= 6:
             raise Stop
         now[0] += seconds
 
+    watch = LoopLagWatch(interval=0.5, sleep=sleep, clock=lambda: now[0])
+    stock_measure_once = watch.measure_once
+
+    def measure_once():
+        measured.append(now[0])
+        if len(measured) <= 3:  # the first three measurements break
+            raise RuntimeError("histogram broke")
+        return stock_measure_once()
+
+    monkeypatch.setattr(watch, "measure_once", measure_once)
     with pytest.raises(Stop):
-        LoopLagWatch(interval=0.5, sleep=sleep, clock=clock).run()
-    assert len(calls) >= 5  # measured again after the failure
-    assert "measuring the event loop's lag failed" in caplog.text
+        watch.run()
+    assert len(measured) >= 4  # measured again after each failure
+    assert caplog.text.count("measuring the event loop's lag failed") == 1  # not once a second
