@@ -437,8 +437,11 @@ class EventConsumer(ConsumerProducerMixin):
             if connection is not None:
                 if not connection.connected:
                     raise BrokerLost("the broker connection was lost while the worker waited")
+                # The demo's in-memory transport has no heartbeat (and cannot be lost).
+                send_heartbeat = getattr(connection.connection, "send_heartbeat", None)
                 try:
-                    connection.connection.send_heartbeat()
+                    if send_heartbeat is not None:
+                        send_heartbeat()
                 except self.connection.connection_errors as exc:
                     raise BrokerLost(f"the broker connection failed its heartbeat: {exc!r}") from exc
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
