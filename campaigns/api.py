@@ -75,6 +75,7 @@ def rate_limit_key():
 
 
 REFUSED_KEY_SCOPE = "refused-api-key"
+LOOKUPS_PER_REFUSAL = 10
 RECENT_KEY_SECONDS = 600
 RECENT_KEYS_MAX = 10_000
 recent_keys = {}  # hash of an API key that minted here -> monotonic time it last did
@@ -85,12 +86,18 @@ def refused_key_address():
     return "refused-key:" + (request.remote_addr or "")
 
 
-def refusals_left():
-    """Whether this address has not spent its budget of refused keys (tested, not counted)."""
+def refusal_budget_left(counter, per_refusal=1, spend=False):
+    """Whether ``counter`` (this address's) is within ``per_refusal`` times the refused-key limit;
+    ``spend`` counts this request against it."""
     prefix = getattr(limiter, "_key_prefix", "")
-    where = [prefix] if prefix else []
+    check = limiter.limiter.hit if spend else limiter.limiter.test
     return all(
-        limiter.limiter.test(limit, *where, refused_key_address(), REFUSED_KEY_SCOPE)
+        check(
+            type(limit)(limit.amount * per_refusal, limit.multiples),
+            *([prefix] if prefix else []),
+            counter,
+            REFUSED_KEY_SCOPE,
+        )
         for limit in parse_many(current_app.config["TOKEN_FAILURE_RATE_LIMIT"])
     )
 
@@ -109,22 +116,32 @@ def remember_minting(key_hash):
         del recent_keys[next(iter(recent_keys))]
 
 
-def presented_tenant():
-    """The tenant of the API key this request presents, or None (looked up once per request).
+def may_look_up(key):
+    """Whether this request's API key may cost a database lookup.
 
-    An address past its budget of refused keys gets no lookup for a key that has not minted
-    here recently: a flood of made-up keys costs the database nothing once the budget is spent.
-    """
+    Within the address's budget of refused keys, always. Past it, a key that minted here
+    recently, and others only within ``LOOKUPS_PER_REFUSAL`` times that budget: a service
+    stuck on a revoked key does not lock its neighbours behind one proxy out, and a flood of
+    made-up keys costs a bounded number of lookups per address and window."""
+    address = refused_key_address()
+    return (
+        refusal_budget_left(address)
+        or minted_recently(hash_api_key(key))
+        or refusal_budget_left("lookup:" + address, LOOKUPS_PER_REFUSAL, spend=True)
+    )
+
+
+def presented_tenant():
+    """The tenant of the API key this request presents, or None (looked up once per request)."""
     if "api_key_tenant" not in g:
         key = bearer_token()
-        looked_up = key and (refusals_left() or minted_recently(hash_api_key(key)))
-        g.api_key_tenant = tenant_of_api_key(key) if looked_up else None
+        g.api_key_tenant = tenant_of_api_key(key) if key and may_look_up(key) else None
     return g.api_key_tenant
 
 
 # Minting is limited per API key (a customer's backend mints for all its users from one address),
 # and refused keys per address: 401s count, and past the limit that address gets 429s, except for
-# a valid key that minted recently (behind a proxy every caller may share one address).
+# a valid key (behind a proxy every caller may share one address) that ``may_look_up`` allows.
 @bp.post("/tokens")
 @limiter.limit(lambda: current_app.config["TOKEN_RATE_LIMIT"], key_func=rate_limit_key)
 @limiter.shared_limit(
