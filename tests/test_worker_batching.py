@@ -140,7 +140,10 @@ def test_a_steady_stream_of_progress_is_applied_in_few_transactions(database, vh
             progress = [event(tenant, "c1", "message_sent", message_id=f"m-{i}") for i in range(200)]
             for e in progress:
                 publisher.publish(e)  # confirmed one by one: each reaches the worker alone
-            wait_until(lambda: stack.campaign(tenant, "c1")["sent"] == len(progress), 30, message="every event")
+            # (the campaign's row may not exist yet: a worker slow to start has applied nothing)
+            wait_until(
+                lambda: (stack.campaign(tenant, "c1") or {}).get("sent") == len(progress), 30, message="every event"
+            )
         finally:
             publisher.close()
         transactions = stack.sql(
