@@ -107,7 +107,7 @@ test: $(TEST_DEPS)
 
 # Full runs, one after the other (they share the machine's cores): about 20 minutes. A --quick
 # run of each is part of `make test` (tests/test_bench_quick.py).
-BENCHMARKS := ingest latency polling_vs_socket soak
+BENCHMARKS := ingest latency polling_vs_socket poll_request_cost soak
 
 bench: venv services
 	@for name in $(BENCHMARKS); do $(PY) bench/$$name.py || exit 1; done

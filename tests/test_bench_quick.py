@@ -67,8 +67,17 @@ def check_vs_peer(result):
     assert 0 < legs["message_queue_ms"]["p50"] <= legs["websocket_observer_ms"]["max"]
 
 
+def check_poll_request_cost(result):
+    assert set(result["rounds"]) == {"eventlet", "campaign-live"}
+    for rounds in result["rounds"].values():
+        assert len(rounds) == result["args"]["rounds"] == 1
+        # Every request answered, by Engine.IO (an unknown session), not by a refused connection.
+        assert {found["status"] for found in rounds} == {"HTTP/1.1 400 BAD REQUEST"}
+        assert all(found["us_per_request"] > 0 and found["requests_per_s"] > 0 for found in rounds)
+
+
 CHECKS = {"ingest": check_ingest, "latency": check_latency, "polling_vs_socket": check_polling_vs_socket,
-          "soak": check_soak, "vs_peer": check_vs_peer}
+          "soak": check_soak, "vs_peer": check_vs_peer, "poll_request_cost": check_poll_request_cost}
 
 
 @pytest.fixture(scope="module")
