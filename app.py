@@ -27,9 +27,12 @@ if __name__ == "__main__":
 import logging
 import sys
 
-from config import secret_problems
+import click
+
+import factory
+from config import ConfigError
 from extensions import socketio
-from factory import create_app, freeze_startup_objects
+from factory import create_service_app, freeze_startup_objects
 from sockets.file_limit import raise_file_limit
 from sockets.handlers import connections
 from sockets.http_server import serve
@@ -40,6 +43,14 @@ from sockets.sweeper import start_sweeper
 from sockets.tenants import tenant_states
 
 log = logging.getLogger("campaign_live")
+
+
+def create_app():
+    """The app of ``flask --app app <command>``: a setting out of range is one line, not a traceback."""
+    try:
+        return factory.create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def check_cooperative_database(app):
@@ -69,7 +80,9 @@ def declare_broker_topology(config):
 
 def main():
     """Run the server (and, without DATABASE_URL/BROKER_URL, the whole demo)."""
-    app = create_app()
+    app = create_service_app("[WEBSOCKET]")
+    if app is None:
+        return 2
     config = app.config
     if config["DEMO"]:
         from demo import prepare_demo, start_demo
@@ -79,12 +92,6 @@ def main():
         print(f"\ncampaign-live demo on http://{config['HOST']}:{config['PORT']}/", flush=True)
         print("Log in as ana@acme.test (tenant acme) or admin@demo.test (every tenant), password demo-password")
         print(f"Socket.IO token for tenant 'acme' (24 h):\n{token}\n", flush=True)
-    else:
-        problems = secret_problems(config)
-        for problem in problems:
-            log.error("[WEBSOCKET] refusing to start: %s", problem)
-        if problems:
-            return 2
     check_cooperative_database(app)
     raise_file_limit(config["MAX_CONNECTIONS"])
     if not config["DEMO"]:

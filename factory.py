@@ -24,7 +24,7 @@ from campaigns.errors import register_error_handlers, retry_after_only_when_limi
 from campaigns.health import bp as health_bp
 from campaigns.models import User
 from campaigns.pages import bp as pages_bp
-from config import Config
+from config import Config, ConfigError, secret_problems
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from ops.recent_errors import install as keep_recent_errors
 from ops.views import bp as ops_bp
@@ -40,6 +40,9 @@ from sockets.tenants import tenant_states
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 TRANSLATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "translations")
 LANGUAGES = ("en", "pt_BR")
+
+
+log = logging.getLogger("campaign_live")
 
 
 def select_locale():
@@ -94,6 +97,24 @@ def socketio_options(config):
     else:
         options["client_manager"] = IndexedManager()  # a disconnect walks its client's rooms only
     return options
+
+
+def create_service_app(tag):
+    """The app of a long-running process (``python app.py``, ``python -m worker``), or None.
+
+    None means the process must not start: a setting out of range, or a weak secret outside
+    the demo; each reason is logged as ``<tag> refusing to start: ...`` first.
+    """
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        configure_logging("INFO")
+        log.error("%s refusing to start: %s", tag, exc)
+        return None
+    problems = secret_problems(app.config)
+    for problem in problems:
+        log.error("%s refusing to start: %s", tag, problem)
+    return None if problems else app
 
 
 def create_app(config=None):

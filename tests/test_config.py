@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from config import Config, secret_problems
+from config import Config, ConfigError, secret_problems
 from tests import support
 
 GOOD = "g" * 32
@@ -66,6 +66,86 @@ def test_a_reconcile_interval_that_would_spin_is_refused(monkeypatch, value):
     monkeypatch.setenv("RECONCILE_SECONDS", value)
     with pytest.raises(RuntimeError, match="RECONCILE_SECONDS must be a finite number above 0"):
         Config()
+
+
+# Each of these used to start: nan/inf/negative throttles and a 0 s alert window then
+# dead-lettered every valid event (timedelta(nan), a division by zero), PORT=70000 listened on
+# 4464, LOG_LEVEL=LOUD ended in a traceback.
+OUT_OF_RANGE = [
+    ("THROTTLE_SECONDS", "nan", "a finite number at least 0"),
+    ("THROTTLE_SECONDS", "inf", "a finite number at least 0"),
+    ("THROTTLE_SECONDS", "-1", "a finite number at least 0"),
+    ("FAILURE_ALERT_WINDOW_SECONDS", "0", "a finite number above 0"),
+    ("FAILURE_ALERT_RATE", "2", "a finite number above 0 and at most 1"),
+    ("FAILURE_ALERT_RATE", "0", "a finite number above 0 and at most 1"),
+    ("EVENT_RETENTION_SECONDS", "-60", "a finite number above 0"),
+    ("CONNECT_WAIT_SECONDS", "nan", "a finite number above 0"),
+    ("PORT", "70000", "an integer between 1 and 65535"),
+    ("PING_INTERVAL", "0", "an integer at least 1"),
+    ("PING_TIMEOUT", "-3", "an integer at least 1"),
+    ("REPLAY_MAX_UPDATES", "-1", "an integer at least 0"),
+    ("WORKER_BATCH_SIZE", "0", "an integer at least 1"),
+    ("MAX_CONNECTIONS", "0", "an integer at least 1"),
+    ("LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("ASYNC_MODE", "asyncio", "one of eventlet, gevent, threading"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "wanted"), OUT_OF_RANGE)
+def test_a_setting_out_of_its_range_is_refused(monkeypatch, name, value, wanted):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        Config()
+    assert str(refused.value) == f"{name} must be {wanted}, got {value!r}"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "read"),
+    [
+        ("THROTTLE_SECONDS", "0", 0.0),  # no throttle: every update at once (tests/faults use it)
+        ("FAILURE_ALERT_RATE", "1", 1.0),
+        ("PORT", "65535", 65535),
+        ("WORKER_METRICS_PORT", "0", 0),  # off
+        ("REPLAY_MAX_UPDATES", "0", 0),  # always resync
+        ("LOG_LEVEL", "debug", "DEBUG"),
+    ],
+)
+def test_the_edges_of_each_range_are_accepted(monkeypatch, name, value, read):
+    monkeypatch.setenv(name, value)
+    assert getattr(Config(), name) == read
+
+
+@pytest.mark.parametrize(("command", "tag"), [(["app.py"], "[WEBSOCKET]"), (["-m", "worker"], "[WORKER]")])
+def test_server_and_worker_refuse_a_setting_out_of_range_in_one_line(command, tag):
+    env = {
+        **support.os.environ,
+        "DATABASE_URL": support.pg_url("never_connected"),
+        "BROKER_URL": support.amqp_url("never_connected"),
+        "SECRET_KEY": support.SECRET_KEY,
+        "JWT_SECRET": support.JWT_SECRET,
+        "THROTTLE_SECONDS": "nan",
+    }
+    result = subprocess.run(
+        [support.PYTHON, *command], cwd=support.REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{tag} refusing to start: THROTTLE_SECONDS must be a finite number at least 0, got 'nan'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_cli_refuses_a_setting_out_of_range_in_one_line():
+    env = {**support.os.environ, "DATABASE_URL": support.pg_url("never_connected"), "LOG_LEVEL": "LOUD"}
+    result = subprocess.run(
+        [support.PYTHON, "-m", "flask", "--app", "app", "doctor"],
+        cwd=support.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Error: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(("command", "tag"), [(["app.py"], "[WEBSOCKET]"), (["-m", "worker"], "[WORKER]")])

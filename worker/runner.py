@@ -9,9 +9,8 @@ from kombu import Connection
 
 from campaigns import metrics
 from campaigns.queues import declare_topology
-from config import secret_problems
 from extensions import db
-from factory import create_app, freeze_startup_objects
+from factory import create_service_app, freeze_startup_objects
 from worker.consumer import EventConsumer, StopRequested
 from worker.emitter import message_queue_emitter
 from worker.failures import RETRY_REASONS
@@ -55,15 +54,12 @@ def main():
     """Entry point of ``python -m worker``."""
     # As in app.py: eventlet (which the app's Socket.IO imports) is the default and deprecated upstream.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-    app = create_app()
+    app = create_service_app("[WORKER]")
+    if app is None:
+        return 2
     config = app.config
     if not config["BROKER_URL"] or not config["DATABASE_URL"]:
         log.error("[WORKER] set BROKER_URL and DATABASE_URL (the demo runs its worker inside `make run`)")
-        return 2
-    problems = secret_problems(config)
-    for problem in problems:
-        log.error("[WORKER] refusing to start: %s", problem)
-    if problems:
         return 2
     emitter = message_queue_emitter(config["SOCKETIO_MESSAGE_QUEUE_URL"], config["SOCKETIO_CHANNEL"])
     if config["WORKER_FAULT"] == "exit_before_emit":
