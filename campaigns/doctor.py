@@ -140,7 +140,7 @@ def check_clock(config):
         False,
         detail,
         "synchronise the clocks (chrony or systemd-timesyncd on every machine); JWTs minted on a machine "
-        f"whose clock is off by more than JWT_LEEWAY_SECONDS ({config['JWT_LEEWAY_SECONDS']} s) are refused, "
+        f"whose clock is ahead by more than JWT_LEEWAY_SECONDS ({config['JWT_LEEWAY_SECONDS']} s) are refused, "
         "and status order and failure alerts follow event times",
     )
 

@@ -1,6 +1,7 @@
 """JWTs that authenticate Socket.IO connections and REST calls (HS256, ``JWT_SECRET``)."""
 
 import secrets
+import time
 from datetime import timedelta
 
 import jwt
@@ -8,7 +9,7 @@ import jwt
 from campaigns.timeutil import utcnow
 
 ALGORITHM = "HS256"
-# Clock skew tolerated between the machine that minted a token and this one (``iat``, ``exp``).
+# Clock skew tolerated between the machine that minted a token and this one (``iat``, ``nbf``).
 DEFAULT_LEEWAY_SECONDS = 30
 
 
@@ -37,8 +38,9 @@ def mint_token(secret, tenant_id, subject, ttl_seconds):
 def decode_token(secret, token, leeway=DEFAULT_LEEWAY_SECONDS):
     """Verify a token and return its claims; raise ``TokenError`` when it does not hold.
 
-    ``iat`` and ``exp`` are checked with ``leeway`` seconds of tolerance: a token minted by a
-    backend whose clock runs a second ahead is valid at once, not a second later.
+    ``iat`` (and ``nbf``) are checked with ``leeway`` seconds of tolerance: a token minted by a
+    backend whose clock runs a second ahead is valid at once, not a second later. ``exp`` has
+    none: a token past its ``exp`` is ``token_expired`` (CONTRACT.md section 1), whoever minted it.
     """
     if not secret or not isinstance(token, str) or not token:
         raise TokenError("unauthorized")
@@ -54,6 +56,8 @@ def decode_token(secret, token, leeway=DEFAULT_LEEWAY_SECONDS):
         raise TokenError("token_expired") from None
     except jwt.InvalidTokenError:
         raise TokenError("unauthorized") from None
+    if claims["exp"] <= time.time():  # PyJWT checked it against now - leeway
+        raise TokenError("token_expired")
     if not isinstance(claims.get("tenant"), str):
         raise TokenError("unauthorized")
     # ``sub`` only names the holder (logs): a token minted elsewhere without it, or with a number, is fine.

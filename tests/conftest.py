@@ -55,9 +55,9 @@ def vhost(services):
 def make_app(database):
     """``make_app(**settings)``: an app on the test's database, without a message queue (handlers
     run in-process), with settings of the test's choosing; disposed of afterwards."""
-    from factory import create_app
     from config import Config
     from extensions import db
+    from factory import create_app
 
     made = []
 

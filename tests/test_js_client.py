@@ -118,7 +118,7 @@ def test_the_official_js_client_follows_the_contract(stack, tenant, publisher):
             "TOKEN": stack.token(tenant),
             "OTHER_TENANT": other,
             "OTHER_TOKEN": stack.token(other),
-            "EXPIRED_TOKEN": stack.token(tenant, ttl=-120),  # beyond JWT_LEEWAY_SECONDS
+            "EXPIRED_TOKEN": stack.token(tenant, ttl=-120),
             "BAD_TOKEN": stack.token(tenant, secret=OTHER_SECRET),
             "NO_COLOR": "1",
         }

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
+import requests
 import socketio
 
 from campaigns.queues import REJECTION_HEADER, dead_letter_queue, worker_queue
@@ -215,8 +216,15 @@ def test_bad_credentials_are_refused(stack, tenant):
     }
     for name, auth in cases.items():
         assert _refusal(stack, auth) == "unauthorized", name
-    # Expired for longer than JWT_LEEWAY_SECONDS (30 s of tolerated clock skew).
-    assert _refusal(stack, {"token": _forge({**good, "exp": now - 60})}) == "token_expired"
+    # Past exp, even by less than JWT_LEEWAY_SECONDS (which is for clocks ahead, on iat).
+    for expired_for in (60, 2):
+        assert _refusal(stack, {"token": _forge({**good, "exp": now - expired_for})}) == "token_expired"
+        answer = requests.get(
+            f"{stack.servers[0].url}/api/campaigns",
+            headers={"Authorization": f"Bearer {_forge({**good, 'exp': now - expired_for})}"},
+            timeout=10,
+        )
+        assert (answer.status_code, answer.json()["error"]) == (401, "token_expired"), expired_for
 
 
 def test_reconnecting_with_last_seq_replays_missed_updates_in_order(stack, tenant, publisher, clients):
