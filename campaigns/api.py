@@ -41,9 +41,21 @@ def caller():
         raise ApiError(401, exc.code, message) from None
 
 
+def query_arg(name):
+    """The query string's one value of ``name`` (None when absent), or a 400 when it is repeated.
+
+    ``?after_seq=1&after_seq=900`` is ambiguous: Werkzeug would quietly take the first value,
+    a proxy or another framework the last.
+    """
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "bad_request", f"{name} must be given at most once")
+    return values[0] if values else None
+
+
 def int_arg(name, default, maximum=None):
     """A query-string integer >= 0 (at most ``maximum``), or a 400."""
-    raw = request.args.get(name)
+    raw = query_arg(name)
     if raw is None:
         return default
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
@@ -172,7 +184,7 @@ def create_token():
 def list_campaigns():
     """The snapshot's set of campaigns, with an ETag so that polling is nearly free."""
     identity = caller()
-    status = request.args.get("status")
+    status = query_arg("status")
     if status is not None and status not in STATUSES:
         raise ApiError(400, "bad_request", f"status must be one of {', '.join(STATUSES)}")
     body = json.dumps(Campaign.snapshot(identity.tenant_id, status), separators=(",", ":"))

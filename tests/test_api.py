@@ -197,6 +197,20 @@ def test_events_query_is_validated(app, token, query):
     assert answer.get_json()["error"] == "bad_request"
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/events?after_seq=1&after_seq=2", "after_seq"),
+        ("/api/events?limit=5&after_seq=0&limit=5", "limit"),  # even the same value twice
+        ("/api/campaigns?status=running&status=paused", "status"),
+    ],
+)
+def test_a_repeated_query_parameter_is_refused_not_half_read(app, token, path, name):
+    answer = app.test_client().get(path, headers=bearer(token))
+    assert answer.status_code == 400
+    assert answer.get_json() == {"error": "bad_request", "message": f"{name} must be given at most once"}
+
+
 def test_events_returns_stored_updates_after_seq(app, token, store):
     now = utcnow()
     for i, kind in enumerate(["campaign_started", "campaign_paused", "campaign_resumed"]):
