@@ -66,6 +66,9 @@ def register_error_handlers(app):
         headers = {}
         if exc.code == 429 and exc.response is not None and "Retry-After" in exc.response.headers:
             headers["Retry-After"] = exc.response.headers["Retry-After"]
+        if exc.code == 405:
+            # RFC 9110 15.5.6: a 405 names the methods the resource has.
+            headers.update((name, value) for name, value in exc.get_headers() if name == "Allow")
         code = CODES.get(exc.code, "error")
         return error_response(exc.code, code, exc.description or code, headers)
 

@@ -225,7 +225,10 @@ def test_events_returns_stored_updates_after_seq(app, token, store):
 def test_errors_are_json(app, token):
     client = app.test_client()
     assert client.get("/api/nothing-here").get_json()["error"] == "not_found"
-    assert client.delete("/api/campaigns", headers=bearer(token)).status_code == 405
+    refused = client.delete("/api/campaigns", headers=bearer(token))
+    assert (refused.status_code, refused.get_json()["error"]) == (405, "method_not_allowed")
+    assert set(refused.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    assert set(client.get("/api/tokens").headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
     assert client.get("/api/campaigns").get_json() == {
         "error": "unauthorized",
         "message": "valid credentials are required",
