@@ -202,6 +202,21 @@ class Config:
         return self
 
 
+def url_problems(config):
+    """``DATABASE_URL`` or ``BROKER_URL`` missing outside the demo, one line each.
+
+    With only ``DATABASE_URL``, a server used to start on an in-process broker that no worker
+    can reach, and report itself ready while no update would ever arrive.
+    """
+    if config["DEMO"]:
+        return []
+    return [
+        f"{name} is not set: a deployment needs both DATABASE_URL and BROKER_URL (the demo neither)"
+        for name in ("DATABASE_URL", "BROKER_URL")
+        if not config[name]
+    ]
+
+
 def secret_problems(config):
     """What is wrong with ``SECRET_KEY`` and ``JWT_SECRET`` for a real deployment, one line each.
 

@@ -24,7 +24,7 @@ from campaigns.errors import register_error_handlers, retry_after_only_when_limi
 from campaigns.health import bp as health_bp
 from campaigns.models import User
 from campaigns.pages import bp as pages_bp
-from config import Config, ConfigError, secret_problems
+from config import Config, ConfigError, secret_problems, url_problems
 from extensions import babel, csrf, db, limiter, login, migrate, socketio
 from ops.recent_errors import install as keep_recent_errors
 from ops.views import bp as ops_bp
@@ -102,8 +102,8 @@ def socketio_options(config):
 def create_service_app(tag):
     """The app of a long-running process (``python app.py``, ``python -m worker``), or None.
 
-    None means the process must not start: a setting out of range, or a weak secret outside
-    the demo; each reason is logged as ``<tag> refusing to start: ...`` first.
+    None means the process must not start: a setting out of range, or outside the demo a
+    missing URL or a weak secret; each reason is logged as ``<tag> refusing to start: ...`` first.
     """
     try:
         app = create_app()
@@ -111,7 +111,7 @@ def create_service_app(tag):
         configure_logging("INFO")
         log.error("%s refusing to start: %s", tag, exc)
         return None
-    problems = secret_problems(app.config)
+    problems = url_problems(app.config) + secret_problems(app.config)
     for problem in problems:
         log.error("%s refusing to start: %s", tag, problem)
     return None if problems else app

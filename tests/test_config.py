@@ -133,6 +133,25 @@ def test_server_and_worker_refuse_a_setting_out_of_range_in_one_line(command, ta
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("command", "tag"), [(["app.py"], "[WEBSOCKET]"), (["-m", "worker"], "[WORKER]")])
+@pytest.mark.parametrize("missing", ["BROKER_URL", "DATABASE_URL"])
+def test_server_and_worker_refuse_half_a_deployment(command, tag, missing):
+    # The server used to start on an in-process broker (or SQLite) and answer /readyz 200.
+    env = {
+        **support.os.environ,
+        "DATABASE_URL": support.pg_url("never_connected"),
+        "BROKER_URL": support.amqp_url("never_connected"),
+        "SECRET_KEY": support.SECRET_KEY,
+        "JWT_SECRET": support.JWT_SECRET,
+    }
+    del env[missing]
+    result = subprocess.run(
+        [support.PYTHON, *command], cwd=support.REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{tag} refusing to start: {missing} is not set: a deployment needs both" in result.stderr
+
+
 def test_the_cli_refuses_a_setting_out_of_range_in_one_line():
     env = {**support.os.environ, "DATABASE_URL": support.pg_url("never_connected"), "LOG_LEVEL": "LOUD"}
     result = subprocess.run(
