@@ -30,6 +30,7 @@ import sys
 import click
 
 import factory
+from campaigns.queues import declare_topology_at
 from config import ConfigError
 from extensions import socketio
 from factory import create_service_app, freeze_startup_objects
@@ -63,21 +64,6 @@ def check_cooperative_database(app):
         raise RuntimeError("psycopg2 has no wait callback: the database would block every client")
 
 
-def declare_broker_topology(config):
-    """Declare the exchange and durable queues at start-up, so that events published before any
-    worker ever ran wait in the queue (a broker that is down now is the worker's job later)."""
-    from kombu import Connection
-
-    from campaigns.queues import declare_topology
-
-    try:
-        with Connection(config["BROKER_URL"], connect_timeout=5) as connection:
-            connection.ensure_connection(max_retries=2)
-            declare_topology(connection, config["WORKER_QUEUE"])
-    except Exception as exc:  # noqa: BLE001 - the server still serves; workers declare it too
-        log.warning("could not declare the broker topology at start-up: %s", exc)
-
-
 def main():
     """Run the server (and, without DATABASE_URL/BROKER_URL, the whole demo)."""
     app = create_service_app("[WEBSOCKET]")
@@ -95,7 +81,9 @@ def main():
     check_cooperative_database(app)
     raise_file_limit(config["MAX_CONNECTIONS"])
     if not config["DEMO"]:
-        declare_broker_topology(config)
+        problem = declare_topology_at(config["BROKER_URL"], config["WORKER_QUEUE"])
+        if problem:  # the server still serves; workers declare it too
+            log.warning("could not declare the broker topology at start-up: %s", problem)
     start_sweeper(socketio.server.eio, interval=config["PING_TIMEOUT"] / 4)
     start_ping_schedule(socketio.server.eio)
     start_loop_lag_watch()

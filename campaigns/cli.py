@@ -13,6 +13,7 @@ from campaigns.doctor import GUIDE, format_result, run_checks
 from campaigns.events import TENANT_ID
 from campaigns.models import Tenant, User
 from campaigns.publisher import EventPublisher
+from campaigns.queues import declare_topology_at
 from campaigns.simulator import DEMO_TENANTS, CampaignSimulator
 from extensions import db
 
@@ -32,6 +33,15 @@ def create_tenant(tenant_id, name):
     db.session.add(Tenant(id=tenant_id, name=name, last_seq=0))
     db.session.commit()
     click.echo(f"created tenant {tenant_id}")
+    if current_app.config["BROKER_URL"]:
+        # A sender may publish for the new tenant before any worker or server ever ran.
+        problem = declare_topology_at(current_app.config["BROKER_URL"], current_app.config["WORKER_QUEUE"])
+        if problem:
+            click.echo(
+                f"warning: the broker's exchange and queues are not declared yet ({problem}); "
+                "the first server or worker declares them",
+                err=True,
+            )
 
 
 @click.command("delete-tenant")

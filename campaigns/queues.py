@@ -4,7 +4,7 @@ The publisher, the worker, the server's start-up, ``doctor``, the dead-letter to
 import them from here: campaigns/ is what the worker is built on, never the other way round.
 """
 
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
 
 EVENTS_EXCHANGE = "campaign.events"
 DEAD_LETTER_QUEUE = "campaign.events.dead"
@@ -38,3 +38,18 @@ def declare_topology(connection, queue_name="campaign.events.worker"):
     events_exchange(channel).declare()
     dead_letter_queue(channel).declare()
     worker_queue(queue_name)(channel).declare()
+
+
+def declare_topology_at(url, queue_name="campaign.events.worker"):
+    """Declare the topology on the broker at ``url``: None when done, else why not (one line).
+
+    The server's start-up and ``create-tenant`` call it, so that events a sender publishes
+    before any worker ever ran wait in the worker queue instead of being dropped by the exchange.
+    """
+    try:
+        with Connection(url, connect_timeout=5) as connection:
+            connection.ensure_connection(max_retries=2)
+            declare_topology(connection, queue_name)
+        return None
+    except Exception as exc:  # noqa: BLE001 - the caller reports any failure
+        return f"{exc.__class__.__name__}: {str(exc)[:200]}"

@@ -1,9 +1,11 @@
 """Expired history, the gevent way out, and the embedded demo, each on a stack of its own."""
 
+import json
 import re
 import subprocess
 
 import pytest
+from kombu import Connection
 
 from tests import support
 from tests.support import LiveClient, Process, event, wait_until
@@ -103,6 +105,32 @@ def test_python_m_worker_refuses_to_run_without_broker_and_database(tmp_path):
     )
     assert result.returncode == 2
     assert "set BROKER_URL and DATABASE_URL" in result.stderr
+
+
+def test_create_tenant_declares_the_topology_for_a_sender_that_declares_nothing(make_stack):
+    stack = make_stack()
+    created = subprocess.run(
+        [support.PYTHON, "-m", "flask", "--app", "app", "create-tenant", "early-bird", "--name", "Early Bird"],
+        cwd=support.REPO,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr[-2000:]
+    assert "campaign.events.worker" in support.list_queues(stack.vhost)
+    # A sender in another language: publishes to the exchange, declares nothing (passive would fail).
+    body = json.dumps(event("early-bird", "early", "campaign_started", name="Early", total_messages=1)).encode()
+    with Connection(stack.broker_url) as connection, connection.channel() as channel:
+        channel.basic_publish(
+            channel.prepare_message(body, content_type="application/json", properties={"delivery_mode": 2}),
+            exchange="campaign.events",
+            routing_key="early-bird.campaign_started",
+            mandatory=True,
+        )
+    stack.start_worker()
+    state = wait_until(lambda: stack.campaign("early-bird", "early"), 15, message="the early event applied")
+    assert state["name"] == "Early"
 
 
 def test_events_published_before_any_worker_ever_ran_wait_for_one(make_stack):
