@@ -53,6 +53,19 @@ def query_arg(name):
     return values[0] if values else None
 
 
+def json_body():
+    """The request's JSON body (None when empty or not JSON), or a 413 past ``MAX_CONTENT_LENGTH``.
+
+    A chunked body has no Content-Length to refuse up front: Werkzeug reads it up to the limit
+    and stops there without a word, so a body that fills the limit is taken as too large.
+    """
+    data = request.get_data(cache=True)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    return request.get_json(silent=True, force=True) if data else None
+
+
 def int_arg(name, default, maximum=None):
     """A query-string integer >= 0 (at most ``maximum``), or a 400."""
     raw = query_arg(name)
@@ -167,7 +180,7 @@ def create_token():
     """Exchange a tenant API key for a JWT; an optional JSON ``{"sub": ...}`` names the holder."""
     # The contract defines no body: one that is not a JSON object with a usable "sub" is ignored.
     # (Read first: an oversized body is a 413 whatever the credentials.)
-    body = request.get_json(silent=True, force=True) if request.get_data(cache=True) else None
+    body = json_body()
     tenant_id = presented_tenant()
     if tenant_id is None:
         raise ApiError(401, "unauthorized", "a valid tenant API key is required")

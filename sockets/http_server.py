@@ -289,7 +289,13 @@ def http_protocol(nodelay=True):
             """eventlet's environ; for a long-polling request (see ``lean_request``) built here,
             with the connection's addresses looked up once."""
             if not self.lean:
-                return super().get_environ()
+                environ = super().get_environ()
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    # eventlet's wsgi.Input ends a chunked body itself; without this key Werkzeug
+                    # reads a body of unknown length as empty (a chunked POST /api/tokens lost
+                    # its JSON), with it Werkzeug reads it up to MAX_CONTENT_LENGTH, then 413.
+                    environ["wsgi.input_terminated"] = True
+                return environ
             return lean_environ(self)
 
         def handle_one_response(self):
