@@ -267,6 +267,102 @@ def server_healthy(process, port):
         return False
 
 
+# nginx in front of servers (tests/test_nginx.py, bench/vs_peer.py --via-nginx): deploy/nginx.conf
+# as shipped, with only its upstream ports, listen port and log paths substituted.
+NGINX = Path("/usr/sbin/nginx")
+SITE_CONFIG = REPO / "deploy" / "nginx.conf"
+INSTALL_HINT = "nginx is not installed: run `make nginx-deps` (Debian's nginx package)"
+TEMP_PATHS = ("client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path", "uwsgi_temp_path", "scgi_temp_path")
+
+
+def require_nginx():
+    """Fail (never skip) with how to install nginx."""
+    assert NGINX.exists() and os.access(NGINX, os.X_OK), INSTALL_HINT
+
+
+def substitute(text, pattern, replacements):
+    """Replace each match of ``pattern`` (in order) with the next replacement; exactly that many."""
+    found = re.findall(pattern, text, flags=re.MULTILINE)
+    assert len(found) == len(replacements), f"deploy/nginx.conf: expected {len(replacements)} of {pattern!r}"
+    parts = iter(replacements)
+    return re.sub(pattern, lambda match: next(parts), text, flags=re.MULTILINE)
+
+
+def render_site(upstream_ports, listen_port, directory):
+    """deploy/nginx.conf with the test's upstream ports, listen port and log paths."""
+    text = SITE_CONFIG.read_text()
+    # The upstream's `server 127.0.0.1:<port> ...;` lines (their other parameters stay).
+    text = substitute(text, r"^\s*server\s+127\.0\.0\.1:\d+", [f"    server 127.0.0.1:{p}" for p in upstream_ports])
+    text = substitute(text, r"^\s*listen\s+80;", [f"    listen 127.0.0.1:{listen_port};"])
+    text = substitute(text, r"^\s*access_log\s+\S+", [f"    access_log {directory / 'access.log'}"])
+    text = substitute(text, r"^\s*error_log\s+\S+", [f"    error_log {directory / 'site-error.log'}"])
+    return text
+
+
+def render_main(directory, site_path, worker_connections=512):
+    """A main config around the site file: a private, foreground instance under ``directory``."""
+    temp = "\n".join(f"    {name} {directory / name};" for name in TEMP_PATHS)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return (
+        f"{user}daemon off;\n"
+        "worker_processes 1;\n"
+        f"pid {directory / 'nginx.pid'};\n"
+        f"error_log {directory / 'error.log'} info;\n"
+        f"events {{ worker_connections {worker_connections}; }}\n"
+        "http {\n"
+        f"{temp}\n"
+        f"    access_log {directory / 'default-access.log'};\n"
+        f"    include {site_path};\n"
+        "}\n"
+    )
+
+
+class Nginx:
+    """A private nginx in front of ``upstream_ports``, listening on a free port."""
+
+    def __init__(self, upstream_ports, directory, worker_connections=512):
+        require_nginx()
+        self.directory = Path(directory)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        site = self.directory / "campaign-live.conf"
+        site.write_text(render_site(upstream_ports, self.port, self.directory))
+        self.config = self.directory / "nginx.conf"
+        self.config.write_text(render_main(self.directory, site, worker_connections))
+        base = [str(NGINX), "-p", f"{self.directory}/", "-e", str(self.directory / "error.log"), "-c", str(self.config)]
+        check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, f"nginx -t refused the rendered deploy/nginx.conf:\n{check.stderr}"
+        self.process = Process("nginx", base, dict(os.environ), self.directory)
+        try:
+            wait_until(self._listening, 10, 0.02, f"nginx on port {self.port}")
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def _listening(self):
+        if not self.process.alive():
+            raise AssertionError(f"nginx exited:\n{self.process.log()}\n{self.error_log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def error_log(self):
+        path = self.directory / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def access_log(self):
+        """Parsed lines of the site's access log: (request line, status, upstream address)."""
+        path = self.directory / "access.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return re.findall(r'"([^"]*)" (\d{3}) \d+ upstream=(\S+)', text)
+
+    def stop(self):
+        return self.process.stop()
+
+
+
 class Stack:
     """Servers and workers of campaign-live on one database and one vhost.
 

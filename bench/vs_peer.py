@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
@@ -69,6 +71,22 @@ def node_peer(log_dir):
     finally:
         process.stop(10)
         stack.delete_vhost(vhost)
+
+
+def nginx_target(services, cleanup):
+    """campaign-live behind deploy/nginx.conf, as deployed: ``(name, url, pids, broker)`` of a target.
+
+    A server of its own behind the proxy (the runner lists a pid under one target only), nginx's
+    worker process after it: the row's first-pid figures are that server's, its "all" figures
+    the server's and nginx's (the worker's share is the direct row's)."""
+    server = services.start_server()
+    directory = Path(services.log_dir) / "nginx"
+    directory.mkdir(exist_ok=True)
+    # Both upstream lines of the shipped file on the one server; a poll holds a client and an upstream connection.
+    proxy = stack.Nginx([server.port, server.port], directory, worker_connections=16384)
+    cleanup.callback(proxy.stop)
+    workers = [child.pid for child in psutil.Process(proxy.process.pid).children()]
+    return "campaign-live.nginx", proxy.url, [server.pid, *workers], services.broker_url
 
 
 def at_rest_round(url, pids, n, args, log_dir):
@@ -147,13 +165,15 @@ def main(args):
     with harness.environment("vs_peer", args.keep_logs, **settings) as services:
         services.create_tenant(TENANT)
         server, worker = services.start_server(), services.start_worker()
-        with node_peer(services.log_dir) as (peer_url, peer_pid, peer_broker):
+        with node_peer(services.log_dir) as (peer_url, peer_pid, peer_broker), contextlib.ExitStack() as cleanup:
             targets = [("peer", peer_url, [peer_pid], peer_broker),
                        ("campaign-live", server.url, [server.pid, worker.pid], services.broker_url)]
+            behind_nginx = [nginx_target(services, cleanup)] if args.via_nginx else []
             legs = (server.url, services.message_queue_url, services.settings.get("SOCKETIO_CHANNEL", "flask-socketio"),
                     services.token(TENANT))
             reports = [at_rest(s, targets, args, services.log_dir) if s in AT_REST
-                       else through_runner(runner, s, targets, args, services.log_dir, legs) for s in scenarios]
+                       else through_runner(runner, s, targets + behind_nginx, args, services.log_dir, legs)
+                       for s in scenarios]
     rows = []
     for report in reports:
         for target in report["targets"]:
@@ -180,6 +200,8 @@ PARSER = harness.options(
     repeat=(1, "recorded rounds"), warmup=(1, "unrecorded rounds of the runner's scenarios"),
     rest=(10.0, "seconds of CPU at rest (idle-N)"), settle=(2.0, "quiet seconds after connecting and between targets"))
 PARSER.add_argument("--scenario", action="append", help=f"repeatable (default: {', '.join(DEFAULT_SCENARIOS)})")
+PARSER.add_argument("--via-nginx", action="store_true", help="a third target in the runner's scenarios: "
+                    "campaign-live behind deploy/nginx.conf (campaign-live.nginx)")
 
 if __name__ == "__main__":
     harness.run(main, PARSER)
