@@ -9,7 +9,7 @@ no contention on the process's one publishing connection when many clients conne
 import logging
 
 from flask import current_app, request
-from flask_socketio import ConnectionRefusedError, disconnect, emit, join_room
+from flask_socketio import ConnectionRefusedError, disconnect, emit
 
 from campaigns import metrics
 from campaigns.auth import AuthError, identity_from_session, identity_from_token
@@ -114,8 +114,27 @@ def _connect(auth):
         # Gone while the tenant loaded: python-socketio ignores a disconnect while a connect is
         # pending (a long-polling CLOSE in another request, the sweeper), so nothing would free this slot.
         refuse("unavailable")
-    tenant_states.serve(tenant_id, last_seq, epoch, _send, lambda: join_room(tenant_room(tenant_id)))
-    log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", request.sid, tenant_id, last_seq)
+    plan = tenant_states.prepare(tenant_id, last_seq, epoch)
+    sid = request.sid
+    # Sent once python-socketio has sent CONNECT (sockets/after_connect.py), in seq order with live updates.
+    socketio.server.manager.after_connect(sid, "/", lambda: _deliver(sid, tenant_id, plan))
+    log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", sid, tenant_id, last_seq)
+
+
+def _deliver(sid, tenant_id, plan):
+    """The snapshot, replayed updates and room of an accepted client (after its CONNECT packet)."""
+    server = socketio.server
+    try:
+        tenant_states.deliver(
+            tenant_id,
+            plan,
+            lambda event, data: server.emit(event, data, to=sid, namespace="/", ignore_queue=True),
+            lambda: server.enter_room(sid, tenant_room(tenant_id), namespace="/"),
+        )
+    except Exception:
+        # Connected without its snapshot or room, the client would never be served: let it reconnect.
+        log.exception("[WEBSOCKET] serving %s after its connect failed; disconnecting it", sid)
+        server.disconnect(sid, namespace="/")
 
 
 def _engineio_session():

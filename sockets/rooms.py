@@ -26,6 +26,8 @@ by item assignment and used through ``in``, ``append``, ``remove`` and ``len`` o
 
 import socketio
 
+from sockets.after_connect import AfterConnect
+
 
 class RoomIndex:
     """Mixin for a python-socketio manager (before it in the bases): rooms indexed by client."""
@@ -96,5 +98,6 @@ class PendingLists(dict):
         super().__setitem__(namespace, sids if isinstance(sids, PendingList) else PendingList.fromkeys(sids))
 
 
-class IndexedManager(RoomIndex, socketio.Manager):
-    """python-socketio's in-process manager (no message queue: the demo, tests) with ``RoomIndex``."""
+class IndexedManager(AfterConnect, RoomIndex, socketio.Manager):
+    """python-socketio's in-process manager (no message queue: the demo, tests) with ``RoomIndex``
+    and ``AfterConnect`` (sockets/after_connect.py)."""

@@ -21,6 +21,7 @@ from socketio import KombuManager
 from campaigns.events import is_integer
 from campaigns.updates import UPDATE_EVENT, tenant_room
 from extensions import socketio
+from sockets.after_connect import AfterConnect
 from sockets.rooms import RoomIndex
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ def campaign_update_of(event, data, room):
 CAMPAIGN_TEXT_FIELDS = ("id", "tenant_id", "status", "updated_at")
 
 
-class UpdateStreamManager(RoomIndex, KombuManager):
+class UpdateStreamManager(AfterConnect, RoomIndex, KombuManager):
     """A ``KombuManager`` whose campaign updates go through the server's tenant states (and
-    whose rooms are indexed by client, sockets/rooms.py)."""
+    whose rooms are indexed by client, sockets/rooms.py; ``AfterConnect``, sockets/after_connect.py)."""
 
     def __init__(self, url, channel, states):
         super().__init__(url, channel=channel, logger=logging.getLogger("socketio"))

@@ -176,30 +176,42 @@ class TenantStates:
                 del self.clients[tenant_id]
                 self.states.pop(tenant_id, None)
 
-    def serve(self, tenant_id, last_seq, client_epoch, send, join):
-        """Send a connecting client what it needs, in order, then ``join`` it to the room.
+    def prepare(self, tenant_id, last_seq, client_epoch):
+        """What a connecting client needs, decided before it is accepted: a plan for ``deliver``.
+
+        ``(state, resync reason, replayed updates, last_seq, client_epoch)``; reading the
+        database for a replay (and waiting for it) happens here, in the connect handler, which
+        may still refuse.
+        """
+        state = self.states[tenant_id]
+        reason, replayed = self.recovery(tenant_id, last_seq, client_epoch, state)
+        return state, reason, replayed, last_seq, client_epoch
+
+    def deliver(self, tenant_id, plan, send, join):
+        """Send a client its ``plan`` and what came in since, in order, then ``join`` it to the room.
 
         ``resync`` first when it cannot be brought up to date, then the snapshot, then the
-        updates after ``last_seq`` (replayed), then the room's live updates.
+        updates after ``last_seq`` (replayed), then the room's live updates. Never waits: under
+        the lock, from memory. A client whose tenant was reloaded since ``prepare`` (a new
+        epoch) starts again from the new snapshot (``epoch_changed`` if it had seen the old
+        one); one that more updates came in for than the ring holds, from the snapshot
+        (``too_far_behind``).
         """
-        for _ in range(SERVE_ATTEMPTS):
-            state = self.states[tenant_id]
-            reason, replayed = self.recovery(tenant_id, last_seq, client_epoch, state)
-            with self.lock:
-                if self.states.get(tenant_id) is not state:
-                    continue  # reloaded meanwhile (epoch change): decide again on the new state
-                if replayed is not None:
-                    sent = replayed[-1]["seq"] if replayed else last_seq
-                    # What came in while the replay was read from the database.
-                    tail = state.replay_from_memory(sent, self.not_before())
-                    if tail is None:
-                        continue  # more came in than the ring holds: read again
+        state, reason, replayed, last_seq, client_epoch = plan
+        with self.lock:
+            current = self.states[tenant_id]
+            if current is not state:
+                seen_before = last_seq is not None or client_epoch is not None
+                reason, replayed = ("epoch_changed" if seen_before else None), None
+            elif replayed is not None:
+                sent = replayed[-1]["seq"] if replayed else last_seq
+                # What came in while the replay was read from the database and the client accepted.
+                tail = state.replay_from_memory(sent, self.not_before())
+                if tail is None:
+                    reason, replayed = "too_far_behind", None
+                else:
                     replayed = replayed + tail
-                self._send_in_order(state, reason, replayed, send)
-                join()
-                return
-        with self.lock:  # the tenant moves too fast to replay: start again from its snapshot
-            self._send_in_order(self.states[tenant_id], "too_far_behind", None, send)
+            self._send_in_order(current, reason, replayed, send)
             join()
 
     def _send_in_order(self, state, reason, replayed, send):

@@ -457,6 +457,41 @@ def check_manager_rooms():
     assert stock[-len(rest) :] == rest, "basic_disconnect's end differs from RoomIndex.disconnect_rest"
 
 
+@relied_on(
+    SOCKETIO,
+    "Server._handle_connect runs the connect handler, then (when it accepts) sends the CONNECT packet, then calls "
+    "manager.connect(sid, namespace); a refused connect gets CONNECT_ERROR and never reaches manager.connect",
+    "sockets/after_connect.py AfterConnect (the snapshot after CONNECT)",
+)
+def check_connect_packet_before_manager_connect():
+    import socketio
+
+    from sockets.rooms import IndexedManager
+
+    server = socketio.Server(async_mode="threading", client_manager=IndexedManager())
+    order = []
+    server.eio.send_packet = lambda eio_sid, pkt: order.append(("packet", pkt.data[0]))
+    server.manager.initialize()
+
+    @server.on("connect")
+    def connect(sid, environ, auth):
+        order.append(("handler", auth["name"]))
+        server.manager.after_connect(sid, "/", lambda: order.append(("after_connect", auth["name"])))
+        return auth["name"] != "refused"
+
+    for name in ("accepted", "refused"):
+        server._handle_eio_connect(name, {})
+        server._handle_eio_message(name, "0" + json.dumps({"name": name}))
+    assert order == [
+        ("handler", "accepted"),
+        ("packet", "0"),
+        ("after_connect", "accepted"),
+        ("handler", "refused"),
+        ("packet", "4"),
+    ], order
+    assert server.manager.after_connect_callbacks == {}, "a refused client's callback is dropped"
+
+
 class StopListening(BaseException):
     """Ends a listener loop (python-socketio catches Exception only)."""
 

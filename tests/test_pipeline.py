@@ -227,6 +227,27 @@ def test_bad_credentials_are_refused(stack, tenant):
         assert (answer.status_code, answer.json()["error"]) == (401, "token_expired"), expired_for
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_the_connect_packet_comes_before_the_snapshot_and_the_replay(stack, tenant, publisher, transport):
+    # socket.io-client-swift drops every event that arrives before it is connected.
+    publisher.publish(started(tenant, "first", 5))
+    publisher.publish(status(tenant, "first", "campaign_paused", 1))
+    wait_until(lambda: stack.sql("SELECT last_seq FROM tenants WHERE id = %s", (tenant,))[0][0] == 2, 10)
+    packets = []
+    raw = support.OrderedEngineIOClient()
+    raw.on("message", packets.append)
+    raw.connect(stack.servers[0].url, transports=[transport], engineio_path="socket.io")
+    try:
+        raw.send("0" + json.dumps({"token": stack.token(tenant), "last_seq": 0}))
+        wait_until(lambda: len(packets) >= 4, 10, message="CONNECT, the snapshot and two replayed updates")
+    finally:
+        raw.disconnect()
+    # Socket.IO packets inside Engine.IO messages: 0 is CONNECT, 2 an EVENT.
+    kinds = [packet[0] + (json.loads(packet[1:])[0] if packet.startswith("2") else "") for packet in packets[:4]]
+    assert kinds == ["0", "2campaign_snapshot", "2campaign_update", "2campaign_update"], packets[:4]
+    assert [json.loads(packet[1:])[1]["seq"] for packet in packets[2:4]] == [1, 2]
+
+
 def test_reconnecting_with_last_seq_replays_missed_updates_in_order(stack, tenant, publisher, clients):
     first = stack.client(tenant)
     publisher.publish(started(tenant, "r1", 5))
