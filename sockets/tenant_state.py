@@ -114,15 +114,23 @@ class TenantState:
         held = self.campaigns.get(campaign["id"])
         if held is not None and held.campaign["version"] >= campaign["version"]:
             return
-        ended_at = None
+        ended_at, guessed = None, False
         if campaign["status"] not in ACTIVE_STATUSES:
             was_ended = held is not None and held.ended_at is not None
-            ended_at = held.ended_at if was_ended else parse_time(campaign["updated_at"])
+            if was_ended:
+                ended_at = held.ended_at
+            elif campaign.get("completed_at"):  # the completing event's occurred_at, as the database keeps it
+                ended_at = parse_time(campaign["completed_at"])
+            else:
+                # failed or cancelled: the update does not carry its status event's occurred_at (the
+                # snapshot's 24 h count from it); the reconciliation reads it (provisional entries).
+                ended_at, guessed = parse_time(campaign["updated_at"]), True
         if held is None:
             created = parse_time(payload["timestamp"])
             self.campaigns[campaign["id"]] = CampaignEntry(campaign, created, ended_at, provisional=True)
         else:
             held.campaign, held.ended_at = campaign, ended_at
+            held.provisional = held.provisional or guessed
         self._snapshot = None
 
     def missing_after(self):

@@ -102,6 +102,23 @@ def test_a_campaign_first_seen_in_the_stream_takes_its_real_place_once_the_datab
     assert [c["id"] for c in state.snapshot(NOW)["campaigns"]] == ["a", "b"]
 
 
+def test_a_campaign_that_ended_days_ago_by_its_event_leaves_the_snapshot_whenever_it_was_applied():
+    # Events of a past campaign applied today (a sender's backlog): the 24 h count from the ending
+    # event's occurred_at, as in the database (campaigns/models.py ended_at), not from the apply time.
+    running = [CampaignEntry(campaign(name, 1), NOW - timedelta(days=3), None) for name in ("done", "gave-up")]
+    state = loaded(seq=0, entries=running)
+    completed = {**campaign("done", 2, status="completed"), "completed_at": isoformat(NOW - timedelta(days=2))}
+    state.apply(update(1, completed))
+    assert [c["id"] for c in state.snapshot(NOW)["campaigns"]] == ["gave-up"]
+    # A failure carries no time of its event: kept until the reconciliation reads it (a provisional entry).
+    state.apply(update(2, {**campaign("gave-up", 2, status="failed"), "completed_at": None}))
+    assert state.provisional_ids() == ["gave-up"]
+    state.merge_entry(
+        CampaignEntry(campaign("gave-up", 2, status="failed"), NOW - timedelta(days=3), NOW - timedelta(days=2))
+    )
+    assert state.provisional_ids() == [] and state.snapshot(NOW)["campaigns"] == []
+
+
 def test_loading_keeps_the_recent_updates_only_when_they_end_at_the_loaded_seq():
     recent = [update(seq, campaign("a", seq)) for seq in (3, 4, 5)]
     assert [u["seq"] for u in loaded(seq=5, recent=recent).recent] == [3, 4, 5]
