@@ -10,6 +10,7 @@ import logging
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, disconnect, emit
+from socketio import packet as socketio_packet
 
 from campaigns import metrics
 from campaigns.auth import AuthError, identity_from_session, identity_from_token
@@ -235,6 +236,39 @@ def on_error(exc):
     db.session.rollback()
 
 
+def refuse_malformed_packets(server):
+    """Close, in one log line, the connection of a client that sends what is no Socket.IO packet.
+
+    python-socketio raises on such a message (not JSON, an unknown packet type) and python-engineio
+    logs the traceback at ERROR, once per message: a client could fill the log at line rate. An
+    event without a name (``42[]``, ``42{}``) would fail the same way in a background task.
+    """
+    handle = server._handle_eio_message
+
+    def handle_eio_message(eio_sid, data):
+        if isinstance(data, str):  # a binary attachment (bytes) goes to python-socketio as it is
+            try:
+                pkt = server.packet_class(encoded_packet=data)
+            except ValueError as exc:
+                return _refuse_packet(server, eio_sid, f"not a Socket.IO packet: {exc}")
+            named = isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
+            if pkt.packet_type == socketio_packet.EVENT and not named:
+                return _refuse_packet(server, eio_sid, "an event without a name")
+        try:
+            return handle(eio_sid, data)
+        except ValueError as exc:  # an unknown packet type, an unexpected binary or CONNECT_ERROR packet
+            return _refuse_packet(server, eio_sid, str(exc))
+
+    # python-socketio registered its bound method as Engine.IO's message handler when it was made.
+    server.eio.on("message", handle_eio_message)
+    server._handle_eio_message = handle_eio_message  # Flask-SocketIO's test client calls it by name
+
+
+def _refuse_packet(server, eio_sid, reason):
+    log.warning("[WEBSOCKET] closing %s: it sent a malformed packet (%s)", eio_sid, reason[:200])
+    server.eio.disconnect(eio_sid)
+
+
 def register_handlers(config):
     """Attach the handlers to the ``SocketIO`` instance and count its connections for /metrics."""
     global connect_throttle
@@ -248,4 +282,5 @@ def register_handlers(config):
     socketio.on_event("replay", replay)
     socketio.on_error_default(on_error)
     socketio.on("*")(unknown_event)
+    refuse_malformed_packets(socketio.server)
     metrics.watch_connections(connections, lambda sid: socketio.server.transport(sid))

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import threading
 import time
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
@@ -246,6 +247,29 @@ def test_the_connect_packet_comes_before_the_snapshot_and_the_replay(stack, tena
     kinds = [packet[0] + (json.loads(packet[1:])[0] if packet.startswith("2") else "") for packet in packets[:4]]
     assert kinds == ["0", "2campaign_snapshot", "2campaign_update", "2campaign_update"], packets[:4]
     assert [json.loads(packet[1:])[1]["seq"] for packet in packets[2:4]] == [1, 2]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("message", ["2garbage", "2[]", '2{"a":1}', "\x00abc", "9", "4{}"])
+def test_a_malformed_packet_closes_its_connection_in_one_line(stack, tenant, publisher, clients, transport, message):
+    bystander = stack.client(tenant)
+    clients.append(bystander)
+    logged_before = len(stack.servers[0].log())
+    closed = threading.Event()
+    raw = support.OrderedEngineIOClient()
+    raw.on("disconnect", lambda *args: closed.set())
+    raw.connect(stack.servers[0].url, transports=[transport], engineio_path="socket.io")
+    try:
+        raw.send("0" + json.dumps({"token": stack.token(tenant)}))
+        raw.send(message)
+        assert closed.wait(15), "the server kept the connection of a client that sent garbage"
+    finally:
+        raw.disconnect()
+    server_log = stack.servers[0].log()[logged_before:]
+    assert server_log.count("it sent a malformed packet") == 1, server_log
+    assert "Traceback" not in server_log
+    publisher.publish(started(tenant, "after-garbage", 5))
+    final_update(bystander, "after-garbage", "campaign_started")
 
 
 def test_reconnecting_with_last_seq_replays_missed_updates_in_order(stack, tenant, publisher, clients):
