@@ -116,6 +116,8 @@ def _connect(auth):
         # pending (a long-polling CLOSE in another request, the sweeper), so nothing would free this slot.
         refuse("unavailable")
     plan = tenant_states.prepare(tenant_id, last_seq, epoch)
+    if engineio_session is not None and engineio_session.closed:
+        refuse("unavailable")  # gone while the replay was read (the same reason as above)
     sid = request.sid
     # Sent once python-socketio has sent CONNECT (sockets/after_connect.py), in seq order with live updates.
     socketio.server.manager.after_connect(sid, "/", lambda: _deliver(sid, tenant_id, plan))
@@ -125,6 +127,15 @@ def _connect(auth):
 def _deliver(sid, tenant_id, plan):
     """The snapshot, replayed updates and room of an accepted client (after its CONNECT packet)."""
     server = socketio.server
+    eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+    # python-socketio drops the environ when the Engine.IO session ends (Flask-SocketIO's test client has no session).
+    session = server.eio.sockets.get(eio_sid)
+    if eio_sid not in server.environ or (session is not None and (session.closing or session.closed)):
+        # Gone after the handler's last look: python-socketio ignored its disconnect while the
+        # connect was pending and will not send another, so nothing else would free its slot.
+        _forget(sid)
+        server.manager.disconnect(sid, "/", ignore_queue=True)
+        return
     try:
         tenant_states.deliver(
             tenant_id,
@@ -133,9 +144,11 @@ def _deliver(sid, tenant_id, plan):
             lambda: server.enter_room(sid, tenant_room(tenant_id), namespace="/"),
         )
     except Exception:
-        # Connected without its snapshot or room, the client would never be served: let it reconnect.
-        log.exception("[WEBSOCKET] serving %s after its connect failed; disconnecting it", sid)
-        server.disconnect(sid, namespace="/")
+        # Connected without its snapshot or room, the client would never be served. Closing the
+        # Engine.IO session (not a Socket.IO DISCONNECT, after which clients do not come back)
+        # makes it reconnect.
+        log.exception("[WEBSOCKET] serving %s after its connect failed; closing its connection", sid)
+        server.eio.disconnect(eio_sid)
 
 
 def _engineio_session():

@@ -2,7 +2,8 @@
 
 Connect path: the first client of a tenant loads the tenant's state once (its ``seq`` and epoch,
 its live campaigns, its newest stored updates); every later connect of that tenant is served from
-memory (``serve``): the snapshot is built once per ``seq``, a replay within the ring needs no
+memory (``prepare`` in the connect handler, ``deliver`` once the client is connected): the
+snapshot is built once per ``seq``, a replay within the ring needs no
 query. When memory lacks what a client asks for, one query answers every client waiting on the
 same thing (``SingleFlight``), and no more than ``STATE_LOAD_CONCURRENCY`` queries of connects run
 at once, so a connect storm never waits on the database pool: a connect that cannot be served
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 
 from sqlalchemy import text
 
@@ -46,7 +48,8 @@ log = logging.getLogger(__name__)
 LIVE_SET_LIMIT = 2000
 # How long a tenant found behind PostgreSQL may stay so before the server fetches (in-flight updates).
 BEHIND_GRACE_SECONDS = 0.5
-# A connect whose tenant moves faster than its replay can be read starts again from the snapshot.
+# Decisions of a connect (``prepare``) whose tenant moves faster than its replay can be read; then
+# it starts again from the snapshot.
 SERVE_ATTEMPTS = 3
 # After a failed catch-up (database down), the next one waits this long.
 CATCH_UP_RETRY_SECONDS = 1.0
@@ -179,40 +182,50 @@ class TenantStates:
     def prepare(self, tenant_id, last_seq, client_epoch):
         """What a connecting client needs, decided before it is accepted: a plan for ``deliver``.
 
-        ``(state, resync reason, replayed updates, last_seq, client_epoch)``; reading the
-        database for a replay (and waiting for it) happens here, in the connect handler, which
-        may still refuse.
+        A ``ConnectPlan``. Reading the database for a replay
+        (and waiting for it) happens here, in the connect handler, which may still refuse. When
+        the tenant was reloaded or moved past the ring while the replay was read, it decides
+        again (``SERVE_ATTEMPTS``), then starts the client from the snapshot (``too_far_behind``).
         """
-        state = self.states[tenant_id]
-        reason, replayed = self.recovery(tenant_id, last_seq, client_epoch, state)
-        return state, reason, replayed, last_seq, client_epoch
+        for _ in range(SERVE_ATTEMPTS):
+            state = self.states[tenant_id]
+            reason, replayed = self.recovery(tenant_id, last_seq, client_epoch, state)
+            plan = ConnectPlan(state, reason, replayed, last_seq, client_epoch)
+            with self.lock:
+                if self._brought_up_to_date(tenant_id, plan) is not None:
+                    return plan
+        return ConnectPlan(self.states[tenant_id], "too_far_behind", None, last_seq, client_epoch)
 
     def deliver(self, tenant_id, plan, send, join):
         """Send a client its ``plan`` and what came in since, in order, then ``join`` it to the room.
 
         ``resync`` first when it cannot be brought up to date, then the snapshot, then the
         updates after ``last_seq`` (replayed), then the room's live updates. Never waits: under
-        the lock, from memory. A client whose tenant was reloaded since ``prepare`` (a new
-        epoch) starts again from the new snapshot (``epoch_changed`` if it had seen the old
-        one); one that more updates came in for than the ring holds, from the snapshot
-        (``too_far_behind``).
+        the lock, from memory (``deliver`` follows ``prepare`` at once, after the CONNECT packet).
+        False when the tenant's state is gone (its last client, this one, left meanwhile).
         """
-        state, reason, replayed, last_seq, client_epoch = plan
         with self.lock:
-            current = self.states[tenant_id]
-            if current is not state:
-                seen_before = last_seq is not None or client_epoch is not None
-                reason, replayed = ("epoch_changed" if seen_before else None), None
-            elif replayed is not None:
-                sent = replayed[-1]["seq"] if replayed else last_seq
-                # What came in while the replay was read from the database and the client accepted.
-                tail = state.replay_from_memory(sent, self.not_before())
-                if tail is None:
-                    reason, replayed = "too_far_behind", None
-                else:
-                    replayed = replayed + tail
-            self._send_in_order(current, reason, replayed, send)
+            current = self.states.get(tenant_id)
+            if current is None:
+                return False
+            ready = self._brought_up_to_date(tenant_id, plan)
+            if ready is None:  # reloaded or moved past the ring since prepare: from the snapshot
+                ready = (current, plan.fallback_reason(current.epoch), None)
+            self._send_in_order(*ready, send)
             join()
+            return True
+
+    def _brought_up_to_date(self, tenant_id, plan):
+        """``(state, reason, replayed)`` of a ``prepare`` plan with the updates since, or None
+        when the plan no longer holds (its state replaced, or the ring moved past it); under the lock."""
+        state, reason, replayed, last_seq, _ = plan
+        if self.states.get(tenant_id) is not state:
+            return None
+        if replayed is None:
+            return state, reason, None
+        sent = replayed[-1]["seq"] if replayed else last_seq
+        tail = state.replay_from_memory(sent, self.not_before())
+        return None if tail is None else (state, reason, replayed + tail)
 
     def _send_in_order(self, state, reason, replayed, send):
         """``resync`` (if any), the snapshot, the replayed updates (if any); under the lock."""
@@ -522,6 +535,22 @@ class TenantStates:
                 entry = state.campaigns.get(campaign_id)
                 if entry is not None:
                     state.merge_entry(CampaignEntry(entry.campaign, created_at, ended_at))
+
+
+class ConnectPlan(NamedTuple):
+    """What ``TenantStates.prepare`` decided for a connecting client, for ``deliver``."""
+
+    state: object  # the TenantState it was decided on
+    reason: str | None  # the resync reason, if any
+    replayed: list | None  # the updates after last_seq, if it is replayed
+    last_seq: int | None
+    client_epoch: str | None
+
+    def fallback_reason(self, epoch):
+        """The resync reason when the plan no longer holds and the client starts from a snapshot."""
+        if self.last_seq is None and self.client_epoch is None:
+            return None  # it saw nothing before: the snapshot is all it needs
+        return "epoch_changed" if epoch != self.state.epoch else "too_far_behind"
 
 
 def _encoded_replay(stored):

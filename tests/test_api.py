@@ -330,6 +330,29 @@ def test_connections_per_tenant_are_capped(app, token):
     assert socket_client(app, token).is_connected()
 
 
+def test_a_client_gone_while_its_connect_is_decided_leaves_no_ghost(app, token, monkeypatch):
+    # python-socketio ignores a disconnect while the connect handler runs (prepare may wait on the
+    # database for a replay), and then marks the client connected all the same.
+    app.config["MAX_CONNECTIONS_PER_TENANT"] = 1
+    decide = tenant_states.prepare
+    gone = []
+
+    def prepare_then_lose_the_client(*args):
+        plan = decide(*args)
+        (eio_sid,) = socketio.server.environ  # the one client, its websocket closed meanwhile
+        gone.append(socketio.server.manager.sid_from_eio_sid(eio_sid, "/"))
+        socketio.server._handle_eio_disconnect(eio_sid, "transport close")
+        return plan
+
+    monkeypatch.setattr(tenant_states, "prepare", prepare_then_lose_the_client)
+    socket_client(app, token)
+    monkeypatch.setattr(tenant_states, "prepare", decide)
+    (sid,) = gone
+    assert not socketio.server.manager.is_connected(sid, "/")
+    assert socketio.server.manager.get_rooms(sid, "/") == []
+    assert socket_client(app, token).is_connected()  # its tenant slot was freed
+
+
 def test_a_client_that_floods_replay_is_slowed_then_disconnected(app, token):
     app.config["SOCKET_EVENT_BURST"], app.config["SOCKET_EVENT_RATE"] = 3, 0.001
     client = socket_client(app, token)
