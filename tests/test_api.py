@@ -1,5 +1,6 @@
 """The REST API, the CLI and the socket handlers in-process, on a real PostgreSQL database."""
 
+import copy
 from datetime import timedelta
 
 import jwt
@@ -16,6 +17,7 @@ from extensions import db, socketio
 from sockets.tenants import tenant_states
 from tests.support import JWT_SECRET, statements_on
 from tests.test_ingest import ev, started
+from tests.test_tenant_state import campaign, update
 
 
 @pytest.fixture
@@ -351,6 +353,27 @@ def test_a_client_gone_while_its_connect_is_decided_leaves_no_ghost(app, token, 
     assert not socketio.server.manager.is_connected(sid, "/")
     assert socketio.server.manager.get_rooms(sid, "/") == []
     assert socket_client(app, token).is_connected()  # its tenant slot was freed
+
+
+def test_a_tenant_reloaded_while_a_connect_is_decided_is_decided_again(app, token, monkeypatch):
+    # A reload with the same epoch (reconciliation's reset) is no epoch change: the client that
+    # asked for the updates after seq 3 gets them, not resync epoch_changed.
+    first = socket_client(app, token)
+    for seq in range(1, 6):
+        tenant_states.receive(update(seq, campaign("c1", seq)))
+    decide, reloaded = tenant_states.recovery, []
+
+    def recovery_during_a_reload(*args):
+        if not reloaded:
+            reloaded.append(True)
+            tenant_states.states["acme"] = copy.deepcopy(tenant_states.states["acme"])
+        return decide(*args)
+
+    monkeypatch.setattr(tenant_states, "recovery", recovery_during_a_reload)
+    second = socket_client(app, token, last_seq=3)
+    received = [(packet["name"], packet["args"][0].get("seq")) for packet in second.get_received()]
+    assert received == [("campaign_snapshot", 5), ("campaign_update", 4), ("campaign_update", 5)]
+    assert first.is_connected()
 
 
 def test_a_client_that_floods_replay_is_slowed_then_disconnected(app, token):
