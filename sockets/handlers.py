@@ -9,8 +9,7 @@ no contention on the process's one publishing connection when many clients conne
 import logging
 
 from flask import current_app, request
-from flask_socketio import ConnectionRefusedError, disconnect, emit
-from socketio import packet as socketio_packet
+from flask_socketio import ConnectionRefusedError, disconnect
 
 from campaigns import metrics
 from campaigns.auth import AuthError, identity_from_session, identity_from_token
@@ -61,9 +60,9 @@ def _parse_seq(value):
     return value
 
 
-def _send(event, data):
-    """Emit to the client being served, bypassing the message queue (see the module docstring)."""
-    emit(event, data, ignore_queue=True)
+def _send(sid, event, data):
+    """Emit to a client of this process, bypassing the message queue (see the module docstring)."""
+    socketio.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
 
 
 def connect(auth=None):
@@ -103,22 +102,19 @@ def _connect(auth):
     budgets[request.sid] = EventBudget(
         current_app.config["SOCKET_EVENT_BURST"], current_app.config["SOCKET_EVENT_RATE"]
     )
-    engineio_session = _engineio_session()
+    sid = request.sid
     try:
         tenant_states.acquire(tenant_id, current_app.config["MAX_CONNECTIONS_PER_TENANT"])
     except UnknownTenant:
         refuse("unauthorized")
     except TooManyConnections:
         refuse("too_many_connections")
-    holding[request.sid] = tenant_id
-    if engineio_session is not None and engineio_session.closed:
-        # Gone while the tenant loaded: python-socketio ignores a disconnect while a connect is
-        # pending (a long-polling CLOSE in another request, the sweeper), so nothing would free this slot.
-        refuse("unavailable")
+    holding[sid] = tenant_id
+    if _left(sid):
+        refuse("unavailable")  # gone while the tenant loaded
     plan = tenant_states.prepare(tenant_id, last_seq, epoch)
-    if engineio_session is not None and engineio_session.closed:
-        refuse("unavailable")  # gone while the replay was read (the same reason as above)
-    sid = request.sid
+    if _left(sid):
+        refuse("unavailable")  # gone while the replay was read
     # Sent once python-socketio has sent CONNECT (sockets/after_connect.py), in seq order with live updates.
     socketio.server.manager.after_connect(sid, "/", lambda: _deliver(sid, tenant_id, plan))
     log.info("[WEBSOCKET] client %s connected for tenant %s (last_seq=%s)", sid, tenant_id, last_seq)
@@ -127,12 +123,7 @@ def _connect(auth):
 def _deliver(sid, tenant_id, plan):
     """The snapshot, replayed updates and room of an accepted client (after its CONNECT packet)."""
     server = socketio.server
-    eio_sid = server.manager.eio_sid_from_sid(sid, "/")
-    # python-socketio drops the environ when the Engine.IO session ends (Flask-SocketIO's test client has no session).
-    session = server.eio.sockets.get(eio_sid)
-    if eio_sid not in server.environ or (session is not None and (session.closing or session.closed)):
-        # Gone after the handler's last look: python-socketio ignored its disconnect while the
-        # connect was pending and will not send another, so nothing else would free its slot.
+    if _left(sid):  # after the handler's last look
         _forget(sid)
         server.manager.disconnect(sid, "/", ignore_queue=True)
         return
@@ -140,7 +131,7 @@ def _deliver(sid, tenant_id, plan):
         tenant_states.deliver(
             tenant_id,
             plan,
-            lambda event, data: server.emit(event, data, to=sid, namespace="/", ignore_queue=True),
+            lambda event, data: _send(sid, event, data),
             lambda: server.enter_room(sid, tenant_room(tenant_id), namespace="/"),
         )
     except Exception:
@@ -148,14 +139,27 @@ def _deliver(sid, tenant_id, plan):
         # Engine.IO session (not a Socket.IO DISCONNECT, after which clients do not come back)
         # makes it reconnect.
         log.exception("[WEBSOCKET] serving %s after its connect failed; closing its connection", sid)
-        server.eio.disconnect(eio_sid)
+        server.eio.disconnect(server.manager.eio_sid_from_sid(sid, "/"))
 
 
-def _engineio_session():
-    """The Engine.IO socket of the client being connected (None under Flask-SocketIO's test client)."""
+def _engineio_session(sid):
+    """The Engine.IO socket of a client (None under Flask-SocketIO's test client, or once it ended)."""
     server = socketio.server
-    eio_sid = server.manager.eio_sid_from_sid(request.sid, "/")
+    eio_sid = server.manager.eio_sid_from_sid(sid, "/")
     return server.eio.sockets.get(eio_sid) if eio_sid is not None else None
+
+
+def _left(sid):
+    """True when a connecting client's Engine.IO session has ended.
+
+    python-socketio ignores a disconnect while a connect is pending (a websocket closed, a
+    long-polling CLOSE in another request, the sweeper) and marks the client connected all the
+    same, so whoever holds its slot must see this and let it go. It drops the environ when the
+    session ends (Flask-SocketIO's test client has an environ but no session)."""
+    server = socketio.server
+    session = _engineio_session(sid)
+    ended = session is not None and (session.closing or session.closed)
+    return ended or server.manager.eio_sid_from_sid(sid, "/") not in server.environ
 
 
 def _slow_down(token, identity):
@@ -207,7 +211,7 @@ def replay(data=None):
         return {"error": "unauthorized", "message": "not connected"}
     if not _within_budget():
         return {"error": "rate_limited", "message": "too many client events; slow down"}
-    engineio_session = _engineio_session()
+    engineio_session = _engineio_session(request.sid)
     if engineio_session is not None and engineio_session.queue.qsize() > REPLAY_BACKLOG_LIMIT:
         # A client that does not read what it asked for would make this server queue without end.
         return {"error": "rate_limited", "message": "read what was sent first"}
@@ -221,11 +225,11 @@ def replay(data=None):
         return {"error": "unavailable", "message": "try again in a moment"}
     if reason is not None:
         metrics.resyncs_sent.labels(reason).inc()
-        _send(RESYNC_EVENT, {"reason": reason})
-        _send(SNAPSHOT_EVENT, tenant_states.encoded_snapshot(identity.tenant_id))
+        _send(request.sid, RESYNC_EVENT, {"reason": reason})
+        _send(request.sid, SNAPSHOT_EVENT, tenant_states.encoded_snapshot(identity.tenant_id))
         return {"ok": True, "resync": True}
     for payload in replayed:
-        _send(UPDATE_EVENT, payload)
+        _send(request.sid, UPDATE_EVENT, payload)
     metrics.replayed_updates.labels("socket").inc(len(replayed))
     return {"ok": True, "seq": replayed[-1]["seq"] if replayed else after_seq}
 
@@ -252,25 +256,21 @@ def on_error(exc):
 def refuse_malformed_packets(server):
     """Close, in one log line, the connection of a client that sends what is no Socket.IO packet.
 
-    python-socketio raises on such a message (not JSON, an unknown packet type) and python-engineio
-    logs the traceback at ERROR, once per message: a client could fill the log at line rate. An
-    event without a name (``42[]``, ``42{}``) would fail the same way in a background task.
+    python-socketio raises on such a message (not JSON, an unknown packet type, an event without
+    a name) and python-engineio logs the traceback at ERROR, once per message: a client could fill
+    the log at line rate. What it raises is checked in tests/test_library_internals.py.
     """
     handle = server._handle_eio_message
 
     def handle_eio_message(eio_sid, data):
-        if isinstance(data, str):  # a binary attachment (bytes) goes to python-socketio as it is
-            try:
-                pkt = server.packet_class(encoded_packet=data)
-            except ValueError as exc:
-                return _refuse_packet(server, eio_sid, f"not a Socket.IO packet: {exc}")
-            named = isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
-            if pkt.packet_type == socketio_packet.EVENT and not named:
-                return _refuse_packet(server, eio_sid, "an event without a name")
         try:
             return handle(eio_sid, data)
-        except ValueError as exc:  # an unknown packet type, an unexpected binary or CONNECT_ERROR packet
-            return _refuse_packet(server, eio_sid, str(exc))
+        except (ValueError, LookupError, TypeError) as exc:
+            # python-socketio decodes and dispatches here, in this call (event handlers run in
+            # background tasks; the connect handler catches its own errors): not JSON or an
+            # unknown packet type (ValueError), an event without a name (``42[]``: IndexError,
+            # ``42{}``: KeyError, ``42 5``: TypeError, when it logs ``data[0]``).
+            return _refuse_packet(server, eio_sid, f"{exc.__class__.__name__}: {exc}")
 
     # python-socketio registered its bound method as Engine.IO's message handler when it was made.
     server.eio.on("message", handle_eio_message)

@@ -192,8 +192,9 @@ class TenantStates:
             reason, replayed = self.recovery(tenant_id, last_seq, client_epoch, state)
             plan = ConnectPlan(state, reason, replayed, last_seq, client_epoch)
             with self.lock:
-                if self._brought_up_to_date(tenant_id, plan) is not None:
-                    return plan
+                ready = self._brought_up_to_date(tenant_id, plan)
+            if ready is not None:  # deliver then adds only what comes in from here on
+                return plan._replace(replayed=ready[2])
         return ConnectPlan(self.states[tenant_id], "too_far_behind", None, last_seq, client_epoch)
 
     def deliver(self, tenant_id, plan, send, join):

@@ -442,7 +442,7 @@ def test_a_client_that_does_not_read_gets_no_more_replays(app, token, monkeypatc
     class Session:
         queue = Backlog()
 
-    monkeypatch.setattr(sockets.handlers, "_engineio_session", lambda: Session())
+    monkeypatch.setattr(sockets.handlers, "_engineio_session", lambda sid: Session())
     answer = client.emit("replay", {"after_seq": 0}, callback=True)
     assert answer == {"error": "rate_limited", "message": "read what was sent first"}
     assert client.is_connected()

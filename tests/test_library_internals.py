@@ -492,6 +492,25 @@ def check_connect_packet_before_manager_connect():
     assert server.manager.after_connect_callbacks == {}, "a refused client's callback is dropped"
 
 
+@relied_on(
+    SOCKETIO,
+    "Server._handle_eio_message decodes and dispatches in the caller: a message that is not JSON or of an unknown "
+    "type raises ValueError, an event without a name (42[], 42{}, 42 5) IndexError, KeyError or TypeError, there",
+    "sockets/handlers.py refuse_malformed_packets",
+)
+def check_malformed_packets_raise_in_the_caller():
+    import socketio
+
+    server = socketio.Server(async_mode="threading")
+    server.manager.initialize()
+    server._handle_eio_connect("e1", {})
+    server._handle_eio_message("e1", "0")
+    for message, raised in [("2garbage", ValueError), ("\x00", ValueError), ("9", ValueError),
+                            ("2[]", IndexError), ('2{"a":1}', KeyError), ("25", TypeError)]:
+        with pytest.raises(raised):
+            server._handle_eio_message("e1", message)
+
+
 class StopListening(BaseException):
     """Ends a listener loop (python-socketio catches Exception only)."""
 
